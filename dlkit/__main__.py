@@ -1,0 +1,5 @@
+"""``python -m dlkit`` (and ``torchrun -m dlkit``) runs the CLI."""
+
+from .cli import main
+
+main()

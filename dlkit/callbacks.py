@@ -1,0 +1,147 @@
+"""Trainer callbacks (Lightning-style): no-op hooks a trainer dispatches, and the built-in ones.
+
+Trainers call ``on_train_start``, ``on_epoch_start``, ``on_step_end``, ``on_epoch_end`` and
+``on_train_end`` on every callback in order; each callback keeps its own state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class Callback:
+    """Base class: override the events you need."""
+
+    def on_train_start(self, trainer: Any) -> None: ...
+
+    def on_epoch_start(self, trainer: Any, epoch: int) -> None: ...
+
+    def on_step_end(self, trainer: Any, step: int, logs: dict) -> None: ...
+
+    def on_epoch_end(self, trainer: Any, epoch: int, logs: dict) -> None: ...
+
+    def on_train_end(self, trainer: Any, logs: dict) -> None: ...
+
+    def teardown(self, trainer: Any) -> None:
+        """Always called last, also when training failed: release what the callback holds."""
+
+
+class MetricsLog(Callback):
+    """Append each epoch's metrics as one JSON line to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": epoch, **logs}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def truncate_metrics_log(path: Path, epochs_done: int) -> None:
+    """On resume, drop lines for epochs after the last checkpoint (they will be redone)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) <= epochs_done:
+                keep.append(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill mid-write
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+class CurvePlot(Callback):
+    """Plot the per-epoch metrics to a PNG at the end of training (matplotlib, Agg)."""
+
+    def __init__(self, path: Path, panels: list[tuple[str, list[str]]]):
+        self.path = Path(path)
+        self.panels = panels  # (title, [metric keys]) per subplot
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.history.append({"epoch": epoch, **logs})
+
+    def on_train_end(self, trainer, logs):
+        if self.history:
+            plot_curves(self.history, self.panels, self.path)
+
+
+def plot_curves(history: list[dict], panels: list[tuple[str, list[str]]], path: Path) -> None:
+    """Write one PNG with a subplot per panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import atomic_path
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    epochs = [h["epoch"] for h in history]
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key in keys:
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+class ProgressBar(Callback):
+    """A rich progress bar per epoch on stderr, and one summary line when each epoch ends."""
+
+    def __init__(self, total_epochs: int, steps_per_epoch: int, fields: list[str]):
+        self.total_epochs = total_epochs
+        self.steps = steps_per_epoch
+        self.fields = fields
+        self.progress = None
+        self.task = None
+
+    def on_train_start(self, trainer):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(stderr=True, file=sys.stderr)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        self.progress.start()
+
+    def on_epoch_start(self, trainer, epoch):
+        desc = f"epoch {epoch}/{self.total_epochs}"
+        if self.task is None:
+            self.task = self.progress.add_task(desc, total=self.steps, status="")
+        else:
+            self.progress.reset(self.task, total=self.steps, description=desc, status="")
+
+    def on_step_end(self, trainer, step, logs):
+        self.progress.advance(self.task)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        status = "  ".join(_fmt(k, logs[k]) for k in self.fields if logs.get(k) is not None)
+        self.progress.console.print(f"epoch {epoch:>3}/{self.total_epochs}  {status}", highlight=False)
+
+    def teardown(self, trainer):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{key} {value:.4f}" if abs(value) < 1000 else f"{key} {value:.0f}"
+    return f"{key} {value}"

@@ -1,0 +1,180 @@
+"""Safe, atomic persistence: safetensors for tensors, JSON for everything else, never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import InputError
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and ``os.replace`` it in.
+
+    On any error the temporary file is removed and ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts should read like any file
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        fsync_dir(path.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically write bytes."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write pretty JSON."""
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a missing or malformed one is an InputError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and paths appear in metrics and specs
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write torch tensors with safetensors (contiguous copies, shared storage split)."""
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().contiguous().clone() if _shares_storage(v, tensors) else v.detach().contiguous()
+             for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
+
+
+def _shares_storage(t, tensors: dict) -> bool:
+    ptr = t.untyped_storage().data_ptr()
+    return sum(1 for v in tensors.values() if v.untyped_storage().data_ptr() == ptr) > 1
+
+
+def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """Read torch tensors written by :func:`save_tensors`; corrupt files are an InputError."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:  # safetensors raises its own SafetensorError / OSError variants
+        raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_weights(module, path: str | os.PathLike) -> None:
+    """Load safetensors weights into a module; a shape or key mismatch names the tensor."""
+    state = load_tensors(path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise InputError(f"{path}: weights do not fit the model ({' '.join(first[:3])})") from None
+
+
+# -- training state (resume) -------------------------------------------------------------------
+# One safetensors file holds every tensor of a training run (weights, optimizer moments, RNG
+# state) and, in its string metadata, the JSON rest (epoch, history, scheduler). A single
+# atomic rename then moves the whole state at once: never weights from one epoch beside
+# counters from another.
+STATE_KEY = "dlkit_train_state"
+
+
+def save_train_state(path: str | os.PathLike, tensors: dict, state: dict) -> None:
+    """Atomically write a resumable training state."""
+    save_tensors(path, tensors, metadata={STATE_KEY: json.dumps(state, default=_json_default)})
+
+
+def load_train_state(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read what :func:`save_train_state` wrote: (tensors, state)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = load_tensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads((f.metadata() or {})[STATE_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise InputError(f"{path}: not a dlkit training checkpoint") from None
+    return tensors, state
+
+
+def optimizer_to_flat(optimizer, prefix: str) -> tuple[dict, dict]:
+    """Split an optimizer's state_dict into tensors (for safetensors) and JSON."""
+    import torch
+
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(optimizer, prefix: str, tensors: dict, state: dict) -> None:
+    """Inverse of :func:`optimizer_to_flat`: restore the optimizer in place."""
+    entries: dict[int, dict] = {}
+    start = prefix + "."
+    for name, value in tensors.items():
+        if name.startswith(start):
+            idx, key = name[len(start):].split(".", 1)
+            entries.setdefault(int(idx), {})[key] = value
+    for name, value in state["scalars"].items():
+        idx, key = name.split(".", 1)
+        entries.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})

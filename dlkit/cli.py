@@ -1,0 +1,262 @@
+"""The ``dlkit`` command line: thin commands that parse, call the Python API, and print.
+
+Output is for people by default; ``--json`` prints exactly one JSON object on stdout, with
+progress and logs on stderr. Exit codes: 0 done, 2 bad usage or input, 1 a failure during
+the work. ``--debug`` (anywhere on the line) shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import DlkitError
+
+DEBUG = False
+
+repo_option = click.option(
+    "--repo", type=click.Path(file_okay=False), envvar="DLKIT_REPO", default="models", show_default=True,
+    help="Model repository folder (or $DLKIT_REPO).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+
+
+def open_repo(repo: str):
+    from .repository import ModelRepository
+
+    return ModelRepository(repo)
+
+
+def emit(obj: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
+    """Print ``obj`` as JSON, or through ``human`` for people."""
+    if as_json or human is None:
+        click.echo(json.dumps(obj, indent=None if as_json else 2, default=str))
+    else:
+        human(obj)
+
+
+def console():
+    from rich.console import Console
+
+    return Console()
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    return t
+
+
+def fmt_metric(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+class DlkitGroup(click.Group):
+    """Adds plugin commands on first look-up, and turns dlkit's errors into one red line and an
+    exit code (tracebacks only with --debug)."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self, ctx) -> None:
+        if DlkitGroup._plugins_added:
+            return
+        DlkitGroup._plugins_added = True
+        from .plugins import get_plugins
+
+        try:
+            get_plugins().add_commands(self)
+        except DlkitError as exc:  # DLKIT_STRICT_PLUGINS=1
+            if DEBUG:
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+    def list_commands(self, ctx):
+        self._add_plugin_commands(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._add_plugin_commands(ctx)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DlkitError as exc:
+            if DEBUG:
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if DEBUG:
+                raise
+            click.secho("interrupted", fg="red", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=DlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dlkit")
+def cli():
+    """dlkit: train, compress, export and serve neural networks.
+
+    Models live in a repository (./models by default): NAME is the latest version of a model,
+    NAME:V a fixed one. Add --json to any command for machine-readable output.
+    """
+
+
+# -- plugins and the repository ----------------------------------------------------------------
+@cli.command("plugins")
+@json_option
+def plugins_cmd(as_json):
+    """List installed plugins, their versions and what each registered."""
+    from .plugins import get_plugins
+
+    infos = [i.as_dict() for i in get_plugins().infos.values()]
+
+    def human(_):
+        rows = []
+        for i in infos:
+            what = "; ".join(f"{k}: {', '.join(v)}" for k, v in i["registered"].items())
+            if i["error"]:
+                what = f"[red]{i['error']}[/red]"
+            rows.append([i["name"], i["distribution"] or "", i["version"] or "",
+                         "built-in" if i["builtin"] else "third-party", what])
+        console().print(table("Plugins", ["plugin", "distribution", "version", "kind", "registers"], rows))
+
+    emit({"plugins": infos}, as_json, human)
+
+
+@cli.command("models")
+@repo_option
+@json_option
+def models_cmd(repo, as_json):
+    """List the models in the repository with their versions and key metrics."""
+    r = open_repo(repo)
+    items = []
+    for v in r.all_versions():
+        meta = v.meta
+        items.append({"name": v.name, "version": v.version, "arch": meta.get("arch"), "method": meta.get("method"),
+                      "params": meta.get("params"), "metrics": meta.get("metrics", {}),
+                      "onnx": v.has_onnx(), "created": meta.get("created")})
+
+    def human(_):
+        if not items:
+            click.echo(f"no models in {r.root} yet: try `dlkit train cnn`")
+            return
+        rows = [[i["name"], i["version"], i["arch"], i["method"] or "", i["params"],
+                 fmt_metric(i["metrics"].get("test_accuracy")), "yes" if i["onnx"] else "", i["created"]]
+                for i in items]
+        console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
+                                                      "test acc", "onnx", "created"], rows))
+
+    emit({"repository": str(r.root), "models": items}, as_json, human)
+
+
+@cli.command("show")
+@click.argument("ref")
+@repo_option
+@json_option
+def show_cmd(ref, repo, as_json):
+    """Show one version's meta.json (NAME or NAME:V)."""
+    v = open_repo(repo).resolve(ref)
+    meta = {**v.meta, "path": str(v.path), "files": sorted(p.name for p in v.path.iterdir())}
+
+    def human(m):
+        from rich.pretty import Pretty
+
+        console().print(Pretty(m, expand_all=False))
+
+    emit(meta, as_json, human)
+
+
+# -- training and evaluation ----------------------------------------------------------------------
+@cli.command("train")
+@click.argument("target")
+@click.option("--data", help="Data set name (digits) or a file/folder: .csv, .npz, image folder.")
+@click.option("--name", help="Model name in the repository (default ARCH-DATA).")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--seed", type=int)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a model hyper-parameter (model.KEY), train option (train.KEY) or data option (data.KEY).")
+@click.option("--device", type=str, help="auto, cpu or cuda[:N].")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run of this model name.")
+@repo_option
+@json_option
+def train_cmd(target, data, name, epochs, batch_size, lr, seed, sets, device, resume, repo, as_json):
+    """Train ARCH (mlp, cnn, rnn...) or a RECIPE.toml; CLI flags override the recipe."""
+    from .plugins import get_registry
+    from .recipe import Recipe, apply_sets, read_recipe
+    from .training import train
+
+    recipe = read_recipe(target) if target.endswith(".toml") else Recipe(arch=target)
+    registry = get_registry()
+    spec = registry.model(recipe.arch)
+    trainer = registry.trainer(spec.trainer)
+    apply_sets(recipe, list(sets), set(spec.defaults), set(trainer.defaults))
+    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device}
+    recipe.train.update({k: v for k, v in flags.items() if v is not None})
+    if data:
+        recipe.data["source"] = data
+    if name:
+        recipe.name = name
+    if seed is not None:
+        recipe.seed = seed
+    result = train(recipe, open_repo(repo), resume=resume, quiet=False)
+
+    def human(res):
+        m = res["metrics"]
+        shown = "  ".join(f"{k} {fmt_metric(m[k])}" for k in ("test_accuracy", "val_accuracy", "test_loss",
+                                                              "train_seconds") if k in m)
+        click.echo(f"trained {res['model']}:{res['version']} ({res['params']:,} parameters) -> {res['path']}")
+        if shown:
+            click.echo(f"  {shown}")
+
+    emit(result.as_dict(), as_json, human)
+
+
+@cli.command("evaluate")
+@click.argument("ref")
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+@click.option("--data", help="Evaluate on another data set or file (default: the model's own).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--provider", default="auto", show_default=True, help="onnxruntime provider (--runtime onnx).")
+@repo_option
+@json_option
+def evaluate_cmd(ref, runtime, data, split, provider, repo, as_json):
+    """Accuracy and loss of a classifier on its data set's test split."""
+    from .evaluation import evaluate
+
+    result = evaluate(open_repo(repo).resolve(ref), runtime=runtime, data=data, split=split, provider=provider)
+
+    def human(r):
+        click.echo(f"{r['model']}:{r['version']} on {r['data']} ({r['split']}, {r['samples']} samples, "
+                   f"{r['runtime']}): accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}")
+
+    emit(result, as_json, human)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; ``--debug`` may stand anywhere on the line."""
+    global DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        args.remove("--debug")
+        DEBUG = True
+    DEBUG = DEBUG or os.environ.get("DLKIT_DEBUG", "") not in ("", "0")
+    cli.main(args=args, prog_name="dlkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The core's own registrations: the supervised trainer and the data sets and file loaders.
+
+Written as any plugin would be; dlkit registers it before the entry-point plugins.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from . import hookimpl, supervised
+
+
+def _data(attr: str):
+    """A loader from dlkit.data, imported on first call (it needs numpy; --help does not)."""
+
+    def load(source, options, seed):
+        return getattr(import_module("dlkit.data"), attr)(source, options, seed)
+
+    load.__doc__ = f"dlkit.data.{attr}"
+    return load
+
+
+@hookimpl
+def register_trainers(register):
+    register("supervised", supervised.fit, defaults=supervised.DEFAULTS,
+             description="minibatch cross-entropy training with early stopping")
+
+
+@hookimpl
+def register_datasets(register):
+    register("digits", _data("load_digits"), kind="image",
+             description="UCI handwritten digits bundled with scikit-learn (1,797 8x8 images, 10 classes)")
+    register("blobs", _data("load_blobs"), kind="tabular", description="synthetic separable tabular data (tests)")
+    register("waves", _data("load_waves"), kind="sequence", description="synthetic sine sequences (tests)")
+    register("csv", _data("load_csv"), suffixes=(".csv",), kind="tabular",
+             description="CSV of numeric features and a label column (data.target)")
+    register("npz", _data("load_npz"), suffixes=(".npz",), description="NumPy .npz with arrays x and y")
+    register("image-folder", _data("load_image_folder"), directory=True, kind="image",
+             description="a folder with one sub-folder of images per class")

@@ -1,0 +1,78 @@
+"""``dlkit evaluate``: a classifier's accuracy and loss through torch or onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .repository import ModelVersion
+
+
+def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) from logits, computed in numpy."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(y)), y].mean()) if len(y) else 0.0
+    acc = float((logits.argmax(1) == y).mean()) if len(y) else 0.0
+    return acc, loss
+
+
+def onnx_logits(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Run a classifier graph over ``x`` in batches, returning its logits."""
+    name = session.inputs[0].name
+    out = [session.run({name: x[i:i + batch_size].astype(np.float32)}, ["logits"])["logits"]
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def evaluation_data(version: ModelVersion, data: str | None = None):
+    """The data set recorded in meta.json (the same split), or another source given by the user."""
+    from .data import load_dataset
+
+    recorded = version.meta.get("data") or {}
+    if data:
+        ds = load_dataset(data, recorded.get("options", {}) if data == recorded.get("source") else {},
+                          recorded.get("seed", 0))
+    else:
+        if "source" not in recorded:
+            raise InputError(f"model {version.ref} records no data set; pass --data")
+        ds = load_dataset(recorded["source"], recorded.get("options", {}), recorded.get("seed", 0))
+    expected = version.meta["input_spec"]
+    if list(ds.input_spec["shape"]) != list(expected["shape"]) and expected["kind"] != "sequence":
+        raise InputError(f"data {ds.name} has input shape {ds.input_spec['shape']}, model {version.ref} "
+                         f"expects {expected['shape']}")
+    if ds.labels != version.meta.get("labels"):
+        raise InputError(f"data {ds.name} has labels {ds.labels}, model {version.ref} has {version.meta.get('labels')}")
+    return ds
+
+
+def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = None, split: str = "test",
+             provider: str = "auto") -> dict:
+    """Accuracy and loss of ``version`` on a split of its data set."""
+    if version.meta.get("task", "classification") != "classification":
+        raise InputError(f"model {version.ref} is a {version.meta.get('task')} model; evaluate needs a classifier")
+    ds = evaluation_data(version, data)
+    x, y = ds.split(split)
+    if runtime == "torch":
+        import torch
+
+        from .models import load_model
+
+        module, _ = load_model(version)
+        with torch.inference_mode():
+            logits = np.concatenate([module(torch.from_numpy(x[i:i + 512])).numpy() for i in range(0, len(x), 512)])
+        providers = ["torch"]
+    elif runtime == "onnx":
+        from .runtime import Session
+
+        if not version.has_onnx():
+            raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
+        session = Session(version.onnx_path, provider)
+        logits = onnx_logits(session, x)
+        providers = session.providers
+    else:
+        raise InputError(f"unknown runtime {runtime!r}: expected torch or onnx")
+    acc, loss = softmax_cross_entropy(logits, y)
+    return {"model": version.name, "version": version.version, "runtime": runtime, "providers": providers,
+            "data": ds.name, "split": split, "samples": int(len(y)), "accuracy": acc, "loss": loss}

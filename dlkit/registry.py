@@ -1,0 +1,169 @@
+"""What plugins registered: models, trainers, compressors and data sets, by name."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import InputError, PluginError
+
+INPUT_KINDS = frozenset({"tabular", "image", "sequence", "noise"})
+TASKS = frozenset({"classification", "generation"})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture."""
+
+    name: str
+    build: Callable[..., Any]
+    input_kinds: frozenset
+    defaults: dict = field(default_factory=dict)
+    trainer: str = "supervised"
+    task: str = "classification"
+    export: Callable[..., Any] | None = None
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """A registered trainer."""
+
+    name: str
+    fit: Callable[..., Any]
+    defaults: dict = field(default_factory=dict)
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class CompressorSpec:
+    """A registered compressor."""
+
+    name: str
+    compress: Callable[..., Any]
+    description: str = ""
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered data set or file loader."""
+
+    name: str
+    load: Callable[..., Any]
+    suffixes: tuple = ()
+    directory: bool = False
+    kind: str | None = None
+    description: str = ""
+    plugin: str = ""
+
+
+KINDS = {
+    "model": ModelSpec,
+    "trainer": TrainerSpec,
+    "compressor": CompressorSpec,
+    "dataset": DatasetSpec,
+}
+
+
+class Registry:
+    """Holds every registration; duplicate names fail loudly, naming both plugins."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+
+    def add(self, kind: str, spec: Any) -> None:
+        """Add one registration; a name taken by another plugin is a PluginError."""
+        items = self._items[kind]
+        if not spec.name or not isinstance(spec.name, str):
+            raise PluginError(f"plugin {spec.plugin!r} registered a {kind} with no name")
+        if spec.name in items:
+            first = items[spec.name].plugin
+            raise PluginError(
+                f"{kind} {spec.name!r} is registered by both plugin {first!r} and plugin {spec.plugin!r}"
+            )
+        items[spec.name] = spec
+
+    def remove_plugin(self, plugin: str) -> None:
+        """Drop everything one plugin registered (used when its hook fails half-way)."""
+        for items in self._items.values():
+            for name in [n for n, s in items.items() if s.plugin == plugin]:
+                del items[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._items[kind])
+
+    def all(self, kind: str) -> list[Any]:
+        return [self._items[kind][n] for n in self.names(kind)]
+
+    def by_plugin(self, plugin: str) -> dict[str, list[str]]:
+        """What one plugin registered: ``{"models": [...], ...}`` for the non-empty kinds."""
+        out = {}
+        for kind, items in self._items.items():
+            names = sorted(n for n, s in items.items() if s.plugin == plugin)
+            if names:
+                out[kind + "s"] = names
+        return out
+
+    def get(self, kind: str, name: str) -> Any:
+        """Look a name up; an unknown one is an InputError that lists close matches."""
+        items = self._items[kind]
+        if name in items:
+            return items[name]
+        known = ", ".join(sorted(items)) or "none"
+        close = difflib.get_close_matches(name, list(items), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(f"unknown {kind} {name!r}{hint}; registered: {known}")
+
+    # Convenience accessors, named for what they return.
+    def model(self, name: str) -> ModelSpec:
+        return self.get("model", name)
+
+    def trainer(self, name: str) -> TrainerSpec:
+        return self.get("trainer", name)
+
+    def compressor(self, name: str) -> CompressorSpec:
+        return self.get("compressor", name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self.get("dataset", name)
+
+
+def make_register(registry: Registry, kind: str, plugin: str) -> Callable[..., None]:
+    """The ``register`` callback one plugin's hook receives for one kind of thing."""
+    spec_type = KINDS[kind]
+
+    def register(name: str, func: Callable[..., Any], **options: Any) -> None:
+        if not callable(func):
+            raise PluginError(f"plugin {plugin!r}: {kind} {name!r} must be registered with a callable")
+        first_field = {"model": "build", "trainer": "fit", "compressor": "compress", "dataset": "load"}[kind]
+        try:
+            spec = spec_type(name=name, plugin=plugin, **{first_field: func}, **_normalise(kind, options))
+        except TypeError as exc:
+            raise PluginError(f"plugin {plugin!r}: bad registration of {kind} {name!r}: {exc}") from exc
+        registry.add(kind, spec)
+
+    register.__name__ = f"register_{kind}"
+    return register
+
+
+def _normalise(kind: str, options: dict) -> dict:
+    """Validate the options whose values dlkit relies on later."""
+    options = dict(options)
+    if kind == "model":
+        kinds = frozenset(options.get("input_kinds") or ())
+        unknown = kinds - INPUT_KINDS
+        if not kinds or unknown:
+            raise TypeError(f"input_kinds must be a non-empty subset of {sorted(INPUT_KINDS)}")
+        options["input_kinds"] = kinds
+        if options.get("task", "classification") not in TASKS:
+            raise TypeError(f"task must be one of {sorted(TASKS)}")
+        options["defaults"] = dict(options.get("defaults") or {})
+    if kind == "trainer":
+        options["defaults"] = dict(options.get("defaults") or {})
+    if kind == "dataset":
+        options["suffixes"] = tuple(s.lower() for s in options.get("suffixes", ()))
+    return options

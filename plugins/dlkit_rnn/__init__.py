@@ -1,0 +1,23 @@
+"""dlkit-rnn: LSTM or GRU over sequences (batch, time, features); images are read row by row."""
+
+from dlkit import hookimpl
+
+DEFAULTS = {
+    "cell": "lstm",  # lstm | gru
+    "hidden": 128,
+    "layers": 1,
+    "bidirectional": True,
+    "dropout": 0.1,
+}
+
+
+def build(hparams, input_spec, num_classes):
+    from .model import RNN
+
+    return RNN(input_spec, num_classes, **hparams)
+
+
+@hookimpl
+def register_models(register):
+    register("rnn", build, input_kinds={"sequence", "image"}, defaults=DEFAULTS,
+             description="LSTM/GRU classifier over sequences or image rows")
