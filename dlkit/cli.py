@@ -247,6 +247,12 @@ def evaluate_cmd(ref, runtime, data, split, provider, repo, as_json):
     emit(result, as_json, human)
 
 
+# -- export and inference: export onnx, predict, bench, providers ---------------------------------
+
+
+# -- serving ---------------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; ``--debug`` may stand anywhere on the line."""
     global DEBUG

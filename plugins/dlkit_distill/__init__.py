@@ -1,0 +1,1 @@
+"""dlkit-distill plugin (being built)."""

@@ -1,0 +1,1 @@
+"""dlkit-gan plugin (being built)."""

@@ -1,0 +1,1 @@
+"""dlkit-quantize plugin (being built)."""

@@ -1,0 +1,56 @@
+"""Shared fixtures: an empty repository per test, and small trained models built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Keep torch from oversubscribing the 2 CI cores when tests run beside a server thread.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+FAST = {"epochs": 2, "batch_size": 64, "patience": 0}
+# name -> (arch, model hparams): small but real models on the real digits data.
+TRAINED = {
+    "mlp-digits": ("mlp", {"hidden": [64]}),
+    "cnn-digits": ("cnn", {"channels": [8, 16], "hidden": 32}),
+    "rnn-digits": ("rnn", {"hidden": 32, "cell": "lstm"}),
+    "gru-digits": ("rnn", {"hidden": 32, "cell": "gru"}),
+}
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """An empty model repository, also set as $DLKIT_REPO."""
+    from dlkit.repository import ModelRepository
+
+    root = tmp_path / "models"
+    monkeypatch.setenv("DLKIT_REPO", str(root))
+    return ModelRepository(root)
+
+
+@pytest.fixture(scope="session")
+def trained_repo(tmp_path_factory) -> Path:
+    """A repository holding each model of TRAINED, trained for 2 epochs on digits (read-only)."""
+    from dlkit.recipe import Recipe
+    from dlkit.repository import ModelRepository
+    from dlkit.training import train
+
+    root = tmp_path_factory.mktemp("trained") / "models"
+    repo = ModelRepository(root)
+    for name, (arch, hparams) in TRAINED.items():
+        train(Recipe(arch=arch, name=name, model=dict(hparams), train=dict(FAST)), repo, quiet=True)
+    return root
+
+
+@pytest.fixture
+def trained(trained_repo, tmp_path, monkeypatch):
+    """A writable copy of the trained repository, set as $DLKIT_REPO."""
+    from dlkit.repository import ModelRepository
+
+    root = tmp_path / "models"
+    shutil.copytree(trained_repo, root)
+    monkeypatch.setenv("DLKIT_REPO", str(root))
+    return ModelRepository(root)
