@@ -193,7 +193,6 @@ class SupervisedTrainer:
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
         import torch
-        import torch.nn.functional as F
 
         cfg, data, model = self.config, self.run.data, self.model
         if cfg["deterministic"]:
@@ -232,7 +231,7 @@ class SupervisedTrainer:
                     with torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype,
                                         enabled=self.autocast_dtype is not None):
                         out = model(xb)
-                        loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg["label_smoothing"])
+                        loss = self.loss(out.float(), xb, yb, idx)
                     self.optimizer.zero_grad(set_to_none=True)
                     if self.scaler:
                         self.scaler.scale(loss).backward()
@@ -279,6 +278,14 @@ class SupervisedTrainer:
                 torch.use_deterministic_algorithms(False)
         return {"epochs": self.epoch, "best_epoch": self.best["epoch"], "train_seconds": round(self.seconds, 3),
                 "stopped_early": self.epoch < cfg["epochs"]}
+
+    def loss(self, out, xb, yb, idx):
+        """One batch's training loss: ``out`` the logits for inputs ``xb`` (augmented, if on),
+        ``yb`` the labels, ``idx`` the batch's row numbers in the training set. Subclasses
+        replace it (the distillation trainer adds the teacher's soft targets)."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(out, yb, label_smoothing=self.config["label_smoothing"])
 
     def _early_stopping(self, val_loss: float) -> None:
         if val_loss < self.best["val_loss"] - self.config["min_delta"]:
