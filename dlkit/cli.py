@@ -129,9 +129,10 @@ def plugins_cmd(as_json):
             what = "; ".join(f"{k}: {', '.join(v)}" for k, v in i["registered"].items())
             if i["error"]:
                 what = f"[red]{i['error']}[/red]"
+            hooks = ", ".join(h.removeprefix("register_") for h in i["hooks"])
             rows.append([i["name"], i["distribution"] or "", i["version"] or "",
-                         "built-in" if i["builtin"] else "third-party", what])
-        console().print(table("Plugins", ["plugin", "distribution", "version", "kind", "registers"], rows))
+                         "built-in" if i["builtin"] else "third-party", hooks, what])
+        console().print(table("Plugins", ["plugin", "distribution", "version", "kind", "hooks", "registers"], rows))
 
     emit({"plugins": infos}, as_json, human)
 

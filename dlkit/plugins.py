@@ -9,6 +9,7 @@ registering is reported on stderr with its name and skipped, so the CLI keeps wo
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -71,17 +72,23 @@ class Plugins:
         self._add(core_plugin, PluginInfo("core", "dlkit", _dist_version("dlkit"), builtin=True))
         allow = _env_list("DLKIT_PLUGINS")
         blocked = set(_env_list("DLKIT_DISABLE_PLUGINS") or ())
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if ep.name in self.infos:
-                continue  # the same distribution seen twice on sys.path
+        # Built-ins first, so a third-party plugin that reuses a built-in's name (of an entry
+        # point or of a model) is the one refused, whatever its name sorts as.
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (not _is_builtin(e), e.name)):
             dist = ep.dist.name if ep.dist else None
-            builtin = dist is not None and dist.lower() == "dlkit"
+            builtin = _is_builtin(ep)
+            if ep.name in self.infos:
+                if self.infos[ep.name].distribution != dist:
+                    clash = PluginInfo(f"{ep.name} ({dist})", dist, ep.dist.version if ep.dist else None, builtin)
+                    self._fail(clash, f"uses the plugin name {ep.name!r}, already taken by "
+                                      f"{self.infos[ep.name].distribution or 'another distribution'}")
+                continue  # otherwise the same distribution seen twice on sys.path
             if ep.name in blocked or (allow is not None and not builtin and ep.name not in allow):
                 continue
             info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else None, builtin)
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken plugin must not take the CLI down
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the CLI down
                 self._fail(info, f"failed to import: {type(exc).__name__}: {exc}")
                 continue
             self._add(module, info)
@@ -95,7 +102,9 @@ class Plugins:
             # ignored by pluggy; check it now so the author hears about it.
             for hook in self.pm.get_hookcallers(module) or []:
                 if hook.spec is None:
-                    raise pluggy.PluginValidationError(module, f"unknown hook {hook.name!r}")
+                    close = difflib.get_close_matches(hook.name, HOOK_NAMES, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise pluggy.PluginValidationError(module, f"unknown hook {hook.name!r}{hint}")
         except Exception as exc:
             if self.pm.is_registered(module):
                 self.pm.unregister(module)
@@ -126,15 +135,34 @@ class Plugins:
 
     # -- use ---------------------------------------------------------------------------------
     def add_commands(self, cli) -> None:
-        """Let every healthy plugin add its CLI subcommands."""
+        """Let every healthy plugin add its CLI subcommands; none may replace an existing one."""
+        owners = {name: "dlkit" for name in cli.commands}
         for impl in self.pm.hook.register_commands.get_hookimpls():
             info = self.infos[impl.plugin_name]
             if info.error:
                 continue
+            before = dict(cli.commands)
             try:
                 impl.function(cli=cli)
+                replaced = sorted(n for n, c in before.items() if cli.commands.get(n) is not c)
+                if replaced:
+                    raise PluginError(f"command {replaced[0]!r} is already provided by {owners[replaced[0]]}")
             except Exception as exc:
+                cli.commands.clear()
+                cli.commands.update(before)
                 self._fail(info, f"raised in register_commands: {type(exc).__name__}: {exc}")
+                continue
+            added = sorted(set(cli.commands) - set(before))
+            owners.update({name: f"plugin {info.name!r}" for name in added})
+            if added:
+                info.registered["commands"] = added
+
+
+HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("register_")]
+
+
+def _is_builtin(ep) -> bool:
+    return ep.dist is not None and ep.dist.name.lower() == "dlkit"
 
 
 def _env_list(name: str) -> list[str] | None:
