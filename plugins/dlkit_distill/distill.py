@@ -1,0 +1,201 @@
+"""``dlkit distill`` as a Python API: a teacher in the repository in, a small student model out."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from dlkit import InputError
+from dlkit.repository import ModelRepository, ModelVersion
+
+OPTIONS = ("student", "sets", "temperature", "alpha", "epochs", "baseline", "name", "seed", "data", "quiet")
+
+
+@dataclass
+class DistillResult:
+    """The new student version and the report stored in its meta.json."""
+
+    version: ModelVersion
+
+    @property
+    def report(self) -> dict:
+        return self.version.meta["distill"]["report"]
+
+    def as_dict(self) -> dict:
+        meta = self.version.meta
+        return {"model": self.version.name, "version": self.version.version, "path": str(self.version.path),
+                "params": meta["params"], "metrics": meta["metrics"], "parent": meta["parent"],
+                "method": meta["method"], "report": self.report}
+
+
+def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tuple = (),
+            temperature: float | None = None, alpha: float | None = None, epochs: int | None = None,
+            baseline: bool = False, name: str | None = None, seed: int = 0, data: str | None = None,
+            repo: ModelRepository | None = None, quiet: bool = True) -> DistillResult:
+    """Train ``student`` (an architecture name) on ``teacher``'s softened outputs.
+
+    ``sets`` are ``KEY=VALUE`` items for the student's hyper-parameters and training options
+    (as ``dlkit train --set``); ``baseline`` also trains the same student from scratch (same
+    seed, options and data) for the report. Bad input raises :class:`InputError` before
+    anything is written.
+    """
+    import torch
+
+    from dlkit.evaluation import evaluation_data
+    from dlkit.models import check_compatible
+    from dlkit.plugins import get_registry
+    from dlkit.recipe import Recipe, apply_sets, check_options
+    from dlkit.repository import check_name
+
+    from .teacher import check_teacher, load_teacher
+    from .trainer import DEFAULTS, validate
+
+    repo = repo or ModelRepository()
+    source = repo.resolve(teacher) if isinstance(teacher, str) else teacher
+    check_teacher(source)
+    registry = get_registry()
+    spec = registry.model(student)
+    if spec.task != "classification":
+        raise InputError(f"--student {student} is a {spec.task} architecture; the student must be a classifier")
+    train_keys = set(DEFAULTS) - {"teacher"}
+    recipe = Recipe(arch=student, seed=seed, data={})
+    apply_sets(recipe, list(sets), set(spec.defaults), train_keys)
+    if recipe.data:
+        # Another split would put samples the teacher trained on into the student's test set.
+        raise InputError(f"--set data.{next(iter(recipe.data))}: distillation uses the teacher's data split")
+    flags = {"temperature": temperature, "alpha": alpha, "epochs": epochs}
+    recipe.train.update({k: v for k, v in flags.items() if v is not None})
+    if "teacher" in recipe.train:
+        raise InputError("--set teacher: the teacher is the TEACHER argument")
+    hparams = check_options("model", recipe.model, spec.defaults)
+    config = check_options("train", recipe.train, DEFAULTS)
+    config["teacher"] = str(source.path)
+    validate(config)
+    out_name = check_name(name or f"{source.name}-distilled-{student}")
+
+    dataset = evaluation_data(source, data)  # the teacher's own split, or --data with its labels
+    check_compatible(spec, dataset.input_spec, dataset.name)
+    mentor = load_teacher(source)
+    probe = dataset.x_val[:2]
+    teacher_outputs = mentor.logits(probe).shape[-1]
+    if teacher_outputs != dataset.num_classes:
+        raise InputError(f"teacher {source.ref} outputs {teacher_outputs} logits but its data set "
+                         f"{dataset.name} has {dataset.num_classes} classes")
+    model = build_student(spec, hparams, dataset, seed)
+    with torch.no_grad():
+        student_outputs = model.eval()(torch.as_tensor(probe)).shape[-1]
+    if student_outputs != teacher_outputs:
+        raise InputError(f"student {student} outputs {student_outputs} values per sample, teacher "
+                         f"{source.ref} outputs {teacher_outputs}; they must match")
+
+    staged = repo.stage(out_name)
+    try:
+        metrics, params = train_student(model, spec, dataset, config, seed, staged.path, quiet, mentor)
+        report = {
+            "teacher": {"model": source.ref, "runtime": mentor.runtime, "params": mentor.params,
+                        "test_accuracy": teacher_accuracy(mentor, dataset)},
+            "student": {"arch": student, "params": params, "test_accuracy": metrics["test_accuracy"],
+                        "val_accuracy": metrics["val_accuracy"]},
+            "baseline": None,
+        }
+        if baseline:
+            with tempfile.TemporaryDirectory(prefix="dlkit-baseline-") as workdir:
+                scratch = build_student(spec, hparams, dataset, seed)
+                base, _ = train_student(scratch, spec, dataset, config, seed, workdir, quiet, None)
+            report["baseline"] = {"arch": student, "params": params, "test_accuracy": base["test_accuracy"],
+                                  "val_accuracy": base["val_accuracy"], "test_loss": base["test_loss"]}
+        report.update(summarise(report))
+        meta = student_meta(spec, hparams, config, seed, dataset, metrics, params, source, mentor, report)
+        version = staged.commit(meta)
+    except BaseException:
+        staged.discard()
+        raise
+    return DistillResult(version)
+
+
+def build_student(spec, hparams: dict, dataset, seed: int):
+    """The student's initial weights: a function of the seed alone, so the baseline starts equal."""
+    import torch
+
+    from dlkit.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(spec, hparams, dataset.input_spec, dataset.num_classes)
+
+
+def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet: bool, teacher):
+    """Fit ``model`` with the distillation loss (``teacher``) or plain cross-entropy (None)."""
+    from pathlib import Path
+
+    from dlkit.models import count_params
+    from dlkit.supervised import SupervisedTrainer, evaluate_arrays
+    from dlkit.training import CHECKPOINT, TrainRun
+
+    from .trainer import DistillTrainer
+
+    run = TrainRun(model=model, spec=spec, data=dataset, config=config, seed=seed, workdir=Path(workdir),
+                   quiet=quiet)
+    trainer = DistillTrainer(run, teacher) if teacher is not None else SupervisedTrainer(run)
+    metrics = dict(trainer.fit())
+    model = run.model.cpu().eval()
+    test = evaluate_arrays(model, dataset.x_test, dataset.y_test)
+    val = evaluate_arrays(model, dataset.x_val, dataset.y_val)
+    metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"], val_accuracy=val["accuracy"])
+    (Path(workdir) / CHECKPOINT).unlink(missing_ok=True)
+    if teacher is not None:
+        from dlkit.checkpoint import save_tensors
+        from dlkit.repository import WEIGHTS
+
+        save_tensors(Path(workdir) / WEIGHTS, model.state_dict())
+    return metrics, count_params(model)
+
+
+def teacher_accuracy(teacher, dataset) -> float:
+    """The teacher's accuracy on the student's test split, through the runtime that taught."""
+    from dlkit.evaluation import softmax_cross_entropy
+
+    logits = teacher.logits(dataset.x_test).cpu().numpy()
+    return softmax_cross_entropy(logits, dataset.y_test)[0]
+
+
+def summarise(report: dict) -> dict:
+    """Parameter ratio (teacher / student) and, with a baseline, the share of the gap recovered."""
+    teacher, student, base = report["teacher"], report["student"], report["baseline"]
+    ratio = teacher["params"] / student["params"] if teacher["params"] and student["params"] else None
+    gap = recovered = None
+    if base is not None:
+        gap = teacher["test_accuracy"] - base["test_accuracy"]
+        # No gap (or a baseline that beats the teacher): there is nothing to recover.
+        if gap > 0:
+            recovered = (student["test_accuracy"] - base["test_accuracy"]) / gap
+    return {"param_ratio": ratio, "gap": gap, "gap_recovered": recovered}
+
+
+def student_meta(spec, hparams, config, seed, dataset, metrics, params, source, teacher, report) -> dict:
+    """meta.json of the student: what any trained model records, plus its lineage."""
+    from dlkit.training import library_versions
+
+    train = {k: v for k, v in config.items() if k != "teacher"}  # a path that moves with the repository
+    return {
+        "arch": spec.name, "plugin": spec.plugin, "task": spec.task, "trainer": "distill",
+        "hparams": hparams, "train": train, "seed": seed,
+        "input_spec": dataset.input_spec, "labels": dataset.labels, "num_classes": dataset.num_classes,
+        "data": dataset.describe(), "metrics": metrics, "params": params,
+        "parent": {"name": source.name, "version": source.version}, "method": "distill",
+        "distill": {"teacher": {"name": source.name, "version": source.version, "runtime": teacher.runtime},
+                    "temperature": config["temperature"], "alpha": config["alpha"], "report": report},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
+
+
+def compress(source: ModelVersion, options: dict, repo: ModelRepository) -> ModelVersion:
+    """The ``distill`` compressor: ``options`` are :func:`distill`'s keyword arguments."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise InputError(f"distill: unknown option {sorted(unknown)[0]!r}; known: {', '.join(OPTIONS)}")
+    if not options.get("student"):
+        raise InputError("distill: option 'student' (an architecture name) is required")
+    options = dict(options)
+    return distill(source, options.pop("student"), repo=repo, **options).version
