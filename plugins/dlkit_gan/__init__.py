@@ -1,1 +1,115 @@
-"""dlkit-gan plugin (being built)."""
+"""dlkit-gan: a DCGAN-style generative adversarial network, its trainer and ``dlkit generate``.
+
+Registers the model ``gan`` (task ``generation``; the exported graph is the generator), the
+trainer ``gan`` (alternating updates, quality metrics judged by a classifier) and the command
+``dlkit generate``. Everything heavy is imported inside the functions.
+"""
+
+from dlkit import hookimpl
+
+DEFAULTS = {
+    "latent": 32,  # noise size
+    "g_widths": [128, 64],  # generator feature maps, one 2x upsampling step each
+    "d_widths": [64, 128],  # discriminator feature maps, one 2x downsampling step each
+    "conditional": True,  # the class label is an input of both networks
+    "embed": 16,  # size of the generator's label embedding (conditional only)
+    "spectral_norm": False,  # spectral normalisation in the discriminator (instead of batch norm)
+}
+
+TRAIN_DEFAULTS = {
+    "epochs": 100,
+    "batch_size": 64,
+    "lr": 2e-4,  # generator (and discriminator unless d_lr is set)
+    "d_lr": 0.0,  # discriminator learning rate; 0: the same as lr
+    "beta1": 0.5,  # Adam beta1 as in DCGAN
+    "beta2": 0.999,
+    "loss": "nonsaturating",  # nonsaturating | hinge
+    "label_smoothing": 0.0,  # one-sided: real targets become 1 - s (nonsaturating loss only)
+    "d_steps": 1,  # discriminator updates per generator update
+    "grid_every": 1,  # save a sample grid every N epochs into <version>/epochs/; 0: never
+    "collapse_steps": 100,  # stop when the discriminator loss sits at its floor this many steps; 0: never
+    "collapse_loss": 0.01,  # ... "at its floor" means within this much of it
+    "samples": 1000,  # generated images the quality metrics are computed on
+    "judge": "auto",  # classifier for the quality metrics: auto | none | a model NAME[:V]
+    "judge_epochs": 15,  # epochs of the auto judge, when it has to be trained
+    "device": "auto",
+}
+
+
+def build(hparams, input_spec, num_classes):
+    from .model import GAN
+
+    gan = GAN(input_spec["shape"], num_classes, input_spec.get("range") or (0.0, 1.0), **hparams)
+    gan.hparams = dict(hparams)  # lets the trainer rebuild an untrained twin for reference
+    return gan
+
+
+def export(module, meta):
+    """The generator as an ONNX graph: ``noise`` (and ``label``) -> ``image`` in the data's range."""
+    import torch
+
+    from dlkit.export import OnnxGraph
+
+    from .model import generator_graph
+
+    graph = generator_graph(module)
+    noise = torch.randn(4, module.latent, generator=torch.Generator().manual_seed(0))
+    inputs = (noise,)
+    axes = {"noise": {0: "batch"}, "image": {0: "batch"}}
+    if module.conditional:
+        inputs = (noise, torch.arange(4) % module.num_classes)
+        axes["label"] = {0: "batch"}
+    metadata = {"task": "generation", "latent": module.latent, "conditional": module.conditional,
+                "output_range": [module.low, module.high], "labels": meta.get("labels"),
+                "image_shape": list(meta["input_spec"]["shape"])}
+    return OnnxGraph(module=graph, example_inputs=inputs, output_names=["image"], dynamic_axes=axes,
+                     metadata=metadata)
+
+
+def fit(run):
+    from .trainer import fit as gan_fit
+
+    return gan_fit(run)
+
+
+@hookimpl
+def register_models(register):
+    register("gan", build, input_kinds={"image"}, defaults=DEFAULTS, trainer="gan", task="generation",
+             export=export, description="DCGAN-style generator and discriminator (optionally class-conditional)")
+
+
+@hookimpl
+def register_trainers(register):
+    register("gan", fit, defaults=TRAIN_DEFAULTS,
+             description="adversarial training (non-saturating or hinge loss), judged by a classifier")
+
+
+@hookimpl
+def register_commands(cli):
+    import click
+
+    from dlkit.cli import emit, json_option, open_repo, repo_option
+
+    @cli.command("generate")
+    @click.argument("ref")
+    @click.option("-n", "n", type=int, default=64, show_default=True, help="How many images.")
+    @click.option("--label", help="Only this class (name or index), for conditional models.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed: the same seed, the same images.")
+    @click.option("--out", default="generated.png", show_default=True, help="PNG grid to write ('' for none).")
+    @click.option("--npy", help="Also write the raw (N, C, H, W) float32 array to this .npy file.")
+    @click.option("--provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda...")
+    @repo_option
+    @json_option
+    def generate_cmd(ref, n, label, seed, out, npy, provider, repo, as_json):
+        """Generate images with a GAN's exported generator (NAME or NAME:V), without torch."""
+        from .generate import generate
+
+        result = generate(open_repo(repo).resolve(ref), n=n, label=label, seed=seed, out=out or None,
+                          npy=npy, provider=provider)
+
+        def human(r):
+            what = f" of class {r['label']}" if r["label"] is not None else ""
+            written = " and ".join(p for p in (r["out"], r["npy"]) if p) or "nowhere (no --out or --npy)"
+            click.echo(f"generated {r['n']} images{what} with {r['model']}:{r['version']} -> {written}")
+
+        emit(result, as_json, human)

@@ -1,0 +1,174 @@
+"""How good generated images are, judged by a classifier of the same data set.
+
+There is no accuracy for a generator. A classifier trained by dlkit on the same data (the
+*judge*) gives two measures instead:
+
+- the Frechet distance between the judge's penultimate-layer features of real training
+  images and of generated ones (FID's formula, with a small digits classifier standing in for
+  Inception): 0 when the two feature distributions share mean and covariance;
+- class coverage: of ``samples`` generated images, how many classes the judge predicts with
+  probability >= 0.9, and the mean of its highest probability (how recognisable they are).
+
+``judge = "auto"`` trains a small CNN with :func:`dlkit.training.train` the first time and
+caches it in the repository as ``gan-judge-<data>``; later runs on the same data (source,
+options and split seed) reuse it. ``judge = "NAME[:V]"`` uses any classifier of the repository
+trained on the same labels and image shape.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+
+from dlkit.errors import InputError
+
+CONFIDENCE = 0.9
+JUDGE_PREFIX = "gan-judge-"
+JUDGE_RECIPE = {
+    "model": {"channels": [16, 32], "hidden": 64, "dropout": 0.25},
+    "train": {"batch_size": 64, "lr": 0.003, "augment": 1, "patience": 0, "schedule": "cosine"},
+}
+
+
+def judge_name(dataset) -> str:
+    """``gan-judge-<data set name>``, made safe as a model name."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", dataset.name.lower()).strip("-._") or "data"
+    return (JUDGE_PREFIX + slug)[:128]
+
+
+def obtain_judge(ref: str, dataset, repo, seed: int, epochs: int, quiet: bool = True):
+    """The judge's model version: ``ref`` from the repository, or the cached/new auto judge."""
+    if ref != "auto":
+        version = repo.resolve(ref)
+        check_judge(version, dataset, f"train.judge={ref}")
+        return version
+    name = judge_name(dataset)
+    for v in reversed(repo.versions(name)):
+        version = repo.resolve(f"{name}:{v}")
+        if _same_data(version.meta, dataset):
+            return version
+    from dlkit.recipe import Recipe
+    from dlkit.training import train
+
+    if not quiet:
+        print(f"dlkit: training the judge classifier {name} for the quality metrics "
+              f"(cached in {repo.root} for later runs)", file=sys.stderr)
+    source = dataset.source
+    recipe = Recipe(arch="cnn", name=name, seed=seed,
+                    data={"source": source["source"], **source.get("options", {}), "seed": source.get("seed", 0)},
+                    model=dict(JUDGE_RECIPE["model"]), train={**JUDGE_RECIPE["train"], "epochs": epochs})
+    return train(recipe, repo, quiet=True).version
+
+
+def _same_data(meta: dict, dataset) -> bool:
+    recorded = meta.get("data") or {}
+    source = dataset.source
+    return (meta.get("task") == "classification" and meta.get("labels") == dataset.labels
+            and list(meta.get("input_spec", {}).get("shape", [])) == list(dataset.input_spec["shape"])
+            and all(recorded.get(k) == source.get(k) for k in ("source", "loader", "options", "seed")))
+
+
+def check_judge(version, dataset, what: str) -> None:
+    """A judge must be a classifier of the same labels and image shape."""
+    meta = version.meta
+    if meta.get("task", "classification") != "classification":
+        raise InputError(f"{what}: model {version.ref} is a {meta.get('task')} model, not a classifier")
+    if meta.get("labels") != dataset.labels:
+        raise InputError(f"{what}: model {version.ref} has labels {meta.get('labels')}, the data has {dataset.labels}")
+    shape = list(meta.get("input_spec", {}).get("shape", []))
+    if shape != list(dataset.input_spec["shape"]):
+        raise InputError(f"{what}: model {version.ref} takes inputs {shape}, the images are {dataset.input_spec['shape']}")
+
+
+class Judge:
+    """A classifier's probabilities and penultimate features (the input of its last Linear)."""
+
+    def __init__(self, version):
+        import torch
+        from torch import nn
+
+        from dlkit.models import load_model
+
+        self.version = version
+        self.module, _ = load_model(version)
+        linears = [m for m in self.module.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise InputError(f"judge {version.ref} has no final Linear layer to take features from")
+        self._features = None
+        linears[-1].register_forward_hook(self._keep_input)
+        self._torch = torch
+
+    def _keep_input(self, module, inputs, output):
+        self._features = inputs[0].detach()
+
+    def __call__(self, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+        """(features, probabilities) of images in the data's value range."""
+        torch = self._torch
+        feats, probs = [], []
+        with torch.inference_mode():
+            for i in range(0, len(images), batch_size):
+                logits = self.module(torch.as_tensor(images[i:i + batch_size], dtype=torch.float32))
+                probs.append(torch.softmax(logits.float(), dim=1).numpy())
+                feats.append(self._features.flatten(1).float().numpy())
+        return np.concatenate(feats).astype(np.float64), np.concatenate(probs)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of two feature sets (rows = samples).
+
+    The trace of the matrix square root is computed as the sum of the square roots of the
+    eigenvalues of S_a^1/2 S_b S_a^1/2 (symmetric, so ``eigh`` is exact and stable).
+    """
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    trace_root = np.sqrt(np.clip(cross, 0, None)).sum()
+    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+    return max(value, 0.0)
+
+
+def coverage(probs: np.ndarray, requested: np.ndarray | None = None) -> dict:
+    """Class coverage and confidence of the judge's predictions on generated images."""
+    top = probs.argmax(1)
+    confident = probs.max(1) >= CONFIDENCE
+    counts = np.bincount(top[confident], minlength=probs.shape[1])
+    out = {"class_coverage": int((counts > 0).sum()), "classes": int(probs.shape[1]),
+           "mean_max_probability": float(probs.max(1).mean()),
+           "confident_per_class": [int(c) for c in counts]}
+    if requested is not None:  # conditional: does the judge see the class that was asked for?
+        out["label_accuracy"] = float((top == requested).mean())
+    return out
+
+
+def measure(gan, judge: Judge, real: np.ndarray, samples: int, seed: int, untrained=None) -> dict:
+    """Quality metrics of ``gan`` (and the Frechet distance of ``untrained``, same sampling)."""
+    real_features, _ = judge(real)
+    images, labels = sample(gan, samples, seed)
+    features, probs = judge(images)
+    metrics = {"frechet_distance": frechet_distance(real_features, features)}
+    if untrained is not None:
+        base_images, _ = sample(untrained, samples, seed)
+        base = frechet_distance(real_features, judge(base_images)[0])
+        metrics["frechet_distance_untrained"] = base
+        metrics["frechet_ratio"] = metrics["frechet_distance"] / base if base > 0 else float("nan")
+    metrics.update(coverage(probs, labels))
+    metrics.update(quality_samples=int(samples), judge=judge.version.ref, frechet_real_images=int(len(real)))
+    return metrics
+
+
+def sample(gan, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``n`` images in the data's range (eval mode); conditional models cycle through classes."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(n, gan.latent, generator=g)
+    labels = torch.arange(n) % gan.num_classes if gan.conditional else None
+    gan.eval()
+    with torch.inference_mode():
+        images = torch.cat([gan(noise[i:i + 500], None if labels is None else labels[i:i + 500])
+                            for i in range(0, n, 500)])
+    return images.numpy(), (None if labels is None else labels.numpy())

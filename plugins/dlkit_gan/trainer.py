@@ -1,0 +1,299 @@
+"""The ``gan`` trainer: alternating discriminator and generator updates, with checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from dlkit.callbacks import Callback, CurvePlot, MetricsLog, ProgressBar, truncate_metrics_log
+from dlkit.checkpoint import load_train_state, optimizer_from_flat, optimizer_to_flat, save_train_state
+from dlkit.errors import InputError
+from dlkit.supervised import TrainingDiverged, resolve_device
+
+from .grid import class_rows, save_grid
+
+CHECKPOINT = "checkpoint.safetensors"
+SAMPLES = "samples.png"
+EPOCH_GRIDS = "epochs"  # per-epoch grids: <version>/epochs/epoch-0001.png
+GRID_SAMPLES = 64  # unconditional grids: 8 x 8
+
+
+class DiscriminatorCollapsed(TrainingDiverged):
+    """The discriminator wins outright: its loss stays near its floor and G gets no signal."""
+
+
+def validate(config: dict) -> None:
+    """Refuse option values no run could use, naming the option."""
+    checks = [
+        ("epochs", config["epochs"] >= 1, "must be >= 1"),
+        ("batch_size", config["batch_size"] >= 2, "must be >= 2"),
+        ("lr", config["lr"] > 0, "must be > 0"),
+        ("d_lr", config["d_lr"] >= 0, "must be >= 0 (0: the same as lr)"),
+        ("beta1", 0 <= config["beta1"] < 1, "must be in [0, 1)"),
+        ("beta2", 0 <= config["beta2"] < 1, "must be in [0, 1)"),
+        ("loss", config["loss"] in ("nonsaturating", "hinge"), "must be nonsaturating or hinge"),
+        ("label_smoothing", 0 <= config["label_smoothing"] < 0.5, "must be in [0, 0.5)"),
+        ("d_steps", config["d_steps"] >= 1, "must be >= 1"),
+        ("grid_every", config["grid_every"] >= 0, "must be >= 0 (0: no per-epoch grids)"),
+        ("collapse_steps", config["collapse_steps"] >= 0, "must be >= 0 (0: no collapse check)"),
+        ("collapse_loss", config["collapse_loss"] > 0, "must be > 0"),
+        ("samples", config["samples"] >= 10, "must be >= 10"),
+        ("judge_epochs", config["judge_epochs"] >= 1, "must be >= 1"),
+        ("judge", bool(str(config["judge"]).strip()), "must be auto, none or a model NAME[:V]"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise InputError(f"train.{key} {why}, got {config[key]!r}")
+
+
+def repository_of(run):
+    """The repository a run is staged in (``<root>/<name>/.staging/<run>``)."""
+    from dlkit.repository import STAGING, ModelRepository
+
+    if getattr(run, "repo", None) is not None:
+        return run.repo
+    workdir = Path(run.workdir).resolve()
+    if workdir.parent.name != STAGING:
+        raise InputError(f"train.judge=auto needs a run staged in a model repository, not {workdir}")
+    return ModelRepository(workdir.parents[2])
+
+
+class LiveLosses(ProgressBar):
+    """The progress bar, showing the running discriminator and generator losses as it moves."""
+
+    def on_step_end(self, trainer, step, logs):
+        super().on_step_end(trainer, step, logs)
+        if logs:
+            self.progress.update(self.task, status=f"d_loss {logs['d_loss']:.3f}  g_loss {logs['g_loss']:.3f}")
+
+
+class GanTrainer:
+    """Two networks, two Adam optimizers, alternating minibatch updates."""
+
+    def __init__(self, run):
+        import torch
+
+        self.run = run
+        self.config = cfg = run.config
+        self.device = resolve_device(cfg["device"])
+        self.model = run.model.to(self.device)
+        self.workdir = Path(run.workdir)
+        betas = (cfg["beta1"], cfg["beta2"])
+        self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg["lr"], betas=betas)
+        self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=cfg["d_lr"] or cfg["lr"], betas=betas)
+        self.epoch = 0
+        self.seconds = 0.0
+        self.low_d_steps = 0  # consecutive steps with the discriminator's loss near its floor
+        self.steps = max(1, len(run.data.y_train) // cfg["batch_size"])
+        self.curves = CurvePlot(self.workdir / "curves.png",
+                                [("loss", ["d_loss", "g_loss"]), ("discriminator score", ["d_real", "d_fake"])])
+        self.callbacks: list[Callback] = [MetricsLog(self.workdir / "metrics.jsonl"), self.curves]
+        if not run.quiet:
+            self.callbacks.insert(0, LiveLosses(cfg["epochs"], self.steps, ["d_loss", "g_loss", "d_real", "d_fake", "seconds"]))
+        self.callbacks += list(run.callbacks)
+        # The same noise (and labels) every epoch, so the per-epoch grids show one sample evolving.
+        g = torch.Generator().manual_seed(run.seed + 1)
+        gan = self.model
+        if gan.conditional:
+            labels = class_rows(gan.num_classes, gan.num_classes * 10)
+            self.grid_labels = torch.as_tensor(labels, device=self.device)
+            self.grid_shape = (gan.num_classes, 10)
+        else:
+            self.grid_labels = None
+            self.grid_shape = (8, 8)
+        n = self.grid_shape[0] * self.grid_shape[1]
+        self.fixed_noise = torch.randn(n, gan.latent, generator=g).to(self.device)
+
+    # -- losses ----------------------------------------------------------------------------------
+    def d_loss(self, real_scores, fake_scores):
+        import torch.nn.functional as F
+
+        if self.config["loss"] == "hinge":
+            return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+        target = real_scores.new_full(real_scores.shape, 1.0 - self.config["label_smoothing"])
+        return (F.binary_cross_entropy_with_logits(real_scores, target)
+                + F.binary_cross_entropy_with_logits(fake_scores, fake_scores.new_zeros(fake_scores.shape)))
+
+    def g_loss(self, fake_scores):
+        import torch.nn.functional as F
+
+        if self.config["loss"] == "hinge":
+            return -fake_scores.mean()
+        # non-saturating: maximise log D(G(z)) rather than minimise log(1 - D(G(z)))
+        return F.binary_cross_entropy_with_logits(fake_scores, fake_scores.new_ones(fake_scores.shape))
+
+    def d_loss_floor(self) -> float:
+        """The lowest loss a perfect discriminator can reach (above 0 with label smoothing)."""
+        s = self.config["label_smoothing"]
+        if self.config["loss"] == "hinge" or s == 0:
+            return 0.0
+        return -(1 - s) * math.log(1 - s) - s * math.log(s)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        import torch
+
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        g_tensors, g_state = optimizer_to_flat(self.opt_g, "optim_g")
+        d_tensors, d_state = optimizer_to_flat(self.opt_d, "optim_d")
+        tensors.update(g_tensors)
+        tensors.update(d_tensors)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if self.device.startswith("cuda"):
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        state = {"epoch": self.epoch, "seconds": self.seconds, "low_d_steps": self.low_d_steps,
+                 "optim_g": g_state, "optim_d": d_state}
+        save_train_state(self.workdir / CHECKPOINT, tensors, state)
+
+    def load_checkpoint(self) -> None:
+        import torch
+
+        tensors, state = load_train_state(self.workdir / CHECKPOINT)
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer_from_flat(self.opt_g, "optim_g", tensors, state["optim_g"])
+        optimizer_from_flat(self.opt_d, "optim_d", tensors, state["optim_d"])
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and self.device.startswith("cuda"):
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        self.epoch, self.seconds, self.low_d_steps = state["epoch"], state["seconds"], state["low_d_steps"]
+        log = self.workdir / "metrics.jsonl"
+        truncate_metrics_log(log, self.epoch)
+        if log.is_file():  # the curves cover the whole run, not only the resumed part
+            self.curves.history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    # -- samples ---------------------------------------------------------------------------------
+    def save_samples(self, path: Path) -> None:
+        import torch
+
+        gan = self.model
+        was_training = gan.training
+        gan.eval()
+        with torch.inference_mode():
+            images = gan(self.fixed_noise, self.grid_labels).float().cpu().numpy()
+        gan.train(was_training)
+        save_grid(path, images, (gan.low, gan.high), *self.grid_shape)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        import torch
+
+        cfg, data, gan = self.config, self.run.data, self.model
+        generator, discriminator = gan.generator, gan.discriminator
+        if self.run.resume and (self.workdir / CHECKPOINT).is_file():
+            self.load_checkpoint()
+        x = gan.from_data_range(torch.as_tensor(data.x_train, dtype=torch.float32)).to(self.device)
+        y = torch.as_tensor(data.y_train, dtype=torch.long).to(self.device)
+        n, bs, classes = len(x), cfg["batch_size"], gan.num_classes
+        if n < bs:
+            raise InputError(f"train.batch_size={bs} is larger than the {n} training images")
+        cond = gan.conditional
+        floor = self.d_loss_floor()
+        logs: dict[str, Any] = {}
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        try:
+            for epoch in range(self.epoch + 1, cfg["epochs"] + 1):
+                self.epoch = epoch
+                started = time.perf_counter()
+                gan.train()
+                for cb in self.callbacks:
+                    cb.on_epoch_start(self, epoch)
+                order = torch.randperm(n).to(self.device)
+                sums = torch.zeros(4, device=self.device)  # d_loss, g_loss, d_real, d_fake
+                for step in range(self.steps):
+                    idx = order[step * bs:(step + 1) * bs]
+                    real, real_labels = x[idx], (y[idx] if cond else None)
+                    # discriminator: real images up, generated ones down
+                    for _ in range(cfg["d_steps"]):
+                        fake_labels = torch.randint(0, classes, (bs,), device=self.device) if cond else None
+                        with torch.no_grad():
+                            fake = generator(torch.randn(bs, gan.latent, device=self.device), fake_labels)
+                        real_scores = discriminator(real, real_labels)
+                        fake_scores = discriminator(fake, fake_labels)
+                        d_loss = self.d_loss(real_scores, fake_scores)
+                        self.opt_d.zero_grad(set_to_none=True)
+                        d_loss.backward()
+                        self.opt_d.step()
+                    # generator: make the discriminator call its images real
+                    fake_labels = torch.randint(0, classes, (bs,), device=self.device) if cond else None
+                    discriminator.requires_grad_(False)
+                    fake_scores = discriminator(generator(torch.randn(bs, gan.latent, device=self.device), fake_labels),
+                                                fake_labels)
+                    g_loss = self.g_loss(fake_scores)
+                    self.opt_g.zero_grad(set_to_none=True)
+                    g_loss.backward()
+                    self.opt_g.step()
+                    discriminator.requires_grad_(True)
+                    values = torch.stack([d_loss.detach(), g_loss.detach(), real_scores.detach().mean(),
+                                          fake_scores.detach().mean()])
+                    d_value, g_value = (float(v) for v in values[:2].cpu())
+                    self._check(epoch, step, d_value, g_value, floor)
+                    sums += values
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, step, {"d_loss": d_value, "g_loss": g_value})
+                self.seconds += time.perf_counter() - started
+                d_mean, g_mean, real_mean, fake_mean = (float(v) for v in (sums / self.steps).cpu())
+                logs = {"d_loss": d_mean, "g_loss": g_mean, "d_real": real_mean, "d_fake": fake_mean,
+                        "seconds": round(self.seconds, 3)}
+                if cfg["grid_every"] and epoch % cfg["grid_every"] == 0:
+                    self.save_samples(self.workdir / EPOCH_GRIDS / f"epoch-{epoch:04d}.png")
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, epoch, logs)
+                self.save_checkpoint()
+            self.save_samples(self.workdir / SAMPLES)
+            for cb in self.callbacks:
+                cb.on_train_end(self, logs)
+        finally:
+            for cb in self.callbacks:
+                cb.teardown(self)
+        gan.eval()
+        return {"epochs": self.epoch, "train_seconds": round(self.seconds, 3),
+                "d_loss": logs.get("d_loss"), "g_loss": logs.get("g_loss"), "stopped_early": False,
+                "samples": SAMPLES}
+
+    def _check(self, epoch: int, step: int, d_value: float, g_value: float, floor: float) -> None:
+        """Stop on NaN/inf losses, or on a discriminator that has won for ``collapse_steps``."""
+        cfg = self.config
+        if not (math.isfinite(d_value) and math.isfinite(g_value)):
+            raise TrainingDiverged(
+                f"GAN training diverged: d_loss {d_value}, g_loss {g_value} in epoch {epoch} step {step + 1}; "
+                f"stopped. Train again with a lower --lr, or --set spectral_norm=true or loss=\"hinge\""
+            )
+        if not cfg["collapse_steps"]:
+            return
+        self.low_d_steps = self.low_d_steps + 1 if d_value - floor < cfg["collapse_loss"] else 0
+        if self.low_d_steps >= cfg["collapse_steps"]:
+            raise DiscriminatorCollapsed(
+                f"GAN training collapsed: the discriminator loss stayed within {cfg['collapse_loss']} of its "
+                f"minimum for {self.low_d_steps} steps (epoch {epoch}), so the generator learns nothing; "
+                f"stopped. Train again with --set d_lr=<smaller>, spectral_norm=true or label_smoothing=0.1"
+            )
+
+
+def fit(run) -> dict:
+    """Train ``run.model`` (a :class:`~dlkit_gan.model.GAN`) and measure its samples' quality."""
+    import torch
+
+    from . import quality
+
+    validate(run.config)
+    cfg = run.config
+    judge_ref = str(cfg["judge"]).strip()
+    judge = None
+    if judge_ref != "none":
+        # Before training: a judge that cannot be had is bad input, found before the work starts.
+        repo = repository_of(run)
+        with torch.random.fork_rng():  # training the judge must not shift the GAN's random stream
+            version = quality.obtain_judge(judge_ref, run.data, repo, run.seed, cfg["judge_epochs"], run.quiet)
+        judge = quality.Judge(version)
+    metrics = GanTrainer(run).fit()
+    if judge is not None:
+        gan = run.model.cpu().eval()
+        with torch.random.fork_rng():
+            torch.manual_seed(run.seed + 2)
+            untrained = run.spec.build(gan.hparams, run.data.input_spec, run.data.num_classes).eval()
+        metrics.update(quality.measure(gan, judge, run.data.x_train, cfg["samples"], run.seed + 3, untrained))
+    return metrics
