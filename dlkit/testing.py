@@ -1,0 +1,336 @@
+"""Conformance checks for what plugins register, as plain functions and as a pytest plugin.
+
+dlkit's own tests run these checks on the built-in plugins; a plugin author runs the same
+checks on their own registrations::
+
+    from dlkit.testing import check_model
+
+    def test_tcn_conforms(dlkit_repo):
+        check_model("tcn", repo=dlkit_repo)
+
+Installed with dlkit, this module is a pytest plugin (the ``pytest11`` entry point), so its
+fixtures need no import: ``dlkit_repo`` (an empty repository, also ``$DLKIT_REPO``),
+``dlkit_registry`` and ``dlkit_cli`` (the ``dlkit`` command line, run in-process). A test that
+takes a ``dlkit_model`` argument runs once per registered architecture, or once per
+architecture of the plugins named by ``@pytest.mark.dlkit_plugin("NAME", ...)``.
+
+pytest imports this module in every run of every project that has dlkit installed: it
+imports nothing heavy at top level, and the checks import torch only when they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The data set each kind of input is checked on: small, and registered by dlkit itself.
+DATA_FOR_KIND = {"image": "digits", "sequence": "waves", "tabular": "blobs"}
+# One epoch, small batches, no early stopping: enough to exercise a trainer end to end.
+QUICK_TRAIN = {"epochs": 1, "batch_size": 64, "patience": 0}
+ATOL, RTOL = 1e-4, 1e-3  # ONNX vs torch outputs (float32, different kernels)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+@dataclass
+class CliResult:
+    """What one in-process ``dlkit`` invocation printed and returned."""
+
+    args: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        """The one JSON object a ``--json`` command prints."""
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str, expect: int | None = 0) -> CliResult:
+    """Run ``dlkit ARGS...`` in this process; fail unless it exits with ``expect`` (None: any code)."""
+    from click.testing import CliRunner
+
+    from .cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="dlkit")
+    out = CliResult(list(map(str, args)), result.exit_code, result.stdout, result.stderr)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"dlkit {' '.join(out.args)} raised") from result.exception
+    if expect is not None and out.exit_code != expect:
+        raise AssertionError(f"dlkit {' '.join(out.args)} exited {out.exit_code}, expected {expect}\n"
+                             f"stdout: {out.stdout[-2000:]}\nstderr: {out.stderr[-2000:]}")
+    return out
+
+
+def default_data(spec) -> str:
+    """A small dlkit data set the architecture accepts (image data first: every kind of model
+    that reads images is checked on real digits)."""
+    for kind in ("image", "sequence", "tabular"):
+        if kind in spec.input_kinds:
+            return DATA_FOR_KIND[kind]
+    return "digits"  # noise-input (generative) models learn to produce the data set's images
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _repository(repo):
+    from .repository import ModelRepository
+
+    return repo if isinstance(repo, ModelRepository) else ModelRepository(repo)
+
+
+# -- data sets ------------------------------------------------------------------------------------
+def check_dataset(name: str, options: dict | None = None, seed: int = 0):
+    """Load a registered data set and check what every model relies on; returns the Dataset."""
+    import numpy as np
+
+    from .data import load_dataset
+    from .registry import INPUT_KINDS
+
+    ds = load_dataset(name, dict(options or {}), seed)
+    spec = ds.input_spec
+    assert spec["kind"] in INPUT_KINDS, f"{name}: input_spec kind {spec['kind']!r} is not one of {sorted(INPUT_KINDS)}"
+    assert ds.num_classes >= 2 and len(set(ds.labels)) == ds.num_classes, f"{name}: labels {ds.labels} must be distinct"
+    for part in ("train", "val", "test"):
+        x, y = ds.split(part)
+        assert len(x) == len(y) > 0, f"{name}: the {part} split has {len(x)} inputs and {len(y)} labels"
+        assert x.dtype == np.float32, f"{name}: {part} inputs are {x.dtype}, expected float32"
+        assert list(x.shape[1:]) == list(spec["shape"]), \
+            f"{name}: {part} inputs have shape {list(x.shape[1:])}, input_spec says {spec['shape']}"
+        assert y.dtype.kind in "iu" and y.min() >= 0 and y.max() < ds.num_classes, \
+            f"{name}: {part} labels must be class indices below {ds.num_classes}"
+    again = load_dataset(name, dict(options or {}), seed)
+    assert np.array_equal(again.x_test, ds.x_test) and np.array_equal(again.y_test, ds.y_test), \
+        f"{name}: the same seed must give the same split"
+    return ds
+
+
+# -- models ---------------------------------------------------------------------------------------
+def check_build(name: str, data: str | None = None, hparams: dict | None = None):
+    """Build ``name`` for a data set and run a forward pass; returns (module, dataset)."""
+    import torch
+
+    from .data import load_dataset
+    from .models import build_model, check_compatible
+    from .plugins import get_registry
+    from .recipe import check_options
+
+    spec = get_registry().model(name)
+    ds = load_dataset(data or default_data(spec))
+    check_compatible(spec, ds.input_spec, ds.name)
+    torch.manual_seed(0)
+    module = build_model(spec, check_options("model", dict(hparams or {}), spec.defaults), ds.input_spec,
+                         ds.num_classes)
+    assert isinstance(module, torch.nn.Module), f"{name}: build returned {type(module).__name__}, not an nn.Module"
+    if spec.task == "classification":
+        module.eval()
+        with torch.inference_mode():
+            out = module(torch.from_numpy(ds.x_test[:5]))
+        assert tuple(out.shape) == (5, ds.num_classes), \
+            f"{name}: a batch of 5 gave outputs of shape {tuple(out.shape)}, expected (5, {ds.num_classes}) logits"
+        assert torch.isfinite(out).all(), f"{name}: non-finite logits"
+    return module, ds
+
+
+def check_train_step(module, dataset) -> None:
+    """One optimizer step on a classifier: every trainable parameter gets a finite gradient
+    (none is left out of the graph), and the step changes the outputs."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(dataset.x_train[:32])
+    y = torch.from_numpy(dataset.y_train[:32]).long()
+    module.train()
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    loss = F.cross_entropy(module(x), y)
+    assert torch.isfinite(loss), f"non-finite training loss {loss.item()}"
+    loss.backward()
+    for pname, p in module.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"parameter {pname} gets no gradient: it is not used by forward()"
+            assert torch.isfinite(p.grad).all(), f"parameter {pname} has a non-finite gradient"
+    module.eval()
+    with torch.inference_mode():
+        before = module(x).clone()
+    optimizer.step()
+    with torch.inference_mode():
+        after = module(x)
+    assert not torch.equal(before, after), "an optimizer step did not change the outputs"
+
+
+def check_weights_round_trip(module, rebuild, tmp_dir: str | Path) -> None:
+    """Save ``module``'s weights with dlkit's safetensors writer, load them into ``rebuild()``
+    (a freshly built module), and require identical outputs and state."""
+    import torch
+
+    from .checkpoint import load_weights, save_tensors
+
+    path = Path(tmp_dir) / "round-trip.safetensors"
+    save_tensors(path, module.state_dict())
+    torch.manual_seed(1)  # a different initialisation, so equality proves the load
+    fresh = rebuild()
+    load_weights(fresh, path)
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, fresh.state_dict()[key]), f"tensor {key} differs after a save/load round trip"
+
+
+def check_trained(version) -> None:
+    """A stored classifier reloads from the repository with the metrics it was stored with."""
+    from .evaluation import evaluate
+
+    meta = version.meta
+    assert version.has_weights(), f"{version.ref}: no model.safetensors"
+    for key in ("arch", "plugin", "hparams", "input_spec", "labels"):
+        assert key in meta, f"{version.ref}: meta.json lacks {key!r}"
+    if meta.get("task", "classification") == "classification":
+        result = evaluate(version, runtime="torch")
+        stored = meta["metrics"]["test_accuracy"]
+        # Batch sizes differ from training's evaluation: allow one near-tie sample to flip.
+        assert abs(result["accuracy"] - stored) <= 1 / result["samples"] + 1e-9, \
+            f"{version.ref}: reloaded test accuracy {result['accuracy']} != stored {stored}"
+
+
+def export_onnx(version, repo) -> None:
+    """``dlkit export onnx`` on ``version`` (the command line, so the check tracks the contract)."""
+    run_cli("export", "onnx", version.ref, "--repo", str(_repository(repo).root), "--json")
+
+
+def check_onnx(version, repo, samples: int = 64) -> None:
+    """Export ``version`` to ONNX and run it with onnxruntime: outputs match torch's, and
+    classifiers' probabilities are a softmax whose arg-max is torch's prediction."""
+    import numpy as np
+    import torch
+
+    from .evaluation import evaluation_data
+    from .models import load_model
+    from .runtime import Session
+
+    export_onnx(version, repo)
+    assert version.has_onnx(), f"{version.ref}: export wrote no model.onnx"
+    if version.meta.get("task", "classification") != "classification":
+        Session(version.onnx_path, "cpu")  # generative graphs: loading is the portable check
+        return
+    x, _ = evaluation_data(version).split("test")
+    x = x[:samples]
+    module, _ = load_model(version)
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(x)).numpy()
+    session = Session(version.onnx_path, "cpu")
+    got = session.run({session.inputs[0].name: x})
+    np.testing.assert_allclose(got["logits"], expected, atol=ATOL, rtol=RTOL,
+                               err_msg=f"{version.ref}: ONNX logits differ from torch's")
+    probs = got["probabilities"]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5, err_msg=f"{version.ref}: probabilities")
+    top2 = np.sort(expected, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-3  # ignore near-ties, where float noise may flip the arg-max
+    assert (probs.argmax(1) == expected.argmax(1))[clear].all(), f"{version.ref}: ONNX and torch predict differently"
+    single = session.run({session.inputs[0].name: x[:1]})  # the batch axis is dynamic
+    np.testing.assert_allclose(single["logits"], expected[:1], atol=ATOL, rtol=RTOL)
+
+
+def check_model(name: str, repo, *, data: str | None = None, hparams: dict | None = None,
+                onnx: bool = True):
+    """Every conformance check for a registered architecture; returns the trained version.
+
+    Build and forward pass, one train step, a weights round trip, a short run of the
+    architecture's own trainer into ``repo``, the reloaded metrics, and (``onnx``) ONNX export
+    parity and onnxruntime predictions.
+    """
+    from .models import build_model
+    from .plugins import get_registry
+    from .recipe import Recipe, check_options
+    from .training import train
+
+    repo = _repository(repo)
+    spec = get_registry().model(name)
+    module, ds = check_build(name, data, hparams)
+    if spec.task == "classification":
+        check_train_step(module, ds)
+    merged = check_options("model", dict(hparams or {}), spec.defaults)
+    with tempfile.TemporaryDirectory() as tmp:
+        check_weights_round_trip(module, lambda: build_model(spec, merged, ds.input_spec, ds.num_classes), tmp)
+    trainer = get_registry().trainer(spec.trainer)
+    quick = {k: v for k, v in QUICK_TRAIN.items() if k in trainer.defaults}
+    recipe = Recipe(arch=name, name=f"conformance-{name}", data={"source": data or default_data(spec)},
+                    model=dict(hparams or {}), train=quick)
+    version = train(recipe, repo, quiet=True).version
+    assert version.meta["arch"] == name and version.meta["plugin"] == spec.plugin
+    check_trained(version)
+    if onnx:
+        check_onnx(version, repo)
+    return version
+
+
+# -- compressors and commands ---------------------------------------------------------------------
+def check_compressor(name: str, source, repo, options: dict | None = None):
+    """Run a registered compressor on ``source``: it writes a new version whose meta.json names
+    its parent and method, and leaves the source untouched. Returns the new version."""
+    from .plugins import get_registry
+    from .repository import ModelVersion
+
+    repo = _repository(repo)
+    before = _digest(source.path)
+    new = get_registry().compressor(name).compress(source, dict(options or {}), repo)
+    assert isinstance(new, ModelVersion), f"compressor {name!r} returned {type(new).__name__}, not a ModelVersion"
+    assert new.path != source.path and new.path.is_dir(), f"compressor {name!r} must write a new version"
+    assert new.meta.get("parent") == {"name": source.name, "version": source.version}, \
+        f"compressor {name!r}: meta parent is {new.meta.get('parent')!r}"
+    assert new.meta.get("method"), f"compressor {name!r}: meta.json records no method"
+    assert _digest(source.path) == before, f"compressor {name!r} changed its source {source.ref}"
+    return new
+
+
+def check_command(name: str) -> CliResult:
+    """A plugin's subcommand is listed by ``dlkit --help`` and answers its own ``--help``."""
+    listed = run_cli("--help")
+    assert f"  {name} " in listed.stdout or f"  {name}\n" in listed.stdout, f"`dlkit --help` does not list {name!r}"
+    return run_cli(name, "--help")
+
+
+# -- the pytest plugin ----------------------------------------------------------------------------
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "dlkit_plugin(*names): limit the dlkit_model parameter to these plugins' architectures")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "dlkit_model" not in metafunc.fixturenames:
+        return
+    from .plugins import get_registry
+
+    marker = metafunc.definition.get_closest_marker("dlkit_plugin")
+    plugins = set(marker.args) if marker else None
+    names = [s.name for s in get_registry().all("model") if plugins is None or s.plugin in plugins]
+    metafunc.parametrize("dlkit_model", names)
+
+
+@pytest.fixture
+def dlkit_repo(tmp_path, monkeypatch):
+    """An empty model repository, also set as ``$DLKIT_REPO``."""
+    from .repository import ModelRepository
+
+    root = tmp_path / "dlkit-models"
+    monkeypatch.setenv("DLKIT_REPO", str(root))
+    return ModelRepository(root)
+
+
+@pytest.fixture
+def dlkit_registry():
+    """What the installed plugins registered."""
+    from .plugins import get_registry
+
+    return get_registry()
+
+
+@pytest.fixture
+def dlkit_cli():
+    """``dlkit_cli("train", "tcn", "--json")``: run the command line in-process (see :func:`run_cli`)."""
+    return run_cli
