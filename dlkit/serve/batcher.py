@@ -1,0 +1,233 @@
+"""Dynamic batching: concurrent requests for one model version become one runtime call.
+
+Policy. The batcher runs as soon as the runtime is free and takes everything queued, up to
+``max_batch_size`` rows; requests that arrive while a batch runs form the next batch, so under
+load batches grow by themselves. It waits for batch-mates (at most ``max_queue_delay_ms``) only
+while requests for this model are known to be on their way (their body is still being
+received), so a lone client never pays the delay. Queued requests whose tensors differ beyond
+the batch dimension run as separate groups. If a batch fails, its requests are retried one by
+one so that a bad request fails alone. The queue is bounded: when full, :class:`QueueFull` at
+once (the server answers 503) rather than unbounded latency.
+
+The runtime call runs in a worker thread (onnxruntime releases the GIL), off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import DlkitError
+
+Feeds = dict[str, np.ndarray]
+RunFn = Callable[[Feeds], Feeds]
+
+
+class QueueFull(DlkitError):
+    """The model's queue holds ``max_queue_size`` requests already."""
+
+
+@dataclass
+class _Item:
+    feeds: Feeds
+    rows: int
+    key: tuple
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    queue_seconds: float = 0.0
+
+
+@dataclass
+class BatchStats:
+    """What one runtime call did: passed to the ``on_batch`` callback."""
+
+    rows: int
+    requests: int
+    seconds: float
+
+
+class DynamicBatcher:
+    """Coalesces concurrent requests for one model version into batched runtime calls.
+
+    ``run`` takes and returns ``{name: array}`` with the batch along the first axis.
+    ``batching=False`` runs each request alone (still queued, still off the event loop).
+    """
+
+    def __init__(self, run: RunFn, executor: Executor, *, max_batch_size: int = 64,
+                 max_queue_delay_ms: float = 2.0, max_queue_size: int = 1024, batching: bool = True,
+                 on_batch: Callable[[BatchStats], None] | None = None):
+        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_ms < 0:
+            raise ValueError("max_batch_size and max_queue_size must be >= 1, max_queue_delay_ms >= 0")
+        self.run = run
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.batching = batching
+        self.on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._arriving = 0
+        self._changed: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._busy = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._changed = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        while self._task is not None and not self._task.done() and (self._queue or self._busy):
+            self._changed.set()
+            await asyncio.sleep(0.005)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting in the queue."""
+        return len(self._queue)
+
+    # -- submitting ----------------------------------------------------------------------------
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Announce a request whose body is still being received (the batcher may wait for it)."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            if self._changed is not None:
+                self._changed.set()
+
+    async def infer(self, feeds: Feeds, rows: int) -> tuple[Feeds, float]:
+        """Queue one request of ``rows`` rows; returns its outputs and its seconds in the queue."""
+        if self._task is None:
+            raise DlkitError("the batcher is not running")
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFull(f"the queue holds {len(self._queue)} requests (--max-queue-size {self.max_queue_size})")
+        key = tuple((name, a.shape[1:], a.dtype.str) for name, a in sorted(feeds.items()))
+        item = _Item(feeds, rows, key, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._changed.set()
+        outputs = await item.future
+        return outputs, item.queue_seconds
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            if self.batching:
+                await asyncio.sleep(0)  # handlers already scheduled get to enqueue first
+                await self._wait_for_arrivals(loop)
+            batch = self._take()
+            if not batch:
+                continue
+            now = time.perf_counter()
+            for item in batch:
+                item.queue_seconds = now - item.enqueued
+            self._busy = True
+            try:
+                started = time.perf_counter()
+                results = await loop.run_in_executor(self.executor, self._run_batch, batch)
+                seconds = time.perf_counter() - started
+            except Exception as exc:  # the executor itself failed (shut down): fail the batch, keep going
+                results, seconds = [exc] * len(batch), 0.0
+            finally:
+                self._busy = False
+            for item, result in zip(batch, results):
+                if item.future.done():  # the client went away
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+            if self.on_batch is not None:
+                self.on_batch(BatchStats(sum(i.rows for i in batch), len(batch), seconds))
+
+    async def _wait_for_arrivals(self, loop) -> None:
+        deadline = loop.time() + self.max_delay
+        while self._arriving and self._queued_rows() < self.max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
+                return
+
+    def _queued_rows(self) -> int:
+        return sum(item.rows for item in self._queue)
+
+    def _take(self) -> list[_Item]:
+        """Up to max_batch_size rows from the queue's head (one request when batching is off)."""
+        batch: list[_Item] = []
+        rows = 0
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # cancelled while queued
+                self._queue.popleft()
+                continue
+            if batch and (not self.batching or rows + item.rows > self.max_batch_size):
+                break
+            self._queue.popleft()
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    # -- in the worker thread ------------------------------------------------------------------------
+    def _run_batch(self, batch: list[_Item]) -> list[Feeds | BaseException]:
+        """Each item's outputs (or its error); groups items whose tensors can be concatenated."""
+        results: list[Feeds | BaseException | None] = [None] * len(batch)
+        groups: dict[tuple, list[int]] = {}
+        for index, item in enumerate(batch):
+            groups.setdefault(item.key, []).append(index)
+        for indices in groups.values():
+            items = [batch[i] for i in indices]
+            if len(items) == 1:
+                outs = [self._run_one(items[0])]
+            else:
+                try:
+                    outs = self._run_group(items)
+                except Exception:
+                    # One bad request must not fail its batch-mates: run each alone.
+                    outs = [self._run_one(item) for item in items]
+            for i, out in zip(indices, outs):
+                results[i] = out
+        return results
+
+    def _run_one(self, item: _Item) -> Feeds | BaseException:
+        try:
+            return self.run(item.feeds)
+        except Exception as exc:
+            return exc
+
+    def _run_group(self, items: list[_Item]) -> list[Feeds]:
+        names = items[0].feeds.keys()
+        feeds = {name: np.concatenate([item.feeds[name] for item in items]) for name in names}
+        outputs = self.run(feeds)
+        split = []
+        offset = 0
+        for item in items:
+            split.append({name: array[offset:offset + item.rows] for name, array in outputs.items()})
+            offset += item.rows
+        return split

@@ -1,0 +1,137 @@
+"""The model versions a server serves: loaded once at start-up from its own repository.
+
+Every model with a ``model.onnx`` is served, each of its exported versions reachable by number
+and the highest one by default. Nothing here takes a path from a client: requests name a model
+and a version, which are looked up among what was loaded.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DlkitError, InputError
+from ..repository import ModelRepository, ModelVersion, parse_ref
+from .batcher import DynamicBatcher
+from .metrics import ModelMetrics
+from .protocol import ProtocolError, TensorSpec, spec_from_runtime
+
+PLATFORM = "onnxruntime_onnx"
+
+
+@dataclass
+class ServedModel:
+    """One loaded model version: its runtime session, signature, batcher and metrics."""
+
+    name: str
+    version: int
+    path: Path
+    session: object  # dlkit.runtime.Session
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_batch_size: int | None  # None: the graph has no dynamic batch dimension
+    batcher: DynamicBatcher | None = None
+    metrics: ModelMetrics | None = None
+
+    def run(self, feeds):
+        """One runtime call (in a worker thread)."""
+        return self.session.run(feeds)
+
+    def metadata(self, versions: list[int]) -> dict:
+        """The v2 model metadata response."""
+        return {"name": self.name, "versions": [str(v) for v in versions], "platform": PLATFORM,
+                "inputs": [s.as_dict() for s in self.inputs], "outputs": [s.as_dict() for s in self.outputs]}
+
+    def config(self, max_queue_delay_ms: float, batching: bool) -> dict:
+        """The model's configuration in Triton's JSON form (``GET .../config``)."""
+        skip = 1 if self.max_batch_size else 0
+
+        def tensor(spec: TensorSpec) -> dict:
+            return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}",
+                    "dims": list(spec.shape[skip:])}
+
+        config = {"name": self.name, "platform": PLATFORM, "backend": "onnxruntime",
+                  "max_batch_size": self.max_batch_size or 0,
+                  "input": [tensor(s) for s in self.inputs], "output": [tensor(s) for s in self.outputs]}
+        if self.max_batch_size and batching:
+            config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_ms * 1000)}
+        return config
+
+
+class ModelSet:
+    """Served versions by model name; look-ups answer 404 for anything not loaded."""
+
+    def __init__(self, models: list[ServedModel]):
+        self.by_name: dict[str, dict[int, ServedModel]] = {}
+        for m in models:
+            self.by_name.setdefault(m.name, {})[m.version] = m
+
+    def __iter__(self):
+        for versions in self.by_name.values():
+            yield from versions.values()
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self.by_name.get(name, {}))
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The version named (the latest when None) or a 404 ProtocolError listing what exists."""
+        versions = self.by_name.get(name)
+        if versions is None:
+            shown = name[:100]
+            raise ProtocolError(f"unknown model {shown!r} (serving: {', '.join(self.by_name) or 'none'})", 404)
+        if version is None:
+            return versions[max(versions)]
+        if not version.isdigit() or int(version) not in versions:
+            raise ProtocolError(f"model {name!r} has no served version {version[:20]!r} "
+                                f"(versions: {', '.join(map(str, sorted(versions)))})", 404)
+        return versions[int(version)]
+
+
+def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: str = "auto",
+                threads: int | None = None, max_batch_size: int = 64) -> list[ServedModel]:
+    """Open every exported version in ``repo`` (or those of ``refs``: NAME or NAME:V).
+
+    A model named in ``refs`` that cannot be served is an error; one found by listing the
+    repository that onnxruntime refuses is skipped with a warning.
+    """
+    if refs:
+        chosen = []
+        for ref in refs:
+            name, version = parse_ref(ref)
+            versions = [version] if version is not None else repo.versions(name)
+            found = [v for v in (repo.resolve(f"{name}:{n}") for n in versions) if v.has_onnx()]
+            if not found:
+                raise InputError(f"model {ref!r} has no model.onnx in {repo.root}: run `dlkit export onnx {ref}` first")
+            chosen.extend((v, True) for v in found)
+    else:
+        chosen = [(v, False) for v in repo.all_versions() if v.has_onnx()]
+    if not chosen:
+        raise InputError(f"no model in {repo.root} has a model.onnx: run `dlkit export onnx NAME` first")
+    served = []
+    for version, named in chosen:
+        try:
+            served.append(open_version(version, provider, threads, max_batch_size))
+        except DlkitError as exc:
+            if named:
+                raise
+            print(f"dlkit serve: warning: skipping {version.ref}: {exc}", file=sys.stderr)
+    if not served:
+        raise InputError(f"no model in {repo.root} could be loaded")
+    return served
+
+
+def open_version(version: ModelVersion, provider: str = "auto", threads: int | None = None,
+                 max_batch_size: int = 64) -> ServedModel:
+    """One version's ONNX graph in an onnxruntime session, with its v2 signature."""
+    from ..onnx_files import check_external_data
+    from ..runtime import Session
+
+    check_external_data(version.onnx_path)
+    session = Session(version.onnx_path, provider, threads=threads)
+    inputs = [spec_from_runtime(i) for i in session.inputs]
+    outputs = [spec_from_runtime(o) for o in session.outputs]
+    # Batch along the first axis only when every input and output has it dynamic.
+    batchable = all(s.shape and s.shape[0] == -1 for s in inputs + outputs)
+    return ServedModel(version.name, version.version, version.path, session, inputs, outputs,
+                       max_batch_size if batchable else None)

@@ -1,0 +1,92 @@
+"""Running the app: uvicorn, the access log, graceful shutdown and the exposed-without-token warning."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+
+import uvicorn
+
+from .app import create_app
+
+GRACE_SECONDS = 30
+
+
+def bind_warning(host: str, token: str | None) -> str | None:
+    """The warning to print when ``host`` is reachable from other machines and no token is set."""
+    if token:
+        return None
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    return (f"serving on {host} without a token: anyone who can reach this port can use the models; "
+            "set --token (or DLKIT_TOKEN) and put TLS in front")
+
+
+def serve(repo, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
+          log_access: bool = True, **options) -> None:
+    """Load the models, then serve them over HTTP until SIGINT/SIGTERM, finishing in-flight requests.
+
+    ``options`` are :func:`dlkit.serve.app.create_app`'s. ``port=0`` picks a free port; the
+    address is printed on stderr once the server listens.
+    """
+    warning = bind_warning(host, token)
+    if warning:
+        print(f"dlkit serve: warning: {warning}", file=sys.stderr, flush=True)
+    app = create_app(repo, token=token, log_access=log_access, **options)
+    if log_access:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger = logging.getLogger("dlkit.access")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=GRACE_SECONDS, server_header=False)
+    server = _Server(config, names=[f"{m.name}:{m.version}" for m in app.state.models])
+    server.run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, announcing the bound address and exiting normally after a signal."""
+
+    def __init__(self, config, names: list[str]):
+        super().__init__(config)
+        self.names = names
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets)
+        if not self.started:
+            return
+        for s in self.servers:
+            for sock in s.sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                print(f"dlkit serve: serving {', '.join(self.names)} on http://{shown}:{port} "
+                      "(Ctrl+C to stop)", file=sys.stderr, flush=True)
+
+    async def shutdown(self, sockets=None):
+        print("dlkit serve: stopping: finishing in-flight requests", file=sys.stderr, flush=True)
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        # uvicorn re-raises the signal after its graceful shutdown, which would end the process
+        # by SIGTERM (or a KeyboardInterrupt) although every request was answered: exit normally.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
