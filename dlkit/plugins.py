@@ -122,7 +122,7 @@ class Plugins:
                     impl.function(register=make_register(self.registry, kind, impl.plugin_name))
                 except Exception as exc:
                     self.registry.remove_plugin(impl.plugin_name)
-                    self._fail(info, f"raised in {hook_name}: {type(exc).__name__}: {exc}")
+                    self._fail(info, _hook_failure(hook_name, exc))
         for info in self.infos.values():
             info.registered = self.registry.by_plugin(info.name)
 
@@ -150,7 +150,7 @@ class Plugins:
             except Exception as exc:
                 cli.commands.clear()
                 cli.commands.update(before)
-                self._fail(info, f"raised in register_commands: {type(exc).__name__}: {exc}")
+                self._fail(info, _hook_failure("register_commands", exc))
                 continue
             added = sorted(set(cli.commands) - set(before))
             owners.update({name: f"plugin {info.name!r}" for name in added})
@@ -159,6 +159,12 @@ class Plugins:
 
 
 HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("register_")]
+
+
+def _hook_failure(hook_name: str, exc: Exception) -> str:
+    if isinstance(exc, PluginError):  # dlkit refused a registration: its message says why
+        return f"in {hook_name}: {exc}"
+    return f"raised in {hook_name}: {type(exc).__name__}: {exc}"
 
 
 def _is_builtin(ep) -> bool:

@@ -295,6 +295,42 @@ def check_command(name: str) -> CliResult:
     return run_cli(name, "--help")
 
 
+# -- throwaway plugin packages --------------------------------------------------------------------
+# The ways a plugin can be broken that dlkit must survive (a warning naming the plugin; an error
+# under DLKIT_STRICT_PLUGINS=1). dlkit's tests and its startup benchmark install all of them.
+BROKEN_PLUGINS = {
+    "broken_import": ('raise RuntimeError("boom at import")\n', "failed to import: RuntimeError: boom at import"),
+    "broken_hook": ("from dlkit import hookimpl\n\n@hookimpl\ndef register_models(register):\n"
+                    "    register('half-registered', print, input_kinds={'tabular'})\n"
+                    "    raise ValueError('boom in hook')\n",
+                    "raised in register_models: ValueError: boom in hook"),
+    # Named to sort before the built-in "mlp": it must lose the name all the same.
+    "aaa_duplicate": ("from dlkit import hookimpl\n\n@hookimpl\ndef register_models(register):\n"
+                      "    register('mlp', print, input_kinds={'tabular'})\n",
+                      "model 'mlp' is registered by both plugin 'mlp' and plugin 'aaa_duplicate'"),
+    "misspelled": ("from dlkit import hookimpl\n\n@hookimpl\ndef register_model(register):\n"
+                   "    register('never', print, input_kinds={'tabular'})\n",
+                   "unknown hook 'register_model' (did you mean 'register_models'?)"),
+    "hijacker": ("from dlkit import hookimpl\n\n@hookimpl\ndef register_commands(cli):\n"
+                 "    @cli.command('models')\n    def models():\n        print('hijacked')\n",
+                 "command 'models' is already provided by dlkit"),
+}
+
+
+def install_throwaway(site: str | Path, name: str, source: str, *, version: str = "0.1") -> Path:
+    """Write module ``name`` (``source``) and a ``dlkit-throwaway-NAME`` distribution whose
+    ``dlkit`` entry point loads it into ``site``: with ``site`` on ``PYTHONPATH`` it is an
+    installed plugin to importlib.metadata, as if pip had put it there. Returns ``site``."""
+    site = Path(site)
+    dist = f"dlkit-throwaway-{name.replace('_', '-')}"
+    (site / f"{name}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[dlkit]\n{name} = {name}\n")
+    return site
+
+
 # -- the pytest plugin ----------------------------------------------------------------------------
 def pytest_configure(config) -> None:
     config.addinivalue_line(
