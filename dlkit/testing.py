@@ -236,13 +236,20 @@ def check_onnx(version, repo, samples: int = 64) -> None:
     np.testing.assert_allclose(single["logits"], expected[:1], atol=ATOL, rtol=RTOL)
 
 
+def has_export() -> bool:
+    """Whether this dlkit has ONNX export (``dlkit.export``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("dlkit.export") is not None
+
+
 def check_model(name: str, repo, *, data: str | None = None, hparams: dict | None = None,
-                onnx: bool = True):
+                onnx: bool | None = None):
     """Every conformance check for a registered architecture; returns the trained version.
 
     Build and forward pass, one train step, a weights round trip, a short run of the
-    architecture's own trainer into ``repo``, the reloaded metrics, and (``onnx``) ONNX export
-    parity and onnxruntime predictions.
+    architecture's own trainer into ``repo``, the reloaded metrics, and ONNX export parity and
+    onnxruntime predictions (``onnx``; by default whenever dlkit has ONNX export).
     """
     from .models import build_model
     from .plugins import get_registry
@@ -264,7 +271,7 @@ def check_model(name: str, repo, *, data: str | None = None, hparams: dict | Non
     version = train(recipe, repo, quiet=True).version
     assert version.meta["arch"] == name and version.meta["plugin"] == spec.plugin
     check_trained(version)
-    if onnx:
+    if onnx or (onnx is None and has_export()):
         check_onnx(version, repo)
     return version
 
@@ -322,6 +329,7 @@ def install_throwaway(site: str | Path, name: str, source: str, *, version: str 
     ``dlkit`` entry point loads it into ``site``: with ``site`` on ``PYTHONPATH`` it is an
     installed plugin to importlib.metadata, as if pip had put it there. Returns ``site``."""
     site = Path(site)
+    site.mkdir(parents=True, exist_ok=True)
     dist = f"dlkit-throwaway-{name.replace('_', '-')}"
     (site / f"{name}.py").write_text(source)
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"

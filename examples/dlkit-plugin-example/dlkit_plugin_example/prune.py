@@ -1,0 +1,85 @@
+"""The ``prune`` compressor: zero the smallest-magnitude weights of a stored model.
+
+The pruned weights are written as a new model (dense tensors with zeros: smaller once
+compressed, and the same graph for ONNX export); the source version is never changed.
+"""
+
+from datetime import datetime, timezone
+
+from dlkit.checkpoint import save_tensors
+from dlkit.errors import InputError
+from dlkit.repository import WEIGHTS, ModelRepository, ModelVersion, check_name
+
+# What a pruned model keeps from its parent's meta.json (not metrics, files or lineage).
+INHERITED = ("arch", "plugin", "task", "trainer", "hparams", "train", "seed", "input_spec", "labels",
+             "num_classes", "data", "params", "versions")
+
+
+def prunable(module):
+    """(layer, "weight") for every Linear and Conv layer: the weights pruning applies to."""
+    from torch import nn
+
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    return [(m, "weight") for m in module.modules() if isinstance(m, kinds)]
+
+
+def sparsity(targets) -> float:
+    """Fraction of exact zeros among the targeted weights."""
+    total = sum(getattr(m, n).numel() for m, n in targets)
+    zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in targets)
+    return zeros / total if total else 0.0
+
+
+def prune_version(source: ModelVersion, options: dict, repo: ModelRepository) -> ModelVersion:
+    """Prune ``source`` by ``options["amount"]`` (0..1) and publish it as a new model."""
+    import torch.nn.utils.prune as torch_prune
+
+    from dlkit.evaluation import evaluation_data
+    from dlkit.models import load_model
+    from dlkit.supervised import evaluate_arrays
+
+    amount = options.get("amount", 0.5)
+    scope = options.get("scope", "global")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 < amount < 1:
+        raise InputError(f"--amount must be a fraction between 0 and 1 (exclusive), got {amount!r}")
+    if scope not in ("global", "layer"):
+        raise InputError(f"--scope must be global or layer, got {scope!r}")
+    if source.meta.get("task", "classification") != "classification":
+        raise InputError(f"model {source.ref} is a {source.meta.get('task')} model; prune needs a classifier")
+    name = check_name(options.get("name") or f"{source.name}-pruned")
+    if name == source.name:
+        raise InputError(f"--name {name!r} is the source model's name: a pruned model is a new model")
+
+    module, _ = load_model(source)
+    targets = prunable(module)
+    if not targets:
+        raise InputError(f"model {source.ref} has no Linear or Conv layers to prune")
+    data = evaluation_data(source)
+    before = evaluate_arrays(module, data.x_test, data.y_test)
+    if scope == "global":
+        torch_prune.global_unstructured(targets, pruning_method=torch_prune.L1Unstructured, amount=float(amount))
+    else:
+        for layer, param in targets:
+            torch_prune.l1_unstructured(layer, param, amount=float(amount))
+    for layer, param in targets:
+        torch_prune.remove(layer, param)  # bake the mask into the weight: a plain state_dict again
+    test = evaluate_arrays(module, data.x_test, data.y_test)
+    val = evaluate_arrays(module, data.x_val, data.y_val)
+
+    meta = {key: source.meta[key] for key in INHERITED if key in source.meta}
+    meta.update(
+        parent={"name": source.name, "version": source.version},
+        method="prune",
+        compression={"amount": float(amount), "scope": scope, "layers": len(targets)},
+        sparsity=sparsity(targets),
+        metrics={"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val["accuracy"],
+                 "parent_test_accuracy": before["accuracy"]},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    staged = repo.stage(name)
+    try:
+        save_tensors(staged.path / WEIGHTS, module.state_dict())
+        return staged.commit(meta)
+    except BaseException:
+        staged.discard()
+        raise
