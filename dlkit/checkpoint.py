@@ -23,9 +23,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts should read like any file
     try:
         yield tmp_path
+        # mkstemp makes 0600, and some writers (safetensors) replace the file with a 0600 one of
+        # their own: set the mode last, so artifacts read like any file the user creates.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

@@ -129,6 +129,15 @@ def make_dataset(name: str, x: np.ndarray, y: np.ndarray, labels: list[str], inp
     return Dataset(name, *parts, input_spec=input_spec, labels=labels)
 
 
+def check_data_options(name: str, options: dict, known: tuple[str, ...] = ()) -> None:
+    """Refuse a ``data.KEY`` the loader does not read (a misspelt ``data.target`` would otherwise
+    be ignored silently); ``val`` and ``test`` are read by every loader."""
+    allowed = {*known, "val", "test"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InputError(f"{name}: unknown data option data.{unknown[0]} (known: {', '.join(sorted(allowed))})")
+
+
 def _fraction(options: dict, key: str, default: float) -> float:
     value = options.get(key, default)
     if not isinstance(value, (int, float)) or not 0 < value < 0.5:
@@ -145,6 +154,7 @@ def load_digits(source: str, options: dict, seed: int) -> Dataset:
     """scikit-learn's bundled UCI digits: 1,797 8x8 grayscale images, 10 classes, scaled to [0, 1]."""
     from sklearn.datasets import load_digits as sk_digits
 
+    check_data_options("digits", options)
     bunch = sk_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
     spec = {"kind": "image", "shape": [1, 8, 8], "dtype": "float32", "range": [0.0, 1.0],
@@ -154,6 +164,7 @@ def load_digits(source: str, options: dict, seed: int) -> Dataset:
 
 def load_blobs(source: str, options: dict, seed: int) -> Dataset:
     """Synthetic separable tabular data (3 classes, 8 features) for fast tests."""
+    check_data_options("blobs", options, ("n",))
     rng = np.random.default_rng(1234)
     n, classes, features = int(options.get("n", 300)), 3, 8
     centres = rng.normal(0, 3, size=(classes, features))
@@ -165,6 +176,7 @@ def load_blobs(source: str, options: dict, seed: int) -> Dataset:
 
 def load_waves(source: str, options: dict, seed: int) -> Dataset:
     """Synthetic sequences (16 steps, 2 features): which of 3 frequencies a noisy sine has."""
+    check_data_options("waves", options, ("n",))
     rng = np.random.default_rng(4321)
     n, steps = int(options.get("n", 300)), 16
     y = np.arange(n) % 3
@@ -185,6 +197,7 @@ def load_csv(source: str, options: dict, seed: int) -> Dataset:
     in the input spec so the exported graph accepts raw feature values.
     """
     path = Path(source)
+    check_data_options(str(path), options, ("target",))
     try:
         with open(path, newline="") as f:
             rows = [r for r in csv.reader(f)]
@@ -193,8 +206,13 @@ def load_csv(source: str, options: dict, seed: int) -> Dataset:
     rows = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
     if not rows:
         raise InputError(f"{path}: empty CSV file")
-    first_line, first = rows[0]
-    has_header = not all(_is_number(c) for c in first)
+    first = rows[0][1]
+    # A header is a first row with a word where the next row has a number (as csv.Sniffer
+    # judges it): a header-less file with string labels ("5.1,3.5,setosa") keeps its first row.
+    if len(rows) > 1:
+        has_header = any(not _is_number(a) and _is_number(b) for a, b in zip(first, rows[1][1]))
+    else:
+        has_header = not all(_is_number(c) for c in first)
     header = [c.strip() for c in first] if has_header else [f"column {i + 1}" for i in range(len(first))]
     body = rows[1:] if has_header else rows
     target = options.get("target")
@@ -249,6 +267,7 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
     single-channel images), (N, C, H, W) images.
     """
     path = Path(source)
+    check_data_options(str(path), options, ("kind",))
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = {"x", "y"} - set(npz.files)
@@ -286,6 +305,7 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
     root = Path(source)
+    check_data_options(str(root), options, ("size",))
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {c: sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
     files = {c: fs for c, fs in files.items() if fs}

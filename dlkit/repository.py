@@ -96,10 +96,11 @@ class ModelVersion:
 class StagedVersion:
     """A version under construction; :meth:`commit` publishes it under the next number."""
 
-    def __init__(self, repo: "ModelRepository", name: str, path: Path):
+    def __init__(self, repo: "ModelRepository", name: str, path: Path, created_root: bool = False):
         self.repo = repo
         self.name = name
         self.path = path
+        self.created_root = created_root  # staging made the repository folder: discard removes it
         _ACTIVE.add(path)
 
     def commit(self, meta: dict[str, Any]) -> ModelVersion:
@@ -137,6 +138,8 @@ class StagedVersion:
         try:
             staging.rmdir()  # only succeeds when no other run is staging
             staging.parent.rmdir()  # and the model folder itself, when nothing was published
+            if self.created_root:  # and the repository, when this run created it for nothing
+                staging.parent.parent.rmdir()
         except OSError:
             pass
 
@@ -188,12 +191,13 @@ class ModelRepository:
     def stage(self, name: str) -> StagedVersion:
         """A fresh staging folder for a new version of ``name``."""
         check_name(name)
+        created_root = not self.root.exists()
         staging = self.root / name / STAGING
         staging.mkdir(parents=True, exist_ok=True)
         path = staging / f"{int(time.time() * 1000)}-{os.getpid()}"
         path.mkdir()
         _ACTIVE.add(path)
-        return StagedVersion(self, name, path)
+        return StagedVersion(self, name, path, created_root)
 
     def interrupted(self, name: str, marker: str) -> list[StagedVersion]:
         """Staging folders of ``name`` left by runs that died, newest first, holding ``marker``."""

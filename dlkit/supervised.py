@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -250,11 +251,12 @@ class SupervisedTrainer:
                     for cb in self.callbacks:
                         cb.on_step_end(self, step, {})
                 train_loss = total_loss.item() / n
-                if not torch.isfinite(torch.tensor(train_loss)):
-                    raise TrainingDiverged(
-                        f"loss became {train_loss} in epoch {epoch}; stopped. The last good checkpoint "
-                        f"(epoch {epoch - 1}) is kept: lower --lr or set train.clip_grad, then --resume"
-                    )
+                if not math.isfinite(train_loss):
+                    kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept: lower --lr or set "
+                            f"train.clip_grad, then --resume" if epoch > 1 else
+                            "no epoch finished, so nothing is kept: lower --lr, set train.clip_grad or "
+                            "check the data's scale")
+                    raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch}; stopped. {kept}")
                 lr = self.optimizer.param_groups[0]["lr"]
                 if self.scheduler:
                     self.scheduler.step()
