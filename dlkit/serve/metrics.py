@@ -102,7 +102,7 @@ class Metrics:
                 for m in models for code, n in sorted(m.failures.items())])
         for attr, name, help_text in (
             ("request_seconds", "dlkit_inference_request_duration_seconds",
-             "Time from receiving an inference request to its response, in seconds."),
+             "Time from receiving a successful inference request to its response, in seconds."),
             ("queue_seconds", "dlkit_inference_queue_duration_seconds",
              "Time a request waited in the batching queue, in seconds."),
             ("compute_seconds", "dlkit_inference_compute_duration_seconds",

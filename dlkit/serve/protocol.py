@@ -94,6 +94,8 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
         doc = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed JSON in the request body: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("malformed JSON in the request body: nested too deeply") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"the request body must be a JSON object, received {_kind(doc)}")
     request_id = doc.get("id")
@@ -105,8 +107,8 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
         raise ProtocolError(f"parameters.binary_data_output must be true or false, received {binary_default!r}")
 
     raw_inputs = doc.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise ProtocolError("'inputs' must be a non-empty list of tensors")
+    if not isinstance(raw_inputs, list):
+        raise ProtocolError(f"'inputs' must be a list of tensors, received {_kind(raw_inputs)}")
     expected = {spec.name: spec for spec in inputs}
     tensors: dict[str, np.ndarray] = {}
     batch = None
