@@ -69,23 +69,24 @@ class Plugins:
     def load(self) -> None:
         from . import core_plugin  # the core's own registrations: supervised trainer, data sets
 
-        self._add(core_plugin, PluginInfo("core", "dlkit", _dist_version("dlkit"), builtin=True))
         allow = _env_list("DLKIT_PLUGINS")
         blocked = set(_env_list("DLKIT_DISABLE_PLUGINS") or ())
+        found = [(ep, *_name_and_version(ep.dist)) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+        dlkit_version = next((v for _, d, v in found if _is_dlkit(d)), None) or _dist_version("dlkit")
+        self._add(core_plugin, PluginInfo("core", "dlkit", dlkit_version, builtin=True))
         # Built-ins first, so a third-party plugin that reuses a built-in's name (of an entry
         # point or of a model) is the one refused, whatever its name sorts as.
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (not _is_builtin(e), e.name)):
-            dist = ep.dist.name if ep.dist else None
-            builtin = _is_builtin(ep)
+        for ep, dist, version in sorted(found, key=lambda f: (not _is_dlkit(f[1]), f[0].name)):
+            builtin = _is_dlkit(dist)
             if ep.name in self.infos:
                 if self.infos[ep.name].distribution != dist:
-                    clash = PluginInfo(f"{ep.name} ({dist})", dist, ep.dist.version if ep.dist else None, builtin)
+                    clash = PluginInfo(f"{ep.name} ({dist})", dist, version, builtin)
                     self._fail(clash, f"uses the plugin name {ep.name!r}, already taken by "
                                       f"{self.infos[ep.name].distribution or 'another distribution'}")
                 continue  # otherwise the same distribution seen twice on sys.path
             if ep.name in blocked or (allow is not None and not builtin and ep.name not in allow):
                 continue
-            info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else None, builtin)
+            info = PluginInfo(ep.name, dist, version, builtin)
             try:
                 module = ep.load()
             except (Exception, SystemExit) as exc:  # a broken plugin must not take the CLI down
@@ -167,8 +168,23 @@ def _hook_failure(hook_name: str, exc: Exception) -> str:
     return f"raised in {hook_name}: {type(exc).__name__}: {exc}"
 
 
-def _is_builtin(ep) -> bool:
-    return ep.dist is not None and ep.dist.name.lower() == "dlkit"
+def _is_dlkit(dist: str | None) -> bool:
+    return dist is not None and dist.lower() == "dlkit"
+
+
+def _name_and_version(dist) -> tuple[str | None, str | None]:
+    """A distribution's name and version from one read of its metadata (each ``dist.name`` or
+    ``dist.version`` parses the METADATA file again: that cost is paid on every command)."""
+    if dist is None:
+        return None, None
+    cached = _DIST_CACHE.get(id(dist))
+    if cached is None:
+        meta = dist.metadata
+        cached = _DIST_CACHE[id(dist)] = (dist, meta["Name"], meta["Version"])
+    return cached[1], cached[2]
+
+
+_DIST_CACHE: dict[int, tuple] = {}  # id -> (dist, name, version); dist kept so the id stays unique
 
 
 def _env_list(name: str) -> list[str] | None:
