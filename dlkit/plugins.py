@@ -71,7 +71,8 @@ class Plugins:
 
         allow = _env_list("DLKIT_PLUGINS")
         blocked = set(_env_list("DLKIT_DISABLE_PLUGINS") or ())
-        found = [(ep, *_name_and_version(ep.dist)) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+        seen: dict[int, tuple] = {}
+        found = [(ep, *_name_and_version(ep.dist, seen)) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
         dlkit_version = next((v for _, d, v in found if _is_dlkit(d)), None) or _dist_version("dlkit")
         self._add(core_plugin, PluginInfo("core", "dlkit", dlkit_version, builtin=True))
         # Built-ins first, so a third-party plugin that reuses a built-in's name (of an entry
@@ -172,19 +173,16 @@ def _is_dlkit(dist: str | None) -> bool:
     return dist is not None and dist.lower() == "dlkit"
 
 
-def _name_and_version(dist) -> tuple[str | None, str | None]:
+def _name_and_version(dist, seen: dict[int, tuple]) -> tuple[str | None, str | None]:
     """A distribution's name and version from one read of its metadata (each ``dist.name`` or
-    ``dist.version`` parses the METADATA file again: that cost is paid on every command)."""
+    ``dist.version`` parses the METADATA file again: that cost is paid on every command).
+    ``seen`` maps ``id(dist)`` to ``(dist, name, version)`` for the entry points of one scan."""
     if dist is None:
         return None, None
-    cached = _DIST_CACHE.get(id(dist))
-    if cached is None:
+    if id(dist) not in seen:
         meta = dist.metadata
-        cached = _DIST_CACHE[id(dist)] = (dist, meta["Name"], meta["Version"])
-    return cached[1], cached[2]
-
-
-_DIST_CACHE: dict[int, tuple] = {}  # id -> (dist, name, version); dist kept so the id stays unique
+        seen[id(dist)] = (dist, meta["Name"], meta["Version"])
+    return seen[id(dist)][1:]
 
 
 def _env_list(name: str) -> list[str] | None:
