@@ -52,18 +52,19 @@ def export(module, meta):
 
     from .model import generator_graph
 
-    graph = generator_graph(module)
-    noise = torch.randn(4, module.latent, generator=torch.Generator().manual_seed(0))
-    inputs = (noise,)
-    axes = {"noise": {0: "batch"}, "image": {0: "batch"}}
-    if module.conditional:
-        inputs = (noise, torch.arange(4) % module.num_classes)
-        axes["label"] = {0: "batch"}
-    metadata = {"task": "generation", "latent": module.latent, "conditional": module.conditional,
-                "output_range": [module.low, module.high], "labels": meta.get("labels"),
-                "image_shape": list(meta["input_spec"]["shape"])}
-    return OnnxGraph(module=graph, example_inputs=inputs, output_names=["image"], dynamic_axes=axes,
-                     metadata=metadata)
+    latent, classes, conditional = module.latent, module.num_classes, module.conditional
+
+    def sample(batch, generator):
+        # the parity check's inputs: standard-normal noise and random labels
+        inputs = {"noise": torch.randn(batch, latent, generator=generator)}
+        if conditional:
+            inputs["label"] = torch.randint(0, classes, (batch,), generator=generator)
+        return inputs
+
+    metadata = {"latent": latent, "conditional": conditional, "output": "image",
+                "output_range": [module.low, module.high], "image_shape": list(meta["input_spec"]["shape"])}
+    return OnnxGraph(module=generator_graph(module), example_inputs=sample(4, torch.Generator().manual_seed(0)),
+                     output_names=["image"], metadata=metadata, sample=sample)
 
 
 def fit(run):
