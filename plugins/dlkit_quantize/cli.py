@@ -1,0 +1,102 @@
+"""``dlkit quantize``: parse, call :func:`dlkit_quantize.quantize.quantize`, print the table."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def add_command(cli) -> None:
+    from dlkit.cli import emit, json_option, open_repo, repo_option
+
+    @cli.command("quantize")
+    @click.argument("ref")
+    @click.option("--method", default="auto", show_default=True,
+                  help="auto (build candidates, measure, keep the fastest within --tolerance), dynamic, static or fp16.")
+    @click.option("--calibration-samples", type=int, default=256, show_default=True,
+                  help="Training-split samples that calibrate static quantization.")
+    @click.option("--calibrate", default="minmax", show_default=True, help="Calibration: minmax, entropy or percentile.")
+    @click.option("--per-channel/--no-per-channel", default=None,
+                  help="One scale per output channel of each weight, or one per tensor (default: per channel "
+                       "for static, per tensor for dynamic; auto tries both for dynamic).")
+    @click.option("--format", "fmt", help="Static quantization form: qdq or qoperator (default qdq; auto tries both).")
+    @click.option("--tolerance", type=float,
+                  help="Quality loss allowed: validation accuracy points (default 0.5); for generators, percent "
+                       "increase of the Frechet distance (default 10).")
+    @click.option("--name", help="Name of the new model (default NAME-int8, or NAME-fp16).")
+    @click.option("--provider", default="auto", show_default=True,
+                  help="onnxruntime provider to measure on: auto, cpu, cuda, tensorrt...")
+    @click.option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,LSTM).")
+    @click.option("--measure-seconds", type=float, default=1.0, show_default=True,
+                  help="Seconds of timing per batch size (more: steadier latencies).")
+    @repo_option
+    @json_option
+    def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
+                     op_types, measure_seconds, repo, as_json):
+        """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
+        from .quantize import NoCandidateError, quantize
+
+        r = open_repo(repo)
+        version = r.resolve(ref)
+        options = {"method": method, "calibration_samples": calibration_samples, "calibrate": calibrate,
+                   "per_channel": per_channel, "format": fmt, "tolerance": tolerance, "name": name,
+                   "provider": provider, "measure_seconds": measure_seconds,
+                   "op_types": op_types.split(",") if op_types is not None else None}
+        try:
+            report = quantize(version, r, **options)
+        except NoCandidateError as exc:
+            if as_json:
+                click.echo(json.dumps({**exc.report, "error": str(exc)}, default=str))
+            else:
+                console().print(report_table(exc.report))
+            raise
+
+        def human(rep):
+            console().print(report_table(rep))
+            row = next(x for x in rep["table"] if x["chosen"])
+            click.echo(f"quantized {rep['parent']['name']}:{rep['parent']['version']} -> {rep['model']}:{rep['version']} "
+                       f"({row['candidate']}): size {row['size_ratio']:.2f}x, latency at batch 64 "
+                       f"{row['latency_b64_ratio']:.2f}x, {_quality(rep, row)}")
+
+        emit(report, as_json, human)
+
+
+def console():
+    """A rich console at least 120 columns wide: the table is wider than a pipe's default 80."""
+    from rich.console import Console
+
+    out = Console()
+    return out if out.is_terminal else Console(width=max(out.width, 120))
+
+
+def _quality(rep: dict, row: dict) -> str:
+    if rep["quality"] == "accuracy":
+        return f"test accuracy {row['test_accuracy']:.4f} (validation drop {row['drop']:+.2f} points)"
+    return f"Frechet distance {row['frechet_distance']:.3f} ({row['drop']:+.1f}%)"
+
+
+def report_table(rep: dict):
+    """The measured table for people: one row per model, with ratios to the parent (x)."""
+    from rich import box
+    from rich.table import Table
+
+    accuracy = rep["quality"] == "accuracy"
+    title = (f"Quantization of {rep['parent']['name']}:{rep['parent']['version']} on {rep['providers'][0]} "
+             f"(tolerance {rep['tolerance']:g} {rep['drop_unit']})")
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    quality_cols = ["val acc", "test acc", "drop"] if accuracy else ["frechet", "+%"]
+    for col in ["candidate", *quality_cols, "KiB", "x", "ms b1", "x", "ms b64", "x", ""]:
+        t.add_column(col, justify="left" if col in ("candidate", "") else "right", no_wrap=col != "")
+    for r in rep["table"]:
+        if r.get("error"):
+            t.add_row(r["candidate"], *[""] * (len(quality_cols) + 6), f"failed: {r['error']}")
+            continue
+        quality = ([f"{r['val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['drop']:+.2f}"] if accuracy
+                   else [f"{r['frechet_distance']:.3f}", f"{r['drop']:+.1f}"])
+        status = "parent" if r["candidate"] == "float32" else "chosen" if r["chosen"] else \
+            "ok" if r["passed"] else "over tolerance"
+        t.add_row(r["candidate"], *quality, f"{r['size_bytes'] / 1024:.0f}", f"{r['size_ratio']:.2f}",
+                  f"{r['latency_b1_ms']:.3f}", f"{r['latency_b1_ratio']:.2f}",
+                  f"{r['latency_b64_ms']:.3f}", f"{r['latency_b64_ratio']:.2f}", status)
+    return t

@@ -1,0 +1,192 @@
+"""The quantization methods, on top of ``onnxruntime.quantization``, and the candidates ``auto`` tries.
+
+Every method starts from the graph :func:`~dlkit_quantize.graph.preprocess` prepared:
+
+- ``dynamic``: int8 weights, activations quantized on the fly (``quantize_dynamic``). Applies
+  to MatMul (Gemm is rewritten to MatMul + Add first: onnxruntime has no integer Gemm for
+  dynamic mode) and LSTM (``DynamicQuantizeLSTM``); onnxruntime has no dynamic GRU kernel, so a
+  GRU stays float32 under this method. Conv only when asked for (``op_types``): it becomes
+  ConvInteger, which onnxruntime runs far slower than a float Conv on x86 CPUs.
+- ``static``: weights and activations int8 with ranges calibrated on the model's training split
+  (``quantize_static``), as QDQ (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses
+  into integer kernels) or QOperator (QLinearConv, QGemm...). uint8 activations and int8 weights,
+  onnxruntime's recommended pairing for x86 CPUs. The ``probabilities`` Softmax stays float32.
+  In QDQ form LSTM and GRU weights are stored as int8 and dequantized when the session loads
+  (no integer kernel: smaller, not faster).
+- ``fp16``: float16 weights and arithmetic, float32 inputs and outputs (for GPU providers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlkit.errors import InputError
+
+from .graph import GraphInfo, gemm_to_matmul, quiet
+
+METHODS = ("auto", "dynamic", "static", "fp16")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+FORMATS = ("qdq", "qoperator")
+DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
+RECURRENT_OPS = ("LSTM", "GRU")
+# Outputs a caller reads as probabilities stay float: quantizing a Softmax costs accuracy and
+# saves nothing measurable.
+STATIC_SKIP_OPS = ("Softmax", "ArgMax")
+CALIBRATION_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to quantize a graph: a method and its options."""
+
+    name: str
+    method: str  # dynamic | static | fp16
+    options: dict = field(default_factory=dict)
+    why: str = ""
+
+    @property
+    def suffix(self) -> str:
+        return "fp16" if self.method == "fp16" else "int8"
+
+
+def candidates(info: GraphInfo, method: str, *, per_channel: bool | None, fmt: str | None, calibrate: str,
+               op_types: list[str] | None, accelerator: bool) -> list[Candidate]:
+    """The candidates for ``method``; for ``auto``, those that make sense for this graph.
+
+    ``auto`` tries dynamic quantization of MatMul/Gemm/LSTM (per channel and per tensor, unless
+    ``per_channel`` is given), the same plus Conv when there is one (measured, since ConvInteger
+    is slow on most CPUs), static QDQ (and QOperator for graphs without recurrent ops, unless
+    ``fmt`` is given) when there is a Conv, MatMul or Gemm, and float16 on accelerator
+    providers (onnxruntime's CPU provider runs float16 no faster). ``per_channel`` None means
+    per tensor for an explicit dynamic method (onnxruntime's default), per channel for static.
+    """
+    static_pc = True if per_channel is None else per_channel
+    static_options = {"calibrate": calibrate, "per_channel": static_pc}
+    if op_types:
+        static_options["op_types"] = list(op_types)
+    dyn_ops = list(op_types or DYNAMIC_OPS)
+    if method == "dynamic":
+        return [Candidate("dynamic", "dynamic", {"per_channel": bool(per_channel), "op_types": dyn_ops})]
+    if method == "static":
+        return [Candidate(f"static-{fmt or 'qdq'}", "static", {"format": fmt or "qdq", **static_options})]
+    if method == "fp16":
+        return [Candidate("fp16", "fp16", {})]
+    if method != "auto":
+        raise InputError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}")
+    found: list[Candidate] = []
+    recurrent = info.has(*RECURRENT_OPS)
+    granularities = [True, False] if per_channel is None else [per_channel]
+    if (set(dyn_ops) & {"MatMul", "Gemm", "LSTM", "Conv"}) and info.has(*dyn_ops):
+        for pc in granularities:
+            found.append(Candidate(f"dynamic-{_granularity(pc)}", "dynamic", {"per_channel": pc, "op_types": dyn_ops},
+                                   f"int8 {'/'.join(o for o in dyn_ops if info.has(o))} weights, "
+                                   f"activations quantized per call"))
+    if info.has("Conv") and not op_types:
+        pc = granularities[0]
+        found.append(Candidate("dynamic+conv", "dynamic", {"per_channel": pc, "op_types": [*DYNAMIC_OPS, "Conv"]},
+                               "also Conv, as ConvInteger"))
+    if info.has("Conv", "MatMul", "Gemm") or op_types:
+        for f in [fmt] if fmt else (["qdq"] if recurrent else list(FORMATS)):
+            why = "int8 weights and activations, calibrated"
+            if recurrent and f == "qdq":
+                why += "; recurrent weights stored as int8, dequantized at load"
+            found.append(Candidate(f"static-{f}", "static", {"format": f, **static_options}, why))
+    if accelerator or not found:
+        found.append(Candidate("fp16", "fp16", {}, "float16 weights and arithmetic"))
+    return found
+
+
+def _granularity(per_channel: bool) -> str:
+    return "per-channel" if per_channel else "per-tensor"
+
+
+def build(candidate: Candidate, prepared: Path, out: Path, calibration=None) -> None:
+    """Write ``candidate`` applied to the prepared graph at ``out``."""
+    if candidate.method == "dynamic":
+        quantize_dynamic(prepared, out, **candidate.options)
+    elif candidate.method == "static":
+        if calibration is None:
+            raise ValueError("static quantization needs calibration data")
+        quantize_static(prepared, out, calibration, **candidate.options)
+    elif candidate.method == "fp16":
+        convert_fp16(prepared, out)
+    else:
+        raise ValueError(f"unknown method {candidate.method!r}")
+
+
+def quantize_dynamic(src: Path, dst: Path, *, op_types, per_channel: bool) -> None:
+    """onnxruntime's dynamic quantization of ``op_types``, Gemm rewritten to MatMul + Add first."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    model = onnx.load(str(src))
+    if "Gemm" in op_types:
+        gemm_to_matmul(model)
+    ops = sorted({"MatMul" if op == "Gemm" else op for op in op_types})
+    with quiet():
+        ort_quantize_dynamic(model, str(dst), op_types_to_quantize=ops, per_channel=per_channel,
+                             weight_type=QuantType.QInt8)
+
+
+def quantize_static(src: Path, dst: Path, calibration, *, format: str, calibrate: str, per_channel: bool,
+                    op_types=None) -> None:
+    """onnxruntime's static quantization with ``calibration`` (a ``Calibration``)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    qdq = format == "qdq"
+    if op_types is None:
+        known = set(QDQRegistry if qdq else QLinearOpsRegistry) - set(STATIC_SKIP_OPS)
+        if qdq:
+            known |= set(RECURRENT_OPS)  # weights stored as int8 + DequantizeLinear
+        present = {n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
+        op_types = sorted(known & present)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[calibrate]
+    with quiet():
+        ort_quantize_static(
+            str(src), str(dst), calibration.reader(), quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+            op_types_to_quantize=list(op_types), per_channel=per_channel, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=method,
+        )
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """float16 weights and ops, float32 graph inputs and outputs (``keep_io_types``)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with quiet():
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+
+
+class Calibration:
+    """Calibration inputs: the first ``samples`` of a split, fed in batches of 32."""
+
+    def __init__(self, feeds: dict[str, np.ndarray], description: dict[str, Any]):
+        self.feeds = feeds
+        self.description = description
+
+    def reader(self):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        feeds = self.feeds
+        n = len(next(iter(feeds.values())))
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self._batches = iter([{k: v[i:i + CALIBRATION_BATCH] for k, v in feeds.items()}
+                                      for i in range(0, n, CALIBRATION_BATCH)])
+
+            def get_next(self):
+                return next(self._batches, None)
+
+        return Reader()

@@ -1,0 +1,314 @@
+"""``dlkit quantize`` as a Python API: a model's ONNX graph in, a new, quantized model out.
+
+The parent's ``model.onnx`` is prepared with ``quant_pre_process``, each candidate (one for an
+explicit method, several for ``auto``) is built in a temporary folder, then the parent and
+every candidate are measured on this machine with the chosen provider: quality on the
+validation split (accuracy; a generator's Frechet distance), size on disk, latency at batch 1
+and 64. The fastest candidate at batch 64 whose quality loss is within the tolerance becomes a
+new model in the repository (``<name>-int8`` or ``<name>-fp16``); when none is, nothing is
+written and :class:`NoCandidateError` carries the table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from dlkit import __version__
+from dlkit.errors import DlkitError, InputError
+from dlkit.repository import ModelRepository, ModelVersion, check_name
+
+from . import measure
+from .graph import inspect_graph, preprocess, set_metadata
+from .methods import CALIBRATIONS, FORMATS, METHODS, Calibration, Candidate, build, candidates
+
+DEFAULTS = {
+    "method": "auto", "calibration_samples": 256, "calibrate": "minmax", "per_channel": None, "format": None,
+    "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 1.0,
+}
+PARENT = "float32"
+TIE = 0.05  # latencies this close count as equal
+CPU = "CPUExecutionProvider"
+
+
+class NoCandidateError(DlkitError):
+    """No candidate kept the quality within the tolerance (or none could be built): nothing written."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+def check_options(version: ModelVersion, options: dict) -> dict:
+    """Validate every option before any work: bad ones are an InputError naming the flag."""
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise InputError(f"quantize: unknown option {sorted(unknown)[0]!r}; known: {', '.join(DEFAULTS)}")
+    o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    if o["method"] not in METHODS:
+        raise InputError(f"--method {o['method']}: unknown quantization method; expected one of {', '.join(METHODS)}")
+    if o["calibrate"] not in CALIBRATIONS:
+        raise InputError(f"--calibrate {o['calibrate']}: expected one of {', '.join(CALIBRATIONS)}")
+    if o["format"] is not None and o["format"] not in FORMATS:
+        raise InputError(f"--format {o['format']}: expected one of {', '.join(FORMATS)}")
+    if not isinstance(o["calibration_samples"], int) or o["calibration_samples"] < 1:
+        raise InputError(f"--calibration-samples must be at least 1, got {o['calibration_samples']}")
+    tol = o["tolerance"]
+    if tol is not None and (not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0):
+        raise InputError(f"--tolerance must be a number >= 0 (quality loss allowed), got {tol}")
+    if not (isinstance(o["measure_seconds"], (int, float)) and o["measure_seconds"] > 0):
+        raise InputError(f"--measure-seconds must be positive, got {o['measure_seconds']}")
+    if o["op_types"] is not None:
+        o["op_types"] = [t.strip() for t in o["op_types"] if t.strip()]
+        if not o["op_types"]:
+            raise InputError("--op-types: give at least one op type, e.g. MatMul,Conv")
+    if o["name"] is not None:
+        check_name(o["name"])
+        if o["name"] == version.name:
+            raise InputError(f"--name {o['name']}: the quantized model needs a name of its own, not its parent's")
+    return o
+
+
+def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], None] | None = None,
+             **options: Any) -> dict:
+    """Quantize ``version``'s model.onnx into a new model; returns the report (table included).
+
+    Options (see :data:`DEFAULTS`): ``method`` auto|dynamic|static|fp16, ``calibration_samples``,
+    ``calibrate`` minmax|entropy|percentile, ``per_channel``, ``format`` qdq|qoperator (None:
+    qdq, or both for auto), ``tolerance`` (accuracy points, or percent of a generator's
+    Frechet distance; None: the check's default), ``name``, ``provider``, ``op_types``,
+    ``measure_seconds`` (timing per batch size). Raises :class:`NoCandidateError` (nothing
+    written) when no candidate stays within the tolerance.
+    """
+    log = log or (lambda msg: print(f"dlkit: {msg}", file=sys.stderr))
+    o = check_options(version, options)
+    if not version.has_onnx():
+        raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
+    from dlkit.onnx_files import check_external_data
+
+    check_external_data(version.onnx_path)
+    info = inspect_graph(version.onnx_path)
+    if info.precision == "float16":
+        raise InputError(f"model {version.ref} is a float16 model; quantize its float32 parent "
+                         f"{_parent_ref(version) or 'model'} instead")
+    if info.precision == "int8":
+        raise InputError(f"model {version.ref} is already quantized (int8); quantize its float32 parent "
+                         f"{_parent_ref(version) or 'model'} instead")
+    task = version.meta.get("task", "classification")
+    if task not in ("classification", "generation"):
+        raise InputError(f"model {version.ref} is a {task} model; quantize handles classifiers and generators")
+    from dlkit.evaluation import evaluation_data
+    from dlkit.runtime import Session, choose_providers
+
+    dataset = evaluation_data(version)
+    providers = choose_providers(o["provider"])
+    check = measure.quality_check(version, dataset, repo)
+    if task == "classification":
+        check.input_name = info.inputs[0]
+    tolerance = check.default_tolerance if o["tolerance"] is None else float(o["tolerance"])
+    todo = candidates(info, o["method"], per_channel=o["per_channel"], fmt=o["format"], calibrate=o["calibrate"],
+                      op_types=o["op_types"], accelerator=providers[0] != CPU)
+
+    with tempfile.TemporaryDirectory(prefix="dlkit-quantize-") as tmp:
+        folder = Path(tmp)
+        prepared = folder / "prepared.onnx"
+        log(f"preparing {version.ref} (quant_pre_process)")
+        prep = preprocess(version.onnx_path, prepared)
+        calibration = None
+        if any(c.method == "static" for c in todo):
+            feeds, described = check.calibration_feeds(o["calibration_samples"])
+            calibration = Calibration(feeds, {**described, "method": o["calibrate"]})
+        built: dict[str, Path] = {}
+        errors: dict[str, str] = {}
+        for c in todo:
+            log(f"building {c.name}" + (f" ({c.why})" if c.why else ""))
+            path = folder / f"{c.name}.onnx"
+            try:
+                build(c, prepared, path, calibration)
+                built[c.name] = path
+            except Exception as exc:  # onnxruntime's quantizers raise anything; auto moves on
+                errors[c.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                if o["method"] != "auto":
+                    raise DlkitError(f"{c.name} quantization of {version.ref} failed: {errors[c.name]}") from exc
+        sessions = {PARENT: Session(version.onnx_path, o["provider"])}
+        for name, path in built.items():
+            try:
+                sessions[name] = Session(path, o["provider"])
+            except DlkitError as exc:
+                errors[name] = str(exc)
+                if o["method"] != "auto":
+                    raise DlkitError(f"{name}: onnxruntime cannot run the quantized graph ({exc})") from None
+        log(f"measuring quality and latency of {len(sessions) - 1} candidate(s) and the parent "
+            f"on {sessions[PARENT].providers[0]}")
+        quality = {name: check.measure(s) for name, s in sessions.items()}
+        latency = measure.time_sessions(sessions, {b: check.latency_feeds(b) for b in measure.BATCH_SIZES},
+                                        o["measure_seconds"], reference=PARENT)
+        sizes = {PARENT: measure.size_on_disk(version.onnx_path), **{n: p.stat().st_size for n, p in built.items()}}
+        rows = _table(todo, check, quality, latency, sizes, errors, tolerance)
+        chosen = _select(rows)
+        report = {
+            "model": None, "version": None, "parent": {"name": version.name, "version": version.version},
+            "method": o["method"], "chosen": chosen["candidate"] if chosen else None,
+            "quality": check.kind, "drop_unit": check.unit, "tolerance": tolerance,
+            "providers": sessions[PARENT].providers, "table": rows,
+        }
+        if chosen is None:
+            passing = "could be built" if all(r.get("error") for r in rows if r["candidate"] != PARENT) \
+                else f"kept the {check.kind} loss within {tolerance:g} {check.unit}"
+            raise NoCandidateError(f"no quantized candidate of {version.ref} {passing}; nothing written "
+                                   f"(see the table; a larger --tolerance accepts more loss)", report)
+        candidate = next(c for c in todo if c.name == chosen["candidate"])
+        if chosen["latency_b64_ratio"] is not None and chosen["latency_b64_ratio"] > 1:
+            log(f"warning: {candidate.name} is {chosen['latency_b64_ratio']:.2f}x the parent's latency at batch 64 "
+                f"here (smaller, not faster)")
+        out_name = o["name"] or f"{version.name}-{candidate.suffix}"
+        check_name(out_name)
+        meta = _meta(version, repo, candidate, o, tolerance, prep, calibration, check, chosen, report, sessions)
+        new = _write(repo, out_name, built[candidate.name], meta, version, sessions[candidate.name])
+    report.update(model=new.name, version=new.version, path=str(new.path))
+    return report
+
+
+def _table(todo: list[Candidate], check, quality: dict, latency: dict, sizes: dict, errors: dict,
+           tolerance: float) -> list[dict]:
+    """One row per model: the parent first, then each candidate, with ratios to the parent."""
+    parent = quality[PARENT]
+    rows = [_row(PARENT, "parent", {}, "", check, parent, quality[PARENT], latency[PARENT], sizes[PARENT],
+                 latency[PARENT], sizes[PARENT])]
+    for c in todo:
+        if c.name in errors:
+            rows.append({"candidate": c.name, "method": c.method, "options": c.options, "why": c.why,
+                         "passed": False, "chosen": False, "error": errors[c.name]})
+            continue
+        row = _row(c.name, c.method, c.options, c.why, check, parent, quality[c.name], latency[c.name],
+                   sizes[c.name], latency[PARENT], sizes[PARENT])
+        row["passed"] = row["drop"] <= tolerance + 1e-9
+        rows.append(row)
+    return rows
+
+
+def _row(name, method, options, why, check, parent_quality, q, lat, size, parent_lat, parent_size) -> dict:
+    drop = check.drop(parent_quality, q)
+    return {
+        "candidate": name, "method": method, "options": options, "why": why, **q,
+        "drop": round(drop, 6), "size_bytes": int(size),
+        "latency_b1_ms": lat[1], "latency_b64_ms": lat[64],
+        **check.ratios(parent_quality, q),
+        "size_ratio": size / parent_size, "latency_b1_ratio": lat[1] / parent_lat[1],
+        "latency_b64_ratio": lat[64] / parent_lat[64], "passed": None, "chosen": False, "error": None,
+    }
+
+
+def _select(rows: list[dict]) -> dict | None:
+    """The fastest passing candidate at batch 64; latencies within 5% of the fastest count as a
+    tie (timing noise on a shared machine), broken by the smaller file."""
+    passing = [r for r in rows if r.get("passed")]
+    if not passing:
+        return None
+    fastest = min(r["latency_b64_ms"] for r in passing)
+    near = [r for r in passing if r["latency_b64_ms"] <= fastest * (1 + TIE)]
+    best = min(near, key=lambda r: (r["size_bytes"], r["latency_b64_ms"]))
+    best["chosen"] = True
+    return best
+
+
+def lineage(version: ModelVersion, repo: ModelRepository) -> list[dict]:
+    """The chain that led to ``version``, oldest first, ``version`` last: name, version, method."""
+    entry = {"name": version.name, "version": version.version, "method": version.meta.get("method")}
+    recorded = version.meta.get("lineage")
+    if isinstance(recorded, list):
+        return [*recorded, entry]
+    chain = [entry]
+    seen = {(version.name, version.version)}
+    parent = version.meta.get("parent")
+    while isinstance(parent, dict) and parent.get("name") and len(chain) < 100:
+        key = (parent["name"], parent.get("version"))
+        if key in seen:
+            break
+        seen.add(key)
+        try:
+            ancestor = repo.resolve(f"{parent['name']}:{parent['version']}")
+            method, parent = ancestor.meta.get("method"), ancestor.meta.get("parent")
+        except (InputError, KeyError, TypeError):
+            method, parent = None, None  # gone from the repository: the chain stops here
+        chain.insert(0, {"name": key[0], "version": key[1], "method": method})
+    return chain
+
+
+def _parent_ref(version: ModelVersion) -> str | None:
+    parent = version.meta.get("parent")
+    return f"{parent['name']}:{parent['version']}" if isinstance(parent, dict) and parent.get("name") else None
+
+
+def _meta(version, repo, candidate, o, tolerance, prep, calibration, check, chosen, report, sessions) -> dict:
+    import onnx
+    import onnxruntime
+
+    parent = version.meta
+    keep = ("arch", "plugin", "task", "hparams", "input_spec", "labels", "num_classes", "data", "params")
+    return {
+        **{k: parent[k] for k in keep if k in parent},
+        "metrics": check.metrics(chosen),
+        "parent": {"name": version.name, "version": version.version},
+        "method": f"quantize-{candidate.method}",
+        "lineage": lineage(version, repo),
+        "quantization": {
+            "method": candidate.method, "candidate": candidate.name, "options": candidate.options,
+            "requested": o["method"], "auto": o["method"] == "auto",
+            "selection": f"the fastest at batch 64 among the candidates within the tolerance "
+                         f"(within {TIE:.0%}: the smaller)",
+            "tolerance": tolerance, "quality": check.kind, "drop_unit": check.unit, "preprocess": prep,
+            "calibration": calibration.description if calibration and candidate.method == "static" else None,
+            "providers": sessions[PARENT].providers,
+            "measured_on": {"machine": platform.machine(), "processor": platform.processor() or None,
+                            "system": platform.system()},
+        },
+        "measurements": {"providers": report["providers"], "table": report["table"]},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"dlkit": __version__, "python": platform.python_version(), "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+    }
+
+
+def _write(repo: ModelRepository, name: str, onnx_file: Path, meta: dict, parent: ModelVersion, session) -> ModelVersion:
+    """Stage model.onnx (with its metadata_props) and meta.json, publish, write config.pbtxt."""
+    import hashlib
+
+    import onnx
+
+    from dlkit.checkpoint import write_bytes
+
+    model = onnx.load(str(onnx_file))
+    props = {p.key: p.value for p in onnx.load(str(parent.onnx_path), load_external_data=False).metadata_props}
+    props.update({k: json.dumps(v) for k, v in {
+        "model": name, "version": repo.next_version(name), "parent": meta["parent"], "method": meta["method"],
+        "quantization": meta["quantization"]["candidate"],
+    }.items()})
+    set_metadata(model, props)
+    data = model.SerializeToString()
+    staged = repo.stage(name)
+    try:
+        write_bytes(staged.path / "model.onnx", data)
+        meta = {**meta, "onnx": {
+            "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "inputs": [i.as_dict() for i in session.inputs], "outputs": [o.as_dict() for o in session.outputs],
+            "source": "dlkit quantize",
+        }}
+        version = staged.commit(meta)
+    except BaseException:
+        staged.discard()
+        raise
+    try:
+        from dlkit.export import write_triton_config
+
+        write_triton_config(version)
+    except Exception as exc:  # the model is complete without it; Triton users are told why
+        print(f"dlkit: warning: no config.pbtxt for {version.ref}: {exc}", file=sys.stderr)
+    return version
