@@ -122,7 +122,7 @@ class Plugins:
                     continue
                 try:
                     impl.function(register=make_register(self.registry, kind, impl.plugin_name))
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:  # sys.exit() in a hook must not end dlkit
                     self.registry.remove_plugin(impl.plugin_name)
                     self._fail(info, _hook_failure(hook_name, exc))
         for info in self.infos.values():
@@ -149,9 +149,11 @@ class Plugins:
                 replaced = sorted(n for n, c in before.items() if cli.commands.get(n) is not c)
                 if replaced:
                     raise PluginError(f"command {replaced[0]!r} is already provided by {owners[replaced[0]]}")
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # drop the plugin whole, as for the other hooks
                 cli.commands.clear()
                 cli.commands.update(before)
+                self.registry.remove_plugin(info.name)
+                info.registered = {}
                 self._fail(info, _hook_failure("register_commands", exc))
                 continue
             added = sorted(set(cli.commands) - set(before))

@@ -318,7 +318,9 @@ BROKEN_PLUGINS = {
     "misspelled": ("from dlkit import hookimpl\n\n@hookimpl\ndef register_model(register):\n"
                    "    register('never', print, input_kinds={'tabular'})\n",
                    "unknown hook 'register_model' (did you mean 'register_models'?)"),
-    "hijacker": ("from dlkit import hookimpl\n\n@hookimpl\ndef register_commands(cli):\n"
+    "hijacker": ("from dlkit import hookimpl\n\n@hookimpl\ndef register_models(register):\n"
+                 "    register('hijacker-model', print, input_kinds={'tabular'})\n\n"
+                 "@hookimpl\ndef register_commands(cli):\n"
                  "    @cli.command('models')\n    def models():\n        print('hijacked')\n",
                  "command 'models' is already provided by dlkit"),
 }
