@@ -52,6 +52,10 @@ INFER_OPENAPI = {"requestBody": {"required": True, "content": {"application/json
             "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
 
 
+def _path_param(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """The protocol's error body: ``{"error": "..."}``."""
     return Response(json.dumps({"error": message}), status, headers, media_type="application/json")
@@ -186,13 +190,18 @@ def create_app(repo: ModelRepository | str | os.PathLike, models: list[str] | No
     async def version_config(name: str, version: str):
         return config(name, version)
 
-    @app.post("/v2/models/{name}/infer", summary="Inference (latest version)", openapi_extra=INFER_OPENAPI)
-    async def infer_latest(request: Request, name: str):
-        return await infer(request, name, None)
+    # The infer endpoints take only the Request: FastAPI's per-parameter validation would cost
+    # more than the rest of the routing, so the path parameters are read (and documented) by hand.
+    @app.post("/v2/models/{name}/infer", summary="Inference (latest version)",
+              openapi_extra={**INFER_OPENAPI, "parameters": [_path_param("name")]})
+    async def infer_latest(request: Request):
+        return await infer(request, request.path_params["name"], None)
 
-    @app.post("/v2/models/{name}/versions/{version}/infer", summary="Inference", openapi_extra=INFER_OPENAPI)
-    async def infer_version(request: Request, name: str, version: str):
-        return await infer(request, name, version)
+    @app.post("/v2/models/{name}/versions/{version}/infer", summary="Inference",
+              openapi_extra={**INFER_OPENAPI, "parameters": [_path_param("name"), _path_param("version")]})
+    async def infer_version(request: Request):
+        params = request.path_params
+        return await infer(request, params["name"], params["version"])
 
     # -- errors: always {"error": "..."} ----------------------------------------------------------
     @app.exception_handler(ProtocolError)
