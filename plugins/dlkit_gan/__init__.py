@@ -17,7 +17,7 @@ DEFAULTS = {
 }
 
 TRAIN_DEFAULTS = {
-    "epochs": 100,
+    "epochs": 30,
     "batch_size": 64,
     "lr": 2e-4,  # generator (and discriminator unless d_lr is set)
     "d_lr": 0.0,  # discriminator learning rate; 0: the same as lr
@@ -26,6 +26,7 @@ TRAIN_DEFAULTS = {
     "loss": "nonsaturating",  # nonsaturating | hinge
     "label_smoothing": 0.0,  # one-sided: real targets become 1 - s (nonsaturating loss only)
     "d_steps": 1,  # discriminator updates per generator update
+    "ema": 0.99,  # the generator kept is an average of its weights over ~1/(1 - ema) steps; 0: the last
     "grid_every": 1,  # save a sample grid every N epochs into <version>/epochs/; 0: never
     "collapse_steps": 100,  # stop when the discriminator loss sits at its floor this many steps; 0: never
     "collapse_loss": 0.01,  # ... "at its floor" means within this much of it

@@ -160,6 +160,18 @@ def measure(gan, judge: Judge, real: np.ndarray, samples: int, seed: int, untrai
     return metrics
 
 
+def summary(m: dict) -> str:
+    """One line for people: the quality metrics of a trained GAN."""
+    line = (f"quality ({m['judge']}, {m['quality_samples']} samples): class coverage {m['class_coverage']}/{m['classes']}, "
+            f"mean max-probability {m['mean_max_probability']:.3f}")
+    if "label_accuracy" in m:
+        line += f", label accuracy {m['label_accuracy']:.3f}"
+    line += f", Frechet distance {m['frechet_distance']:.2f}"
+    if "frechet_distance_untrained" in m:
+        line += f" (untrained generator {m['frechet_distance_untrained']:.2f})"
+    return line
+
+
 def sample(gan, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
     """``n`` images in the data's range (eval mode); conditional models cycle through classes."""
     import torch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ def validate(config: dict) -> None:
         ("label_smoothing", 0 <= config["label_smoothing"] < 0.5, "must be in [0, 0.5)"),
         ("d_steps", config["d_steps"] >= 1, "must be >= 1"),
         ("grid_every", config["grid_every"] >= 0, "must be >= 0 (0: no per-epoch grids)"),
+        ("ema", 0 <= config["ema"] < 1, "must be in [0, 1) (0: no weight averaging)"),
         ("collapse_steps", config["collapse_steps"] >= 0, "must be >= 0 (0: no collapse check)"),
         ("collapse_loss", config["collapse_loss"] > 0, "must be > 0"),
         ("samples", config["samples"] >= 10, "must be >= 10"),
@@ -87,6 +89,13 @@ class GanTrainer:
         self.epoch = 0
         self.seconds = 0.0
         self.low_d_steps = 0  # consecutive steps with the discriminator's loss near its floor
+        # An exponential moving average of the generator's weights (buffers copied): the
+        # averaged generator is what gets sampled, saved and exported; it smooths out the
+        # step-to-step oscillation of adversarial training.
+        generator = self.model.generator
+        self.params = [n for n, _ in generator.named_parameters()]
+        self.ema_state = {k: v.detach().clone() for k, v in generator.state_dict().items()} if cfg["ema"] else None
+        self.ema_updates = 0
         self.steps = max(1, len(run.data.y_train) // cfg["batch_size"])
         self.curves = CurvePlot(self.workdir / "curves.png",
                                 [("loss", ["d_loss", "g_loss"]), ("discriminator score", ["d_real", "d_fake"])])
@@ -141,10 +150,13 @@ class GanTrainer:
         d_tensors, d_state = optimizer_to_flat(self.opt_d, "optim_d")
         tensors.update(g_tensors)
         tensors.update(d_tensors)
+        if self.ema_state is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema_state.items()})
         tensors["rng.cpu"] = torch.get_rng_state()
         if self.device.startswith("cuda"):
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
         state = {"epoch": self.epoch, "seconds": self.seconds, "low_d_steps": self.low_d_steps,
+                 "ema_updates": self.ema_updates,
                  "optim_g": g_state, "optim_d": d_state}
         save_train_state(self.workdir / CHECKPOINT, tensors, state)
 
@@ -158,21 +170,44 @@ class GanTrainer:
         torch.set_rng_state(tensors["rng.cpu"])
         if "rng.cuda" in tensors and self.device.startswith("cuda"):
             torch.cuda.set_rng_state(tensors["rng.cuda"])
+        if self.ema_state is not None:
+            self.ema_state = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
         self.epoch, self.seconds, self.low_d_steps = state["epoch"], state["seconds"], state["low_d_steps"]
+        self.ema_updates = state["ema_updates"]
         log = self.workdir / "metrics.jsonl"
         truncate_metrics_log(log, self.epoch)
         if log.is_file():  # the curves cover the whole run, not only the resumed part
             self.curves.history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
     # -- samples ---------------------------------------------------------------------------------
+    def update_ema(self) -> None:
+        import torch
+
+        # warm-up (as TensorFlow's ExponentialMovingAverage): early on, forget the random start faster
+        self.ema_updates += 1
+        decay = min(self.config["ema"], (1 + self.ema_updates) / (10 + self.ema_updates))
+        state = self.model.generator.state_dict()
+        with torch.no_grad():
+            averaged = [self.ema_state[n] for n in self.params]
+            torch._foreach_lerp_(averaged, [state[n] for n in self.params], 1.0 - decay)
+            for key, value in state.items():
+                if key not in self.params:  # batch-norm statistics follow the live generator
+                    self.ema_state[key].copy_(value)
+
     def save_samples(self, path: Path) -> None:
         import torch
 
         gan = self.model
         was_training = gan.training
+        live = None
+        if self.ema_state is not None:
+            live = {k: v.clone() for k, v in gan.generator.state_dict().items()}
+            gan.generator.load_state_dict(self.ema_state)
         gan.eval()
         with torch.inference_mode():
             images = gan(self.fixed_noise, self.grid_labels).float().cpu().numpy()
+        if live is not None:
+            gan.generator.load_state_dict(live)
         gan.train(was_training)
         save_grid(path, images, (gan.low, gan.high), *self.grid_shape)
 
@@ -226,6 +261,8 @@ class GanTrainer:
                     self.opt_g.zero_grad(set_to_none=True)
                     g_loss.backward()
                     self.opt_g.step()
+                    if self.ema_state is not None:
+                        self.update_ema()
                     discriminator.requires_grad_(True)
                     values = torch.stack([d_loss.detach(), g_loss.detach(), real_scores.detach().mean(),
                                           fake_scores.detach().mean()])
@@ -243,6 +280,8 @@ class GanTrainer:
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, logs)
                 self.save_checkpoint()
+            if self.ema_state is not None:  # from here on the generator is the averaged one
+                generator.load_state_dict(self.ema_state)
             self.save_samples(self.workdir / SAMPLES)
             for cb in self.callbacks:
                 cb.on_train_end(self, logs)
@@ -296,4 +335,6 @@ def fit(run) -> dict:
             torch.manual_seed(run.seed + 2)
             untrained = run.spec.build(gan.hparams, run.data.input_spec, run.data.num_classes).eval()
         metrics.update(quality.measure(gan, judge, run.data.x_train, cfg["samples"], run.seed + 3, untrained))
+        if not run.quiet:
+            print(quality.summary(metrics), file=sys.stderr)
     return metrics
