@@ -3,7 +3,8 @@
 Each ``register_*`` hook receives a ``register`` callback rather than returning values, so
 dlkit validates names and rejects duplicates in one place, naming both plugins. Hook
 implementations must stay cheap: import torch, onnx or sklearn inside the factories they
-register, never at module level, so that ``dlkit --help`` stays instant.
+register, never at module level, so that ``dlkit --help`` stays instant. docs/plugins.md has a
+tutorial and a section per hook (tests/test_docs.py fails when a hook has none).
 """
 
 from __future__ import annotations
