@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--repo", help="model repository to keep the judge and the GANs in (default: temporary)")
     parser.add_argument("--samples-to", help="copy the first seed's samples.png here")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the target is for 2 CPU cores)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: these small convolutions gain little from a second one, "
+                             "and on a shared 2-core machine a second thread only adds contention)")
     parser.add_argument("--verbose", action="store_true", help="show training progress")
     args = parser.parse_args()
 

@@ -222,8 +222,6 @@ class GanTrainer:
         x = gan.from_data_range(torch.as_tensor(data.x_train, dtype=torch.float32)).to(self.device)
         y = torch.as_tensor(data.y_train, dtype=torch.long).to(self.device)
         n, bs, classes = len(x), cfg["batch_size"], gan.num_classes
-        if n < bs:
-            raise InputError(f"train.batch_size={bs} is larger than the {n} training images")
         cond = gan.conditional
         floor = self.d_loss_floor()
         logs: dict[str, Any] = {}
@@ -320,6 +318,10 @@ def fit(run) -> dict:
 
     validate(run.config)
     cfg = run.config
+    n = len(run.data.y_train)
+    if n < cfg["batch_size"]:
+        raise InputError(f"train.batch_size={cfg['batch_size']} is larger than the {n} training images")
+    resolve_device(cfg["device"])  # an unavailable --device is bad input, found before the judge is trained
     judge_ref = str(cfg["judge"]).strip()
     judge = None
     if judge_ref != "none":
