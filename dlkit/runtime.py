@@ -57,7 +57,19 @@ def choose_providers(requested: str = "auto", strict: bool = False) -> list[str]
                 raise InputError(msg)
             print(f"dlkit: warning: {msg}; falling back to CPUExecutionProvider", file=sys.stderr)
             chosen = "CPUExecutionProvider"
-    return [chosen] if chosen == "CPUExecutionProvider" else [chosen, "CPUExecutionProvider"]
+    # Nodes a provider cannot run fall to the next one: TensorRT -> CUDA -> CPU.
+    after = PREFERENCE[PREFERENCE.index(chosen) + 1:] if chosen in PREFERENCE else ["CPUExecutionProvider"]
+    return [chosen] + [p for p in after if p in available or p == "CPUExecutionProvider"]
+
+
+def providers_report() -> dict:
+    """What ``dlkit providers`` shows: the onnxruntime build, its providers and ``auto``'s choice."""
+    import onnxruntime as ort
+
+    available = available_providers()
+    return {"onnxruntime": ort.__version__, "device": ort.get_device(), "available": available,
+            "auto": choose_providers("auto"), "preference": PREFERENCE,
+            "aliases": {k: v for k, v in ALIASES.items() if k != "trt"}}
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,11 @@ class Session:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise InputError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:300]})") from None
         self.providers = self.session.get_providers()
+        if strict and self.providers[0] != providers[0]:
+            # onnxruntime drops a provider whose libraries fail to load (CUDA without cuDNN...)
+            # with only a log line: --strict-provider means the user wants to know.
+            raise DlkitError(f"provider {provider!r} ({providers[0]}) failed to start; onnxruntime uses "
+                             f"{', '.join(self.providers)}")
         self.inputs = [_info(i) for i in self.session.get_inputs()]
         self.outputs = [_info(o) for o in self.session.get_outputs()]
         self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map)

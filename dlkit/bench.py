@@ -1,0 +1,139 @@
+"""``dlkit bench``: latency and throughput of torch and onnxruntime, side by side in one process.
+
+Both runtimes get the same inputs and the same number of intra-op threads (torch's own default
+unless ``threads`` is given), torch runs under ``torch.inference_mode()`` (no autograd
+bookkeeping: the fair eager baseline), and they take turns in short rounds so that a noisy
+neighbour on a shared machine slows both alike. torch is only imported when it is benchmarked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import InputError
+from .repository import ModelVersion
+
+RUNTIMES = ("torch", "onnx")
+ROUNDS = 5  # turns each runtime takes per batch size
+WARMUP_S = 0.2  # per runtime and batch size, before any timing (at least 3 calls)
+
+
+def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds: float = 2.0,
+          provider: str = "auto", *, threads: int | None = None, optimization: str = "all",
+          strict: bool = False) -> dict:
+    """Warm up, then time each runtime at each batch size for ``seconds``; returns the report.
+
+    Per runtime and batch size: p50/p90/p99 latency (ms), mean, calls and throughput
+    (samples/s); per batch size with both runtimes, ``speedup`` = torch p50 / onnx p50.
+    """
+    runtimes = list(dict.fromkeys(runtimes))
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise InputError(f"--runtimes: unknown runtime {unknown[0]!r}; choose from {', '.join(RUNTIMES)}"
+                         if unknown else "--runtimes: give at least one runtime")
+    sizes = [int(b) for b in batch_sizes]
+    if not sizes or min(sizes) < 1:
+        raise InputError(f"--batch-sizes must be positive integers, got {batch_sizes}")
+    if not seconds > 0:
+        raise InputError(f"--seconds must be positive, got {seconds}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    if "onnx" in runtimes and not version.has_onnx():
+        raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
+    threads = threads or _default_threads(runtimes)
+    runners: dict[str, Any] = {}
+    providers = None
+    if "onnx" in runtimes:
+        from .runtime import Session
+
+        session = Session(version.onnx_path, provider, strict=strict, threads=threads, optimization=optimization)
+        runners["onnx"] = session_runner(session)
+        providers = session.providers
+        input_names = [i.name for i in session.inputs]
+    restore = None
+    if "torch" in runtimes:
+        import torch
+
+        from .export import export_graph, torch_runner
+
+        restore = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        graph = export_graph(version)
+        runners["torch"] = torch_runner(graph)
+        input_names = list(graph.example_inputs)
+    try:
+        results = []
+        for b in sizes:
+            feeds = bench_inputs(version.meta, input_names, b)
+            results += measure({r: runners[r] for r in runtimes}, feeds, b, seconds)
+    finally:
+        if restore is not None:
+            import torch
+
+            torch.set_num_threads(restore)
+    speedups = []
+    if set(RUNTIMES) <= set(runtimes):
+        for b in sizes:
+            t, o = (next(r for r in results if r["runtime"] == k and r["batch_size"] == b) for k in ("torch", "onnx"))
+            speedups.append({"batch_size": b, "speedup": t["p50_ms"] / o["p50_ms"],
+                             "throughput_ratio": o["throughput"] / t["throughput"]})
+    return {"model": version.name, "version": version.version, "threads": threads, "providers": providers,
+            "seconds": seconds, "results": results, "speedups": speedups}
+
+
+def _default_threads(runtimes) -> int:
+    if "torch" in runtimes:
+        import torch
+
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def session_runner(session) -> Callable[[dict], Any]:
+    names = [o.name for o in session.outputs]
+    return lambda feeds: session.session.run(names, feeds)  # skip the wrapper's dict: timed code only
+
+
+def bench_inputs(meta: dict, names: list[str], batch: int) -> dict[str, np.ndarray]:
+    """The same random inputs for every runtime: inside the input spec's range (noise: normal)."""
+    from .export import random_in_range
+
+    spec = meta.get("input_spec") or {}
+    rng = np.random.default_rng(batch)
+    if len(names) != 1 or not spec:
+        raise InputError(f"bench: model {meta.get('name')} has {len(names)} graph inputs; bench times one-input models")
+    return {names[0]: random_in_range(spec, batch, rng)}
+
+
+def measure(runners: dict[str, Callable[[dict], Any]], feeds: dict, batch: int, seconds: float) -> list[dict]:
+    """Time every runner on ``feeds``: warm-up, then ROUNDS alternating turns of seconds/ROUNDS."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():
+        deadline = time.perf_counter() + WARMUP_S
+        for i in range(1000):
+            run(feeds)
+            if i >= 2 and time.perf_counter() > deadline:
+                break
+    turn = seconds / ROUNDS
+    for _ in range(ROUNDS):
+        for name, run in runners.items():
+            laps = times[name]
+            end = time.perf_counter() + turn
+            while True:
+                t0 = time.perf_counter()
+                run(feeds)
+                t1 = time.perf_counter()
+                laps.append(t1 - t0)
+                if t1 >= end:
+                    break
+    out = []
+    for name, laps in times.items():
+        ms = np.asarray(laps) * 1000.0
+        p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+        out.append({"runtime": name, "batch_size": batch, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
+                    "mean_ms": float(ms.mean()), "calls": len(laps), "throughput": batch * len(laps) / (ms.sum() / 1000.0)})
+    return out

@@ -1,0 +1,261 @@
+"""``dlkit predict``: labels and top-k probabilities for files, through onnxruntime only.
+
+Inputs may be ``.npy``/``.npz`` arrays (one sample or a batch), images (PNG, JPEG... converted
+to the model's input spec) or CSV files (one sample per row; a header row is detected). This
+module imports neither torch nor sklearn: what it needs to know about the model (labels, input
+spec, preprocessing) travels in the ONNX file's metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .repository import ModelVersion
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def input_preprocessing(input_spec: dict) -> dict:
+    """What a client does to raw data before feeding the graph (stored in the ONNX metadata).
+
+    Images: convert to ``mode``, resize to ``width`` x ``height`` (bilinear), scale pixels
+    linearly from 0..255 to ``range``, lay out as ``layout``. Tabular inputs that the model
+    standardises do so inside the graph: feed raw values.
+    """
+    kind = input_spec.get("kind")
+    note = input_spec.get("preprocessing")
+    out: dict[str, Any] = {"kind": kind, "dtype": input_spec.get("dtype", "float32")}
+    if kind == "image":
+        channels, height, width = input_spec["shape"]
+        out["image"] = {"mode": {1: "L", 3: "RGB"}.get(channels), "width": width, "height": height,
+                        "range": list(input_spec.get("range") or [0.0, 1.0]), "layout": input_spec.get("layout", "NCHW"),
+                        "resample": "bilinear"}
+    if isinstance(note, dict) and "standardize" in note:
+        out["note"] = "standardisation is inside the graph: feed raw feature values"
+    elif note:
+        out["note"] = str(note)
+    if input_spec.get("features"):
+        out["features"] = list(input_spec["features"])
+    return out
+
+
+def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", top_k: int = 3, *,
+            strict: bool = False, threads: int | None = None, optimization: str = "all") -> dict:
+    """Classify each input file with ``version``'s model.onnx; one prediction per sample."""
+    from .runtime import Session
+
+    if not inputs:
+        raise InputError("predict: give at least one input file")
+    if top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {top_k}")
+    if not version.has_onnx():
+        raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
+    session = Session(version.onnx_path, provider, strict=strict, threads=threads, optimization=optimization)
+    info = model_info(session, version)
+    if info["task"] != "classification":
+        raise InputError(f"model {version.ref} is a {info['task']} model: predict needs a classifier")
+    feed = session.inputs[0]
+    names = [o.name for o in session.outputs]
+    wanted = "probabilities" if "probabilities" in names else names[0]
+    predictions = []
+    for source in inputs:
+        batch, labels = read_input(source, info, feed)
+        out = session.run({feed.name: batch}, [wanted])[wanted]
+        probs = out if wanted == "probabilities" else softmax(out)
+        for row, name in zip(probs, labels):
+            predictions.append(describe(name, row, info["labels"], top_k))
+    return {"model": version.name, "version": version.version, "providers": session.providers,
+            "predictions": predictions}
+
+
+def model_info(session, version: ModelVersion) -> dict:
+    """Labels, task and input spec: from the ONNX metadata, else from meta.json."""
+    md = session.metadata
+    meta: dict = {}
+    if not all(k in md for k in ("labels", "input_spec", "task")):
+        meta = version.meta
+    spec = md.get("input_spec") or meta.get("input_spec") or {}
+    return {"labels": md.get("labels") or meta.get("labels"), "task": md.get("task") or meta.get("task", "classification"),
+            "input_spec": spec, "preprocessing": md.get("preprocessing") or input_preprocessing(spec)}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def describe(name: str, probs: np.ndarray, labels: list | None, top_k: int) -> dict:
+    """One prediction: the arg-max label and the ``top_k`` most probable ones."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    label = (lambda i: labels[i] if labels and i < len(labels) else str(i))
+    best = int(order[0])
+    return {"input": name, "label": label(best), "class": best, "probability": float(probs[best]),
+            "top_k": [{"label": label(int(i)), "class": int(i), "probability": float(probs[i])} for i in order]}
+
+
+# -- reading inputs ---------------------------------------------------------------------------------
+def read_input(source: str, info: dict, feed) -> tuple[np.ndarray, list[str]]:
+    """A file as a float32 batch for ``feed`` (a runtime TensorInfo), with a name per sample."""
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{source}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return fit_array(load_npy(path), source, feed)
+    if suffix == ".npz":
+        batches, names = [], []
+        for key, arr in load_npz(path):
+            b, n = fit_array(arr, f"{source}:{key}", feed)
+            batches.append(b)
+            names += n
+        same = len({b.shape[1:] for b in batches}) == 1
+        if not same:  # sequences of different lengths cannot share a batch
+            raise InputError(f"{source}: arrays have different sample shapes ({', '.join(str(b.shape[1:]) for b in batches)}); "
+                             f"use one file per shape")
+        return np.concatenate(batches), names
+    if suffix == ".csv":
+        return fit_array(read_csv(path, info, feed), source, feed, csv_rows=True)
+    if suffix in IMAGE_SUFFIXES:
+        return fit_array(read_image(path, info, feed)[None], source, feed)
+    raise InputError(f"{source}: unsupported input type {suffix or '(no suffix)'!r}; expected .npy, .npz, .csv "
+                     f"or an image ({', '.join(IMAGE_SUFFIXES)})")
+
+
+def load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+
+
+def load_npz(path: Path) -> list[tuple[str, np.ndarray]]:
+    """The array ``x`` when present (the layout ``--data`` reads), else every array in the file."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = ["x"] if "x" in npz.files else list(npz.files)
+            if not keys:
+                raise InputError(f"{path}: the .npz holds no arrays")
+            return [(k, npz[k]) for k in keys]
+    except InputError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
+        raise InputError(f"{path}: not a readable .npz file ({_short(exc)})") from None
+
+
+def fit_array(arr: np.ndarray, source: str, feed, csv_rows: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Check ``arr`` against the graph input and add the batch axis to a single sample.
+
+    The graph input's shape has ``None`` for dynamic axes; a sample has its shape less the
+    batch axis, a batch has it whole.
+    """
+    sample = tuple(feed.shape[1:])
+    expected = f"{_shape(sample)} or {_shape(('N', *sample))}"
+    if arr.dtype.kind not in "fiu":  # bool, complex, strings and objects are not model inputs
+        raise InputError(f"{source}: dtype {arr.dtype} does not fit model input {feed.name!r}: expected "
+                         f"{feed.dtype} (or another real number type)")
+    got = arr.shape[1:] if csv_rows else arr.shape  # what the user gave, for the message
+    if arr.ndim == len(sample) and not csv_rows:
+        arr = arr[None]
+    if arr.ndim != len(sample) + 1 or not all(d is None or d == g for d, g in zip(sample, arr.shape[1:])):
+        raise InputError(f"{source}: shape {_shape(got)} does not fit model input {feed.name!r}: expected {expected}")
+    if len(arr) == 0:
+        raise InputError(f"{source}: no samples (shape {_shape(arr.shape)})")
+    names = [source] if len(arr) == 1 else [f"{source}[{i}]" for i in range(len(arr))]
+    return np.ascontiguousarray(arr, dtype=np.float32), names
+
+
+def read_csv(path: Path, info: dict, feed) -> np.ndarray:
+    """Numeric rows. Tabular and image models: one sample per row (a header may name the
+    model's features, in any order, among other columns). Sequence models: the whole file is
+    one sequence, one time step per row."""
+    try:
+        with open(path, newline="") as f:
+            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if any(c.strip() for c in r)]
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text CSV file") from None
+    if not rows:
+        raise InputError(f"{path}: empty CSV file")
+    header = None
+    if not all(_is_number(c) for c in rows[0][1]):
+        header = [c.strip() for c in rows[0][1]]
+        rows = rows[1:]
+    spec = info["input_spec"]
+    features = spec.get("features")
+    columns = None
+    if header and features and set(features) <= set(header):
+        columns = [header.index(f) for f in features]
+    values = []
+    for line, row in rows:
+        cells = [row[c] for c in columns] if columns else row
+        try:
+            values.append([float(c) for c in cells])
+        except ValueError:
+            bad = next(c for c in cells if not _is_number(c))
+            raise InputError(f"{path}:{line}: not a number: {bad.strip()!r}") from None
+    if not values:
+        raise InputError(f"{path}: no data rows")
+    widths = {len(v) for v in values}
+    if len(widths) > 1:
+        raise InputError(f"{path}: rows have different numbers of columns ({', '.join(map(str, sorted(widths)))})")
+    arr = np.asarray(values, dtype=np.float64)
+    sample = tuple(feed.shape[1:])
+    if spec.get("kind") == "sequence":
+        return arr[None]  # (1, steps, features)
+    size = math.prod(d for d in sample if d is not None)
+    if None not in sample and arr.shape[1] == size and len(sample) > 1:
+        return arr.reshape(len(arr), *sample)  # e.g. 64 pixel columns of an 8x8 image
+    if arr.shape[1] != size:
+        raise InputError(f"{path}: {arr.shape[1]} columns do not fit model input {feed.name!r}: expected {size} "
+                         f"numbers per row (shape {_shape(sample)})")
+    return arr
+
+
+def read_image(path: Path, info: dict, feed) -> np.ndarray:
+    """Decode an image and convert it to the model's input: mode, size, value range, NCHW."""
+    from PIL import Image, UnidentifiedImageError
+
+    prep = (info.get("preprocessing") or {}).get("image")
+    if not prep:
+        raise InputError(f"{path}: model input {feed.name!r} is not an image ({info['input_spec'].get('kind')} data); "
+                         f"give .npy, .npz or .csv")
+    if prep.get("mode") not in ("L", "RGB"):
+        raise InputError(f"{path}: the model's images have an unsupported channel count ({info['input_spec']['shape']})")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            image = im.convert(prep["mode"])
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot decode image ({_short(exc)})") from None
+    size = (int(prep["width"]), int(prep["height"]))
+    if image.size != size:
+        image = image.resize(size, Image.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    lo, hi = prep.get("range") or [0.0, 1.0]
+    pixels = lo + (hi - lo) * pixels
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _shape(shape) -> str:
+    dims = ["?" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
