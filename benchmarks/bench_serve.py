@@ -127,64 +127,78 @@ def bodies(n: int = 16) -> list[bytes]:
             for _ in range(n)]
 
 
-async def _load(port: int, path: str, concurrency: int, seconds: float, warmup: float) -> dict:
-    requests = [request_bytes(port, path, b) for b in bodies()]
-    latencies: list[float] = []
-    errors = [0]
-    start = time.perf_counter()
-    measure_from = start + warmup
-    stop_at = measure_from + seconds
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    async def worker(offset: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        i = offset
-        while True:
+
+async def _interleave(spec: dict) -> dict:
+    """Load each target in turn, in short slices over kept-alive connections, alternating the
+    order every round, so that load from other processes on the machine falls on each alike."""
+    targets, concurrency, path = spec["targets"], spec["concurrency"], spec["path"]
+    requests = {label: [request_bytes(t["port"], path, b) for b in bodies()] for label, t in targets.items()}
+    conns = {label: [list(await asyncio.open_connection("127.0.0.1", t["port"])) for _ in range(concurrency)]
+             for label, t in targets.items()}
+    stats = {label: {"latencies": [], "errors": 0, "requests": 0, "seconds": 0.0, "cpu": 0.0, "total": 0}
+             for label in targets}
+
+    async def client(label: str, k: int, conn: list, deadline: float, record: bool) -> None:
+        i = k
+        reqs = requests[label]
+        while time.perf_counter() < deadline:
+            reader, writer = conn
             sent = time.perf_counter()
-            if sent >= stop_at:
-                break
-            writer.write(requests[i % len(requests)])
+            writer.write(reqs[i % len(reqs)])
             i += 1
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
             await reader.readexactly(length)
-            done = time.perf_counter()
-            if sent >= measure_from:
-                latencies.append(done - sent)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    errors[0] += 1
+            s = stats[label]
+            s["total"] += 1
+            if record:
+                s["latencies"].append(time.perf_counter() - sent)
+                s["errors"] += not head.startswith(b"HTTP/1.1 200")
             if re.search(rb"(?i)connection: *close", head):
                 writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.close()
+                conn[:] = await asyncio.open_connection("127.0.0.1", targets[label]["port"])
 
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return {"seconds": seconds, "errors": errors[0], "latencies_ms": [round(1000 * x, 3) for x in latencies]}
+    async def run_slice(label: str, seconds: float, record: bool = True) -> None:
+        pid = targets[label]["pid"]
+        cpu, total, started = cpu_seconds(pid), stats[label]["total"], time.perf_counter()
+        await asyncio.gather(*(client(label, k, c, started + seconds, record) for k, c in enumerate(conns[label])))
+        if record:
+            s = stats[label]
+            s["seconds"] += time.perf_counter() - started
+            s["cpu"] += cpu_seconds(pid) - cpu
+            s["requests"] += s["total"] - total
 
-
-def load(port: int, concurrency: int, seconds: float, warmup: float = 0.5, path: str = INFER_PATH) -> dict:
-    """Run the load generator in a separate process; returns its JSON result."""
-    out = subprocess.run([sys.executable, __file__, "--client", str(port), path, str(concurrency), str(seconds),
-                          str(warmup)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
-
-
-def side_by_side(ports: dict[str, int], concurrency: int, seconds: float, rounds: int) -> dict[str, dict]:
-    """Alternate short slices between the servers (in a changing order) so that load from other
-    processes on the machine falls on each alike; returns throughput and latency per server."""
-    slices: dict[str, list[dict]] = {label: [] for label in ports}
-    labels = list(ports)
-    for r in range(rounds):
+    labels = list(targets)
+    for label in labels:
+        await run_slice(label, spec["warmup"], record=False)
+    for r in range(max(1, round(spec["seconds"] / spec["slice"]))):
         for label in labels if r % 2 == 0 else labels[::-1]:
-            slices[label].append(load(ports[label], concurrency, seconds / rounds))
+            await run_slice(label, spec["slice"])
     out = {}
-    for label, parts in slices.items():
-        latencies = sorted(x for p in parts for x in p["latencies_ms"])
-        n = len(latencies)
-        out[label] = {"concurrency": concurrency, "requests": n, "errors": sum(p["errors"] for p in parts),
-                      "rps": n / sum(p["seconds"] for p in parts),
-                      "p50_ms": latencies[n // 2] if n else None,
-                      "p99_ms": latencies[min(n - 1, int(n * 0.99))] if n else None}
+    for label, s in stats.items():
+        lat = sorted(s["latencies"])
+        n = len(lat)
+        out[label] = {"concurrency": concurrency, "requests": n, "errors": s["errors"], "rps": n / s["seconds"],
+                      "p50_ms": 1000 * lat[n // 2], "p99_ms": 1000 * lat[min(n - 1, int(n * 0.99))],
+                      "cpu_ms_per_request": 1000 * s["cpu"] / max(1, s["requests"])}
     return out
+
+
+def side_by_side(servers: dict, concurrency: int, seconds: float, slice_seconds: float = 0.25,
+                 warmup: float = 0.5, path: str = INFER_PATH) -> dict[str, dict]:
+    """Throughput, latency and server CPU per request of each server, measured by a load
+    generator in its own process, interleaved (see :func:`_interleave`)."""
+    spec = {"targets": {label: {"port": s.port, "pid": s.proc.pid} for label, s in servers.items()},
+            "concurrency": concurrency, "seconds": seconds, "slice": slice_seconds, "warmup": warmup, "path": path}
+    out = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"load generator failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
 
 
 # -- the repository -----------------------------------------------------------------------------------
@@ -213,26 +227,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default=os.environ.get("DLKIT_REPO") or "models")
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per server and point")
-    parser.add_argument("--rounds", type=int, default=4, help="slices each point is split into, alternating servers")
+    parser.add_argument("--slice", type=float, default=0.25, help="seconds of one slice; servers alternate by slice")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model (dlkit serve --threads)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     repo = Path(args.repo)
     prepare(repo)
     extra = ["--threads", str(args.threads)] if args.threads else []
-    s, rounds = args.seconds, args.rounds
-    results: dict = {"seconds_per_point": s, "rounds": rounds, "cpus": os.cpu_count()}
+    s, piece = args.seconds, args.slice
+    results: dict = {"seconds_per_point": s, "slice_seconds": piece, "cpus": os.cpu_count()}
     bare = bare_server()
     on = dlkit_server(repo, *extra)  # all four models loaded, batching on (the default)
     off = dlkit_server(repo, "--no-batching", *extra)
     try:
-        for name in MODELS:  # every model runs once before memory is read
-            load(on.port, 1, 0.2, 0.0, f"/v2/models/{name}/infer")
-        floor = side_by_side({"bare": bare.port, "on": on.port}, 32, s, rounds)
+        for name in MODELS:  # every model runs before memory is read
+            side_by_side({"on": on}, 4, 0.2, path=f"/v2/models/{name}/infer")
+        floor = side_by_side({"bare": bare, "on": on}, 32, s, piece)
         results["bare_c32"], results["on_c32"] = floor["bare"], floor["on"]
-        c64 = side_by_side({"on": on.port, "off": off.port}, 64, s, rounds)
+        c64 = side_by_side({"on": on, "off": off}, 64, s, piece)
         results["on_c64"], results["off_c64"] = c64["on"], c64["off"]
-        c1 = side_by_side({"on": on.port, "off": off.port}, 1, s, rounds)
+        c1 = side_by_side({"on": on, "off": off}, 1, s, piece)
         results["on_c1"], results["off_c1"] = c1["on"], c1["off"]
         results["rss_mb"], results["peak_rss_mb"] = on.rss_mb()
     finally:
@@ -257,12 +271,14 @@ def main() -> None:
 def print_table(r: dict) -> None:
     def row(label, key):
         v = r[key]
-        return f"| {label:<44} | {v['rps']:>8.0f} | {v['p50_ms']:>7.2f} | {v['p99_ms']:>7.2f} | {v['errors']:>6} |"
+        return (f"| {label:<44} | {v['rps']:>8.0f} | {v['p50_ms']:>7.2f} | {v['p99_ms']:>7.2f} | "
+                f"{v['cpu_ms_per_request']:>11.3f} | {v['errors']:>6} |")
 
     print(f"dlkit serve on loopback, {r['cpus']} CPUs, {r['seconds_per_point']:g} s per server and point in "
-          f"{r['rounds']} alternating slices; cnn-digits, JSON, one digit per request")
-    print("| setup                                        |    req/s | p50 ms  | p99 ms  | errors |")
-    print("|----------------------------------------------|----------|---------|---------|--------|")
+          f"alternating {r['slice_seconds']:g} s slices; cnn-digits, JSON, one digit per request")
+    print("| setup                                        |    req/s | p50 ms  | p99 ms  | server CPU  | errors |")
+    print("|                                              |          |         |         | ms/request  |        |")
+    print("|----------------------------------------------|----------|---------|---------|-------------|--------|")
     print(row("bare FastAPI+uvicorn endpoint, 32 clients", "bare_c32"))
     print(row("dlkit serve, batching on, 32 clients", "on_c32"))
     print(row("dlkit serve, batching on, 64 clients", "on_c64"))
@@ -285,7 +301,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--bare-server"]:
         run_bare_server()
     elif sys.argv[1:2] == ["--client"]:
-        port, path, concurrency, seconds, warmup = sys.argv[2:7]
-        print(json.dumps(asyncio.run(_load(int(port), path, int(concurrency), float(seconds), float(warmup)))))
+        print(json.dumps(asyncio.run(_interleave(json.loads(sys.argv[2])))))
     else:
         main()

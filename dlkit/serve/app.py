@@ -69,11 +69,14 @@ def create_app(repo: ModelRepository | str | os.PathLike, models: list[str] | No
                provider: str = "auto", max_batch_size: int = 64, max_queue_delay_ms: float = 2.0,
                max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, token: str | None = None,
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, batching: bool = True,
-               threads: int | None = None, log_access: bool = True) -> FastAPI:
+               threads: int | None = 1, log_access: bool = True) -> FastAPI:
     """A FastAPI app serving ``repo``'s exported models (or ``models``: NAME or NAME:V).
 
     ``batching=False`` runs every request alone; ``token`` requires ``Authorization: Bearer``
     on every endpoint but health. Models load here, so errors surface before a port is bound.
+    ``threads`` is onnxruntime's intra-op thread count per model (None: onnxruntime's default,
+    a spinning pool per session that competes with the event loop for the cores; the server's
+    parallelism comes from batching and from running several models at once).
     """
     if max_batch_size < 1 or max_queue_size < 1 or max_request_bytes < 1 or max_queue_delay_ms < 0:
         raise InputError("max batch size, queue size and request bytes must be >= 1, the queue delay >= 0")

@@ -135,8 +135,9 @@ class DynamicBatcher:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
+            # Woken by the first enqueue, this task runs after the handlers that were ready at
+            # the same time, so they have queued already: no need to yield once more here.
             if self.batching:
-                await asyncio.sleep(0)  # handlers already scheduled get to enqueue first
                 await self._wait_for_arrivals(loop)
             batch = self._take()
             if not batch:
