@@ -1,0 +1,350 @@
+"""The quantization plugin on real models: digits classifiers (MLP, CNN, LSTM, GRU) and a tiny GAN
+generator, exported to ONNX, quantized by onnxruntime's quantizer, measured, and stored as new
+models that evaluate, predict and bench like any other; and the inputs it must refuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from dlkit.cli import cli
+from dlkit.repository import ModelRepository
+
+FAST = ("--measure-seconds", "0.02", "--provider", "cpu")  # timing is measured, not asserted on
+
+
+def dlkit(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+@pytest.fixture(scope="session")
+def exported_repo(trained_repo, tmp_path_factory) -> Path:
+    """The trained repository with every model exported to model.onnx (read-only)."""
+    from dlkit.export import export_onnx
+
+    root = tmp_path_factory.mktemp("exported") / "models"
+    shutil.copytree(trained_repo, root)
+    repo = ModelRepository(root)
+    for name in repo.names():
+        export_onnx(repo.resolve(name), exporter="torchscript")  # the fast tracer; dynamo is tested in test_export
+    return root
+
+
+@pytest.fixture
+def exported(exported_repo, tmp_path, monkeypatch) -> ModelRepository:
+    """A writable copy of ``exported_repo``, set as $DLKIT_REPO."""
+    root = tmp_path / "models"
+    shutil.copytree(exported_repo, root)
+    monkeypatch.setenv("DLKIT_REPO", str(root))
+    return ModelRepository(root)
+
+
+def check_table(out: dict, parent) -> dict:
+    """The measured table is complete and its ratios are ratios to the parent; returns the chosen row."""
+    rows = {r["candidate"]: r for r in out["table"]}
+    base = rows["float32"]
+    assert base["size_bytes"] == parent.onnx_path.stat().st_size
+    assert base["val_accuracy"] == pytest.approx(parent.meta["metrics"]["val_accuracy"], abs=1e-6)  # onnx == torch
+    for r in out["table"]:
+        if r["error"]:
+            continue
+        assert r["size_ratio"] == pytest.approx(r["size_bytes"] / base["size_bytes"])
+        for b in (1, 64):
+            assert r[f"latency_b{b}_ms"] > 0
+            assert r[f"latency_b{b}_ratio"] == pytest.approx(r[f"latency_b{b}_ms"] / base[f"latency_b{b}_ms"])
+        assert r["accuracy_ratio"] == pytest.approx(r["test_accuracy"] / base["test_accuracy"])
+        assert r["drop"] == pytest.approx((base["val_accuracy"] - r["val_accuracy"]) * 100, abs=1e-4)
+    chosen = [r for r in out["table"] if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["candidate"] == out["chosen"] and chosen[0]["passed"]
+    return chosen[0]
+
+
+# -- the methods ---------------------------------------------------------------------------------------
+def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported, tmp_path):
+    from dlkit.evaluation import evaluate
+
+    parent = exported.resolve("mlp-digits")
+    result = dlkit("quantize", "mlp-digits", "--method", "dynamic", "--tolerance", "100", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["model"], out["version"], out["chosen"]) == ("mlp-digits-int8", 1, "dynamic")
+    row = check_table(out, parent)
+
+    q = exported.resolve("mlp-digits-int8")
+    meta = q.meta
+    assert meta["parent"] == {"name": "mlp-digits", "version": 1} and meta["method"] == "quantize-dynamic"
+    assert meta["lineage"] == [{"name": "mlp-digits", "version": 1, "method": None}]
+    assert meta["quantization"]["options"] == {"per_channel": False, "op_types": ["MatMul", "Gemm", "LSTM"]}
+    assert meta["quantization"]["preprocess"]["quant_pre_process"] is True
+    assert meta["quantization"]["calibration"] is None  # dynamic quantization needs none
+    assert meta["measurements"]["table"] == out["table"]
+    for key in ("arch", "input_spec", "labels", "num_classes", "data"):
+        assert meta[key] == parent.meta[key]
+    assert sorted(p.name for p in q.path.iterdir()) == ["meta.json", "model.onnx"]  # no torch weights
+    assert (q.path.parent / "config.pbtxt").is_file()  # Triton can serve the folder too
+
+    # every Gemm (nn.Linear) became an integer MatMul with int8 weights
+    graph = ops(q.onnx_path)
+    assert "MatMulInteger" in graph and "Gemm" not in graph
+    assert row["size_bytes"] == q.onnx_path.stat().st_size < 0.5 * parent.onnx_path.stat().st_size
+
+    # an ordinary model: evaluate, predict and bench through onnxruntime
+    assert evaluate(q, runtime="onnx", provider="cpu")["accuracy"] == pytest.approx(meta["metrics"]["test_accuracy"])
+    assert meta["metrics"]["test_accuracy"] == pytest.approx(row["test_accuracy"])
+    from dlkit.data import load_dataset
+
+    x = load_dataset("digits", {}, 0).x_test[:3]
+    np.save(tmp_path / "three.npy", x)
+    predicted = dlkit("predict", "mlp-digits-int8", str(tmp_path / "three.npy"), "--provider", "cpu", "--json")
+    assert predicted.exit_code == 0, predicted.stderr
+    assert len(json.loads(predicted.stdout)["predictions"]) == 3
+    bench = dlkit("bench", "mlp-digits-int8", "--runtimes", "onnx", "--batch-sizes", "1", "--seconds", "0.05", "--json")
+    assert bench.exit_code == 0, bench.stderr
+
+    # quantized once is enough: an int8 model is refused as input
+    again = dlkit("quantize", "mlp-digits-int8", *FAST)
+    assert again.exit_code == 2 and "already quantized" in again.stderr and "mlp-digits:1" in again.stderr
+
+
+@pytest.mark.parametrize("fmt, calibrate, expected", [("qdq", "entropy", {"QuantizeLinear", "DequantizeLinear", "Conv"}),
+                                                      ("qoperator", "percentile", {"QLinearConv", "QGemm"})])
+def test_static_cnn_calibrates_on_the_training_split(exported, fmt, calibrate, expected):
+    parent = exported.resolve("cnn-digits")
+    result = dlkit("quantize", "cnn-digits", "--method", "static", "--format", fmt, "--calibrate", calibrate,
+                   "--calibration-samples", "64", "--tolerance", "100", "--name", f"cnn-{fmt}", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    check_table(out, parent)
+    q = exported.resolve(f"cnn-{fmt}")
+    assert expected <= ops(q.onnx_path)
+    assert "ConvInteger" not in ops(q.onnx_path)
+    assert "Softmax" in ops(q.onnx_path)  # probabilities are computed in float
+    quant = q.meta["quantization"]
+    assert quant["options"] == {"format": fmt, "calibrate": calibrate, "per_channel": True}
+    cal = quant["calibration"]
+    assert (cal["split"], cal["samples"], cal["method"], cal["source"]) == ("train", 64, calibrate, "digits")
+    assert cal["seed"] == parent.meta["data"]["seed"]
+    assert q.meta["method"] == "quantize-static"
+
+
+@pytest.mark.parametrize("name, recurrent", [("rnn-digits", "DynamicQuantizeLSTM"), ("gru-digits", "GRU")])
+def test_dynamic_recurrent_models_through_the_compressor_api(exported, name, recurrent):
+    """LSTM weights become int8 (DynamicQuantizeLSTM); onnxruntime has no dynamic GRU kernel, so a
+    GRU stays float and only the classifier head is quantized."""
+    from dlkit.plugins import get_registry
+
+    compress = get_registry().compressor("quantize-dynamic").compress
+    q = compress(exported.resolve(name), {"tolerance": 100.0, "measure_seconds": 0.02, "provider": "cpu"}, exported)
+    assert q.name == f"{name}-int8" and q.meta["parent"] == {"name": name, "version": 1}
+    graph = ops(q.onnx_path)
+    assert recurrent in graph and "MatMulInteger" in graph and "Gemm" not in graph
+    if name == "rnn-digits":
+        assert "LSTM" not in graph
+    ratio = q.meta["measurements"]["table"][1]["size_ratio"]
+    # these test models are tiny, so the graph's own bytes weigh more than in the benchmark's (0.25x)
+    assert (ratio < 0.6) if name == "rnn-digits" else (ratio > 0.8), ratio
+
+
+def test_fp16_keeps_float32_inputs_and_outputs(exported):
+    from dlkit.evaluation import evaluate
+    from dlkit.runtime import Session
+
+    result = dlkit("quantize", "cnn-digits", "--method", "fp16", "--tolerance", "100", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    q = exported.resolve("cnn-digits-fp16")
+    assert q.meta["method"] == "quantize-fp16"
+    model = onnx.load(str(q.onnx_path))
+    assert {t.data_type for t in model.graph.initializer if t.dims} == {onnx.TensorProto.FLOAT16}
+    session = Session(q.onnx_path, "cpu")
+    assert [i.dtype for i in session.inputs + session.outputs] == ["float32"] * 3
+    assert evaluate(q, runtime="onnx", provider="cpu")["accuracy"] == pytest.approx(q.meta["metrics"]["test_accuracy"])
+
+    # an fp16 model is refused as input, pointing at its float32 parent
+    again = dlkit("quantize", "cnn-digits-fp16", *FAST)
+    assert again.exit_code == 2 and "float16" in again.stderr and "cnn-digits:1" in again.stderr
+
+
+# -- auto --------------------------------------------------------------------------------------------------
+def test_auto_measures_the_candidates_and_keeps_the_fastest_within_tolerance(exported):
+    parent = exported.resolve("cnn-digits")
+    result = dlkit("quantize", "cnn-digits", "--tolerance", "100", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    chosen = check_table(out, parent)
+    names = [r["candidate"] for r in out["table"]]
+    # the float parent, dynamic MatMul/Gemm, the ConvInteger variant, and both static forms
+    assert names == ["float32", "dynamic-per-channel", "dynamic-per-tensor", "dynamic+conv", "static-qdq",
+                     "static-qoperator"]
+    passing = [r for r in out["table"] if r["passed"]]
+    assert len(passing) == len(names) - 1  # a tolerance of 100 points lets every candidate pass
+    fastest = min(r["latency_b64_ms"] for r in passing)
+    assert chosen["latency_b64_ms"] <= fastest * 1.05  # the fastest, or one within timing noise and smaller
+    assert all(chosen["size_bytes"] <= r["size_bytes"] for r in passing if r["latency_b64_ms"] <= fastest * 1.05)
+    q = exported.resolve(out["model"])
+    assert q.meta["quantization"]["auto"] is True and q.meta["quantization"]["candidate"] == chosen["candidate"]
+    assert out["model"] == "cnn-digits-int8"
+
+
+def linear_classifier(repo: ModelRepository, like: str) -> str:
+    """A linear digits classifier that no int8 or float16 form can keep accurate, stored as a model.
+
+    Least squares gives the weights; then 1e4 is added to every weight. In float32 that adds the
+    same ``1e4 * sum(x)`` to every class, which changes no prediction. int8 weights (per tensor or
+    per channel, on either axis) and float16 weights keep the 1e4 and lose the differences of
+    about 1 that carry the classes, so every candidate falls to chance.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dlkit.checkpoint import write_bytes
+    from dlkit.data import load_dataset
+
+    meta = repo.resolve(like).meta
+    ds = load_dataset("digits", {}, meta["data"]["seed"])
+    x = ds.x_train.reshape(len(ds.x_train), -1).astype(np.float64)
+    targets = np.eye(10)[ds.y_train] * 10
+    w, *_ = np.linalg.lstsq(np.hstack([x, np.ones((len(x), 1))]), targets, rcond=None)
+    weights = (w[:-1] + 1e4).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "W", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)],
+        "linear", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(w[-1].astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    staged = repo.stage("linear-digits")
+    write_bytes(staged.path / "model.onnx", model.SerializeToString())
+    keep = ("task", "input_spec", "labels", "num_classes", "data")
+    staged.commit({"arch": "linear", **{k: meta[k] for k in keep}, "metrics": {}, "parent": None, "method": None})
+    return "linear-digits"
+
+
+def test_auto_writes_nothing_when_no_candidate_keeps_the_accuracy(exported):
+    name = linear_classifier(exported, "mlp-digits")
+    before = tree(exported.root)
+    result = dlkit("quantize", name, *FAST, "--json")
+    assert result.exit_code == 1
+    assert tree(exported.root) == before  # nothing written, not even a staging folder
+    assert "nothing written" in result.stderr and len(result.stderr.strip().splitlines()[-1]) < 300
+    out = json.loads(result.stdout)  # the table is still shown
+    assert out["chosen"] is None and out["model"] is None
+    rows = out["table"]
+    assert rows[0]["candidate"] == "float32" and rows[0]["val_accuracy"] > 0.85
+    assert len(rows) >= 4 and all(r["passed"] is False for r in rows[1:])
+    assert all(r["drop"] > 30 for r in rows[1:])  # not a near miss: every candidate lost the classes
+
+    # an explicit method obeys the tolerance too; the human output shows the same table
+    human = dlkit("quantize", name, "--method", "fp16", *FAST)
+    assert human.exit_code == 1 and "float32" in human.stdout and "fp16" in human.stdout
+    assert tree(exported.root) == before
+
+
+# -- lineage --------------------------------------------------------------------------------------------
+def test_lineage_records_the_whole_chain(exported):
+    """A model made from another (here: the MLP republished as a distilled model of the CNN) keeps the
+    chain when quantized."""
+    from dlkit.checkpoint import write_bytes
+
+    mlp = exported.resolve("mlp-digits")
+    staged = exported.stage("mlp-small")
+    write_bytes(staged.path / "model.onnx", mlp.onnx_path.read_bytes())
+    staged.commit({**mlp.meta, "parent": {"name": "cnn-digits", "version": 1}, "method": "distill"})
+
+    result = dlkit("quantize", "mlp-small", "--method", "dynamic", "--tolerance", "100", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    meta = exported.resolve("mlp-small-int8").meta
+    assert meta["parent"] == {"name": "mlp-small", "version": 1}
+    assert meta["lineage"] == [{"name": "cnn-digits", "version": 1, "method": None},
+                               {"name": "mlp-small", "version": 1, "method": "distill"}]
+
+
+# -- generators --------------------------------------------------------------------------------------------
+def untrained_gan(repo: ModelRepository) -> str:
+    """A tiny class-conditional GAN as the gan plugin builds it, stored untrained (training one takes
+    longer than this whole file), its judge the repository's CNN; exported to ONNX."""
+    import torch
+
+    from dlkit.checkpoint import save_tensors
+    from dlkit.data import load_dataset
+    from dlkit.export import export_onnx
+    from dlkit.models import build_model
+    from dlkit.plugins import get_registry
+
+    spec = get_registry().model("gan")
+    hparams = {**spec.defaults, "latent": 8, "g_widths": [16, 8], "d_widths": [8, 16], "embed": 4}
+    ds = load_dataset("digits", {}, 0)
+    torch.manual_seed(0)
+    module = build_model(spec, hparams, ds.input_spec, ds.num_classes)
+    staged = repo.stage("gan-digits")
+    save_tensors(staged.path / "model.safetensors", module.state_dict())
+    version = staged.commit({"arch": "gan", "plugin": spec.plugin, "task": "generation", "trainer": "gan",
+                             "hparams": hparams, "input_spec": ds.input_spec, "labels": ds.labels,
+                             "num_classes": ds.num_classes, "data": ds.describe(),
+                             "metrics": {"judge": "cnn-digits:1"}, "parent": None, "method": None})
+    export_onnx(version, exporter="torchscript")
+    return version.name
+
+
+def test_gan_generator_is_checked_by_frechet_distance(exported):
+    """For a generator the judge's Frechet distance (the gan plugin's measure) replaces accuracy."""
+    name = untrained_gan(exported)
+    result = dlkit("quantize", name, "--method", "dynamic", "--tolerance", "1000", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["quality"] == "frechet" and out["drop_unit"] == "percent"
+    parent, row = out["table"]
+    assert parent["frechet_distance"] > 0 and row["frechet_distance"] > 0
+    assert row["drop"] == pytest.approx((row["frechet_distance"] / parent["frechet_distance"] - 1) * 100, abs=1e-4)
+    q = exported.resolve("gan-digits-int8")
+    assert q.meta["metrics"]["judge"] == "cnn-digits:1" and q.meta["task"] == "generation"
+    assert "MatMulInteger" in ops(q.onnx_path)
+    generated = dlkit("generate", "gan-digits-int8", "-n", "4", "--out", "", "--provider", "cpu", "--json")
+    assert generated.exit_code == 0, generated.stderr
+
+    # the tolerance applies to the increase of the distance: at 0, any increase is refused
+    strict = dlkit("quantize", name, "--method", "dynamic", "--tolerance", "0", "--name", "strict", *FAST)
+    assert (strict.exit_code == 1) == (row["drop"] > 0)
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--tolerance", "-1"], "--tolerance must be a number >= 0"),
+    (["--calibration-samples", "0"], "--calibration-samples must be at least 1"),
+    (["--method", "int4"], "unknown quantization method"),
+    (["--calibrate", "median"], "--calibrate median"),
+    (["--format", "qlinear"], "--format qlinear"),
+    (["--name", "mlp-digits"], "a name of its own"),
+    (["--name", "../escape"], "invalid model name"),
+    (["--op-types", ","], "--op-types"),
+])
+def test_bad_options_are_one_line_exit_2_nothing_written(exported, args, message):
+    before = tree(exported.root)
+    result = dlkit("quantize", "mlp-digits", *args, *FAST)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+    assert tree(exported.root) == before
+
+
+def test_model_without_onnx_says_to_export_first(trained):
+    before = tree(trained.root)
+    result = dlkit("quantize", "mlp-digits", *FAST)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: model mlp-digits:1 has no model.onnx: run `dlkit export onnx mlp-digits:1` first"]
+    assert tree(trained.root) == before
