@@ -229,7 +229,8 @@ def train_cmd(target, data, name, epochs, batch_size, lr, seed, sets, device, re
 
 @cli.command("evaluate")
 @click.argument("ref")
-@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]),
+              help="Default: torch, or onnx for a model with only model.onnx (quantized models).")
 @click.option("--data", help="Evaluate on another data set or file (default: the model's own).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--provider", default="auto", show_default=True, help="onnxruntime provider (--runtime onnx).")
@@ -239,7 +240,9 @@ def evaluate_cmd(ref, runtime, data, split, provider, repo, as_json):
     """Accuracy and loss of a classifier on its data set's test split."""
     from .evaluation import evaluate
 
-    result = evaluate(open_repo(repo).resolve(ref), runtime=runtime, data=data, split=split, provider=provider)
+    version = open_repo(repo).resolve(ref)
+    runtime = runtime or ("torch" if version.has_weights() or not version.has_onnx() else "onnx")
+    result = evaluate(version, runtime=runtime, data=data, split=split, provider=provider)
 
     def human(r):
         click.echo(f"{r['model']}:{r['version']} on {r['data']} ({r['split']}, {r['samples']} samples, "
@@ -331,7 +334,7 @@ def predict_cmd(ref, inputs, provider, strict_provider, top_k, threads, optimiza
 @cli.command("bench")
 @click.argument("ref")
 @click.option("--batch-sizes", default="1,8,64", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--runtimes", default="torch,onnx", show_default=True, help="Comma-separated: torch, onnx.")
+@click.option("--runtimes", help="Comma-separated: torch, onnx (default both, or onnx for a model with only model.onnx).")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Timed seconds per runtime and batch size (after warm-up).")
 @provider_option
@@ -345,8 +348,11 @@ def bench_cmd(ref, batch_sizes, runtimes, seconds, provider, strict_provider, th
     from .bench import bench
 
     sizes = _int_list("--batch-sizes", batch_sizes)
+    version = open_repo(repo).resolve(ref)
+    if runtimes is None:
+        runtimes = "torch,onnx" if version.has_weights() or not version.has_onnx() else "onnx"
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
-    result = bench(open_repo(repo).resolve(ref), sizes, names, seconds, provider, threads=threads,
+    result = bench(version, sizes, names, seconds, provider, threads=threads,
                    optimization=optimization, strict=strict_provider)
 
     def human(r):
