@@ -580,6 +580,41 @@ def test_batcher_coalesces_and_a_bad_request_fails_alone():
     assert isinstance(results[2], ValueError)  # only the bad one failed, after its batch was split
 
 
+def test_batcher_waits_only_for_requests_on_their_way():
+    calls: list[int] = []
+
+    def run(feeds):
+        calls.append(len(feeds["x"]))
+        return feeds
+
+    async def spin_until(predicate) -> bool:
+        for _ in range(200):  # bounded by loop iterations, not by time
+            if predicate():
+                return True
+            await asyncio.sleep(0)
+        return False
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            # A delay far longer than the test: if the batcher waited for it, nothing would run.
+            batcher = DynamicBatcher(run, pool, max_batch_size=8, max_queue_delay_ms=600_000)
+            batcher.start()
+            x = {"x": np.zeros((1, 1), np.float32)}
+            alone = asyncio.ensure_future(batcher.infer(x, 1))
+            assert await spin_until(lambda: batcher._busy or alone.done())  # nobody arriving: no wait
+            await alone
+            with batcher.arriving():  # a body is being received: the batcher waits for it
+                first = asyncio.ensure_future(batcher.infer(x, 1))
+                assert not await spin_until(lambda: batcher._busy or first.done())
+                second = asyncio.ensure_future(batcher.infer(x, 1))
+                await asyncio.sleep(0)
+            await asyncio.gather(first, second)
+            await batcher.close()
+
+    _run_batcher(main())
+    assert calls == [1, 2]
+
+
 def test_batcher_answers_queue_full_at_once():
     gate = threading.Event()
 

@@ -74,6 +74,7 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self._queue: deque[_Item] = deque()
         self._arriving = 0
+        self._waiting_for_arrivals = False
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._busy = False
@@ -111,7 +112,7 @@ class DynamicBatcher:
             yield
         finally:
             self._arriving -= 1
-            if self._changed is not None:
+            if self._waiting_for_arrivals:
                 self._changed.set()
 
     async def infer(self, feeds: Feeds, rows: int) -> tuple[Feeds, float]:
@@ -166,15 +167,19 @@ class DynamicBatcher:
 
     async def _wait_for_arrivals(self, loop) -> None:
         deadline = loop.time() + self.max_delay
-        while self._arriving and self._queued_rows() < self.max_batch_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
-                return
+        self._waiting_for_arrivals = True
+        try:
+            while self._arriving and self._queued_rows() < self.max_batch_size:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
+                    return
+        finally:
+            self._waiting_for_arrivals = False
 
     def _queued_rows(self) -> int:
         return sum(item.rows for item in self._queue)

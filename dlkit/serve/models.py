@@ -103,7 +103,7 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
             found = [v for v in (repo.resolve(f"{name}:{n}") for n in versions) if v.has_onnx()]
             if not found:
                 raise InputError(f"model {ref!r} has no model.onnx in {repo.root}: run `dlkit export onnx {ref}` first")
-            chosen.extend((v, True) for v in found)
+            chosen.extend((v, True) for v in found if all(v != c for c, _ in chosen))
     else:
         chosen = [(v, False) for v in repo.all_versions() if v.has_onnx()]
     if not chosen:

@@ -42,10 +42,10 @@ def serve(repo, host: str = "127.0.0.1", port: int = 8000, *, token: str | None 
     if warning:
         print(f"dlkit serve: warning: {warning}", file=sys.stderr, flush=True)
     app = create_app(repo, token=token, log_access=log_access, **options)
-    if log_access:
+    logger = logging.getLogger("dlkit.access")
+    if log_access and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        logger = logging.getLogger("dlkit.access")
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
