@@ -183,9 +183,10 @@ class GanTrainer:
     def update_ema(self) -> None:
         import torch
 
-        # warm-up (as TensorFlow's ExponentialMovingAverage): early on, forget the random start faster
+        # Warm-up: average over about the last third of the steps so far until that reaches
+        # 1 / (1 - ema) steps, so that early grids do not show the random start.
         self.ema_updates += 1
-        decay = min(self.config["ema"], (1 + self.ema_updates) / (10 + self.ema_updates))
+        decay = min(self.config["ema"], (1 + self.ema_updates) / (4 + self.ema_updates))
         state = self.model.generator.state_dict()
         with torch.no_grad():
             averaged = [self.ema_state[n] for n in self.params]
