@@ -304,3 +304,25 @@ def test_bad_generate_input_is_refused_cleanly(gans, tmp_path):
     gans.resolve("gan-digits").onnx_path.unlink()
     result = dlkit("generate", "gan-digits")
     assert result.exit_code == 2 and "dlkit export onnx gan-digits:1" in result.stderr
+
+
+def test_unconditional_gan_exports_noise_only(repo, tmp_path):
+    train(Recipe(arch="gan", name="free", model=dict(TINY, conditional=False),
+                 train=dict(FAST, epochs=1, judge="none")), repo, quiet=True)
+    version = repo.resolve("free")
+    assert "frechet_distance" not in version.meta["metrics"]  # judge = none: no quality metrics
+    assert repo.names() == ["free"]  # and no judge trained
+    from PIL import Image
+
+    with Image.open(version.path / "samples.png") as im:  # 8 x 8 samples, no class rows
+        assert im.size == (8 * CELL + 1, 8 * CELL + 1)
+    import onnx
+
+    assert dlkit("export", "onnx", "free", "--json").exit_code == 0
+    assert [i.name for i in onnx.load(str(version.onnx_path)).graph.input] == ["noise"]
+    result = dlkit("generate", "free", "--label", "3", "--out", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and "is unconditional" in result.stderr
+    out = json.loads(dlkit("generate", "free", "-n", "9", "--out", str(tmp_path / "x.png"), "--json").stdout)
+    assert out["shape"] == [9, 1, 8, 8] and out["label"] is None and "labels" not in out
+    with Image.open(tmp_path / "x.png") as im:
+        assert im.size == (3 * CELL + 1, 3 * CELL + 1)
