@@ -74,7 +74,8 @@ def main() -> None:
         wall = time.perf_counter() - started
         m = result.metrics
         rows.append({"seed": seed, "wall": wall, "path": result.version.path, "params": result.params, **m})
-        print(f"seed {seed}: coverage {m['class_coverage']}/{m['classes']}  mean max-p {m['mean_max_probability']:.3f}  "
+        print(f"seed {seed}: coverage {m['class_coverage']}/{m['classes']}  "
+              f"mean max-p {m['mean_max_probability']:.3f}  "
               f"FD {m['frechet_distance']:.2f} (untrained {m['frechet_distance_untrained']:.2f})  "
               f"{m['train_seconds']:.0f} s", file=sys.stderr)
     report(rows, judge, base, args)

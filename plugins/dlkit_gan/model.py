@@ -150,11 +150,14 @@ class GeneratorGraph(nn.Module):
 
 
 class ConditionalGeneratorGraph(GeneratorGraph):
-    def forward(self, noise, label):  # noqa: D102 -- the input names of the exported graph
+    """The conditional generator's graph: ``noise``, ``label`` -> ``image``."""
+
+    def forward(self, noise, label):
         return self.gan(noise, label)
 
 
 def generator_graph(gan: GAN) -> GeneratorGraph:
+    """The module to export for ``gan`` (only the generator's weights end up in the graph)."""
     return (ConditionalGeneratorGraph if gan.conditional else GeneratorGraph)(gan).eval()
 
 

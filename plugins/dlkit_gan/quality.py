@@ -79,7 +79,8 @@ def check_judge(version, dataset, what: str) -> None:
         raise InputError(f"{what}: model {version.ref} has labels {meta.get('labels')}, the data has {dataset.labels}")
     shape = list(meta.get("input_spec", {}).get("shape", []))
     if shape != list(dataset.input_spec["shape"]):
-        raise InputError(f"{what}: model {version.ref} takes inputs {shape}, the images are {dataset.input_spec['shape']}")
+        raise InputError(f"{what}: model {version.ref} takes inputs {shape}, "
+                         f"the images are {dataset.input_spec['shape']}")
 
 
 class Judge:
@@ -162,8 +163,8 @@ def measure(gan, judge: Judge, real: np.ndarray, samples: int, seed: int, untrai
 
 def summary(m: dict) -> str:
     """One line for people: the quality metrics of a trained GAN."""
-    line = (f"quality ({m['judge']}, {m['quality_samples']} samples): class coverage {m['class_coverage']}/{m['classes']}, "
-            f"mean max-probability {m['mean_max_probability']:.3f}")
+    line = (f"quality ({m['judge']}, {m['quality_samples']} samples): "
+            f"class coverage {m['class_coverage']}/{m['classes']}, mean max-probability {m['mean_max_probability']:.3f}")
     if "label_accuracy" in m:
         line += f", label accuracy {m['label_accuracy']:.3f}"
     line += f", Frechet distance {m['frechet_distance']:.2f}"

@@ -101,7 +101,8 @@ class GanTrainer:
                                 [("loss", ["d_loss", "g_loss"]), ("discriminator score", ["d_real", "d_fake"])])
         self.callbacks: list[Callback] = [MetricsLog(self.workdir / "metrics.jsonl"), self.curves]
         if not run.quiet:
-            self.callbacks.insert(0, LiveLosses(cfg["epochs"], self.steps, ["d_loss", "g_loss", "d_real", "d_fake", "seconds"]))
+            fields = ["d_loss", "g_loss", "d_real", "d_fake", "seconds"]
+            self.callbacks.insert(0, LiveLosses(cfg["epochs"], self.steps, fields))
         self.callbacks += list(run.callbacks)
         # The same noise (and labels) every epoch, so the per-epoch grids show one sample evolving.
         g = torch.Generator().manual_seed(run.seed + 1)
