@@ -46,14 +46,13 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
     threads = threads or _default_threads(runtimes)
     runners: dict[str, Any] = {}
-    providers = None
+    providers = session = graph = None
     if "onnx" in runtimes:
         from .runtime import Session
 
         session = Session(version.onnx_path, provider, strict=strict, threads=threads, optimization=optimization)
         runners["onnx"] = session_runner(session)
         providers = session.providers
-        input_names = [i.name for i in session.inputs]
     restore = None
     if "torch" in runtimes:
         import torch
@@ -64,11 +63,10 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
         torch.set_num_threads(threads)
         graph = export_graph(version)
         runners["torch"] = torch_runner(graph)
-        input_names = list(graph.example_inputs)
     try:
         results = []
         for b in sizes:
-            feeds = bench_inputs(version.meta, input_names, b)
+            feeds = bench_inputs(version.meta, b, session=session, graph=graph)
             results += measure({r: runners[r] for r in runtimes}, feeds, b, seconds)
     finally:
         if restore is not None:
@@ -98,15 +96,30 @@ def session_runner(session) -> Callable[[dict], Any]:
     return lambda feeds: session.session.run(names, feeds)  # skip the wrapper's dict: timed code only
 
 
-def bench_inputs(meta: dict, names: list[str], batch: int) -> dict[str, np.ndarray]:
-    """The same random inputs for every runtime: inside the input spec's range (noise: normal)."""
+def bench_inputs(meta: dict, batch: int, *, session=None, graph=None) -> dict[str, np.ndarray]:
+    """The same random inputs for every runtime.
+
+    Classifiers: uniform inside the input spec's range. Other graphs: the architecture's own
+    sampler (``OnnxGraph.random_inputs``) when torch is loaded anyway, else drawn from the ONNX
+    inputs: standard normal floats, zero integers (class 0 of a conditional generator).
+    """
     from .export import random_in_range
 
-    spec = meta.get("input_spec") or {}
     rng = np.random.default_rng(batch)
-    if len(names) != 1 or not spec:
-        raise InputError(f"bench: model {meta.get('name')} has {len(names)} graph inputs; bench times one-input models")
-    return {names[0]: random_in_range(spec, batch, rng)}
+    if meta.get("task", "classification") == "classification":
+        name = session.inputs[0].name if session is not None else next(iter(graph.example_inputs))
+        return {name: random_in_range(meta["input_spec"], batch, rng)}
+    if graph is not None:
+        return graph.random_inputs(batch, seed=batch)
+    feeds = {}
+    for info in session.inputs:
+        if any(d is None for d in info.shape[1:]):
+            raise InputError(f"bench: graph input {info.name!r} has a dynamic size {info.shape}; bench needs fixed sizes")
+        shape = (batch, *info.shape[1:])
+        kind = np.dtype(info.dtype).kind
+        feeds[info.name] = (rng.standard_normal(shape).astype(info.dtype) if kind == "f"
+                            else np.zeros(shape, dtype=info.dtype))
+    return feeds
 
 
 def measure(runners: dict[str, Callable[[dict], Any]], feeds: dict, batch: int, seconds: float) -> list[dict]:

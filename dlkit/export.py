@@ -479,7 +479,9 @@ def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_
             if dtype is None:
                 raise DlkitError(f"config.pbtxt: {kind} {t['name']!r} has dtype {t['dtype']}, which Triton cannot take")
             dims = ", ".join("-1" if d is None else str(d) for d in t["shape"][1:])
-            blocks.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n  }}')
+            # A tensor of one value per sample (shape [batch]) is dims [1] reshaped to [] for Triton.
+            shape = f"dims: [ {dims} ]" if dims else "dims: [ 1 ]\n    reshape: { shape: [ ] }"
+            blocks.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {dtype}\n    {shape}\n  }}')
         return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
 
     listed = ", ".join(map(str, versions))

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from conftest import TRAINED
+from google.protobuf import text_format
 
 from dlkit.errors import DlkitError, InputError
 from dlkit.testing import run_cli
@@ -77,6 +78,24 @@ def test_triton_config(trained):
     assert 'name: "input" data_type: TYPE_FP32 dims: [ 1, 8, 8 ]' in flat
     assert 'name: "logits" data_type: TYPE_FP32 dims: [ 10 ]' in flat
     assert 'name: "probabilities" data_type: TYPE_FP32 dims: [ 10 ]' in flat
+    # and Triton's own schema reads it
+    config = text_format.Parse(text, triton_model_config())
+    assert (config.platform, config.max_batch_size, list(config.input[0].dims)) == ("onnxruntime_onnx", 64, [1, 8, 8])
+
+
+def triton_model_config():
+    """An empty ``inference.ModelConfig`` message, from the schema file tritonclient ships
+    (loaded by path: its grpc package refuses to import without the grpc extra)."""
+    import importlib.util
+    from pathlib import Path
+
+    import tritonclient
+
+    path = Path(tritonclient.__path__[0]) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ModelConfig()
 
 
 def test_rnn_on_sequences_takes_any_length(repo):
