@@ -284,9 +284,10 @@ def export_group():
 
 @export_group.command("onnx")
 @click.argument("ref")
-@click.option("--opset", type=int, help="ONNX opset (default: the exporter's own, 18 or newer for dynamo).")
+@click.option("--opset", type=int, help="ONNX opset (default: 17 from the tracer, 18 or newer from dynamo).")
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
-              help="torch's exporter; auto tries dynamo, then torchscript.")
+              help="torch's exporter; auto tries the fast torchscript tracer, then dynamo if the tracer fails "
+                   "or its graph fails the parity check.")
 @repo_option
 @json_option
 def export_onnx_cmd(ref, opset, exporter, repo, as_json):
