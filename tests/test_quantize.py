@@ -102,8 +102,11 @@ def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported
     assert "MatMulInteger" in graph and "Gemm" not in graph
     assert row["size_bytes"] == q.onnx_path.stat().st_size < 0.5 * parent.onnx_path.stat().st_size
 
-    # an ordinary model: evaluate, predict and bench through onnxruntime
+    # an ordinary model: evaluate, predict and bench (onnxruntime by default: it has no torch weights)
     assert evaluate(q, runtime="onnx", provider="cpu")["accuracy"] == pytest.approx(meta["metrics"]["test_accuracy"])
+    evaluated = dlkit("evaluate", "mlp-digits-int8", "--provider", "cpu", "--json")
+    assert evaluated.exit_code == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["runtime"] == "onnx"
     assert meta["metrics"]["test_accuracy"] == pytest.approx(row["test_accuracy"])
     from dlkit.data import load_dataset
 
@@ -112,8 +115,20 @@ def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported
     predicted = dlkit("predict", "mlp-digits-int8", str(tmp_path / "three.npy"), "--provider", "cpu", "--json")
     assert predicted.exit_code == 0, predicted.stderr
     assert len(json.loads(predicted.stdout)["predictions"]) == 3
-    bench = dlkit("bench", "mlp-digits-int8", "--runtimes", "onnx", "--batch-sizes", "1", "--seconds", "0.05", "--json")
+    bench = dlkit("bench", "mlp-digits-int8", "--batch-sizes", "1", "--seconds", "0.05", "--provider", "cpu", "--json")
     assert bench.exit_code == 0, bench.stderr
+    assert {r["runtime"] for r in json.loads(bench.stdout)["results"]} == {"onnx"}
+    from fastapi.testclient import TestClient
+
+    from dlkit.serve.app import create_app
+
+    request = {"inputs": [{"name": "input", "shape": [3, 1, 8, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    with TestClient(create_app(exported.root, ["mlp-digits-int8"], provider="cpu", log_access=False)) as client:
+        served = client.post("/v2/models/mlp-digits-int8/infer", json=request)
+    assert served.status_code == 200, served.text
+    logits = next(o for o in served.json()["outputs"] if o["name"] == "logits")
+    assert np.argmax(np.reshape(logits["data"], (3, 10)), 1).tolist() == \
+        [p["class"] for p in json.loads(predicted.stdout)["predictions"]]
 
     # quantized once is enough: an int8 model is refused as input
     again = dlkit("quantize", "mlp-digits-int8", *FAST)
@@ -145,11 +160,11 @@ def test_static_cnn_calibrates_on_the_training_split(exported, fmt, calibrate, e
 def test_dynamic_recurrent_models_through_the_compressor_api(exported, name, recurrent):
     """LSTM weights become int8 (DynamicQuantizeLSTM); onnxruntime has no dynamic GRU kernel, so a
     GRU stays float and only the classifier head is quantized."""
-    from dlkit.plugins import get_registry
+    from dlkit.testing import check_compressor
 
-    compress = get_registry().compressor("quantize-dynamic").compress
-    q = compress(exported.resolve(name), {"tolerance": 100.0, "measure_seconds": 0.02, "provider": "cpu"}, exported)
-    assert q.name == f"{name}-int8" and q.meta["parent"] == {"name": name, "version": 1}
+    options = {"tolerance": 100.0, "measure_seconds": 0.02, "provider": "cpu"}
+    q = check_compressor("quantize-dynamic", exported.resolve(name), exported, options)  # parent untouched
+    assert q.name == f"{name}-int8" and q.meta["method"] == "quantize-dynamic"
     graph = ops(q.onnx_path)
     assert recurrent in graph and "MatMulInteger" in graph and "Gemm" not in graph
     if name == "rnn-digits":

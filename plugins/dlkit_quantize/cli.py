@@ -30,10 +30,13 @@ def add_command(cli) -> None:
     @click.option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,LSTM).")
     @click.option("--measure-seconds", type=float, default=1.0, show_default=True,
                   help="Seconds of timing per batch size (more: steadier latencies).")
+    @click.option("--threads", type=int,
+                  help="onnxruntime intra-op threads while measuring (default: the runtime's own choice; 1 gives "
+                       "steadier timings on a busy machine).")
     @repo_option
     @json_option
     def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
-                     op_types, measure_seconds, repo, as_json):
+                     op_types, measure_seconds, threads, repo, as_json):
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
         from .quantize import NoCandidateError, quantize
 
@@ -41,7 +44,7 @@ def add_command(cli) -> None:
         version = r.resolve(ref)
         options = {"method": method, "calibration_samples": calibration_samples, "calibrate": calibrate,
                    "per_channel": per_channel, "format": fmt, "tolerance": tolerance, "name": name,
-                   "provider": provider, "measure_seconds": measure_seconds,
+                   "provider": provider, "measure_seconds": measure_seconds, "threads": threads,
                    "op_types": op_types.split(",") if op_types is not None else None}
         try:
             report = quantize(version, r, **options)

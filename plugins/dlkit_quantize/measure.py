@@ -1,11 +1,12 @@
 """Measuring candidates on this machine: quality (accuracy, or a generator's Frechet distance),
 size on disk and latency at batch 1 and 64, all through the same onnxruntime provider.
 
-Latency is the best of several rounds, each round the mean of a few calls, with the parent
-and every candidate taking turns round after round: a noisy neighbour on a shared machine then
-slows all of them alike, and the minimum is the measure least disturbed by other processes (the
-advice of Python's ``timeit``). A candidate still three times slower than the parent after the
-first rounds stops being timed: it cannot be the fastest.
+Latency is the fastest of many single calls, the parent and every candidate taking turns call
+after call. On a shared machine other processes preempt some calls and slow them by any amount;
+the minimum is the measure they disturb least (the advice of Python's ``timeit``), and taking
+turns lets a slow spell hit every model alike. Single calls rather than means of several: the
+shorter the timed span, the likelier one of them ran undisturbed. A candidate still three times
+slower than the parent after the first rounds stops being timed: it cannot be the fastest.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import numpy as np
 from dlkit.errors import DlkitError, InputError
 
 BATCH_SIZES = (1, 64)
-MIN_ROUNDS = 5
-MAX_ROUNDS = 500
-ROUND_SECONDS = 0.005  # calls per round: enough to fill this much time
+MIN_ROUNDS = 10
+MAX_ROUNDS = 20000
 GIVE_UP_RATIO = 3.0
 GIVE_UP_ROUNDS = MIN_ROUNDS
 
@@ -40,31 +40,29 @@ def size_on_disk(path: Path) -> int:
 
 def time_sessions(sessions: dict[str, Any], feeds: dict[int, dict], seconds: float,
                   reference: str | None = None) -> dict[str, dict[int, float]]:
-    """Best-of-rounds milliseconds per call of each session at each batch size in ``feeds``."""
+    """Fastest call, in milliseconds, of each session at each batch size in ``feeds``: rounds of
+    one call each, for ``seconds`` per batch size (at least :data:`MIN_ROUNDS` rounds)."""
     out: dict[str, dict[int, float]] = {name: {} for name in sessions}
+    clock = time.perf_counter
     for batch, feed in feeds.items():
         runs = {name: s.session.run for name, s in sessions.items()}
-        reps = {}
-        for name, run in runs.items():
-            started = time.perf_counter()
+        for run in runs.values():
             for _ in range(3):  # warm-up: first calls allocate and pick kernels
                 run(None, feed)
-            per_call = (time.perf_counter() - started) / 3
-            reps[name] = max(1, min(100, int(ROUND_SECONDS / max(per_call, 1e-6))))
         best = {name: float("inf") for name in runs}
-        active = list(runs)
-        started = time.perf_counter()
+        active = list(runs.items())
+        started = clock()
         rounds = 0
-        while rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or time.perf_counter() - started < seconds):
-            for name in active:
-                run, n = runs[name], reps[name]
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    run(None, feed)
-                best[name] = min(best[name], (time.perf_counter() - t0) / n)
+        while rounds < MAX_ROUNDS and (rounds < MIN_ROUNDS or clock() - started < seconds):
+            for name, run in active:
+                t0 = clock()
+                run(None, feed)
+                elapsed = clock() - t0
+                if elapsed < best[name]:
+                    best[name] = elapsed
             rounds += 1
             if rounds == GIVE_UP_ROUNDS and reference in best:
-                active = [n for n in active if n == reference or best[n] <= GIVE_UP_RATIO * best[reference]]
+                active = [(n, r) for n, r in active if n == reference or best[n] <= GIVE_UP_RATIO * best[reference]]
         for name in runs:
             out[name][batch] = best[name] * 1e3
     return out

@@ -30,7 +30,7 @@ from .methods import CALIBRATIONS, FORMATS, METHODS, Calibration, Candidate, bui
 
 DEFAULTS = {
     "method": "auto", "calibration_samples": 256, "calibrate": "minmax", "per_channel": None, "format": None,
-    "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 1.0,
+    "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 1.0, "threads": None,
 }
 PARENT = "float32"
 TIE = 0.05  # latencies this close count as equal
@@ -64,6 +64,8 @@ def check_options(version: ModelVersion, options: dict) -> dict:
         raise InputError(f"--tolerance must be a number >= 0 (quality loss allowed), got {tol}")
     if not (isinstance(o["measure_seconds"], (int, float)) and o["measure_seconds"] > 0):
         raise InputError(f"--measure-seconds must be positive, got {o['measure_seconds']}")
+    if o["threads"] is not None and (not isinstance(o["threads"], int) or o["threads"] < 1):
+        raise InputError(f"--threads must be at least 1, got {o['threads']}")
     if o["op_types"] is not None:
         o["op_types"] = [t.strip() for t in o["op_types"] if t.strip()]
         if not o["op_types"]:
@@ -83,7 +85,8 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     ``calibrate`` minmax|entropy|percentile, ``per_channel``, ``format`` qdq|qoperator (None:
     qdq, or both for auto), ``tolerance`` (accuracy points, or percent of a generator's
     Frechet distance; None: the check's default), ``name``, ``provider``, ``op_types``,
-    ``measure_seconds`` (timing per batch size). Raises :class:`NoCandidateError` (nothing
+    ``measure_seconds`` (timing per batch size), ``threads`` (onnxruntime intra-op threads of
+    the measured sessions; None: onnxruntime's own choice). Raises :class:`NoCandidateError` (nothing
     written) when no candidate stays within the tolerance.
     """
     log = log or (lambda msg: print(f"dlkit: {msg}", file=sys.stderr))
@@ -136,10 +139,10 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
                 errors[c.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                 if o["method"] != "auto":
                     raise DlkitError(f"{c.name} quantization of {version.ref} failed: {errors[c.name]}") from exc
-        sessions = {PARENT: Session(version.onnx_path, o["provider"])}
+        sessions = {PARENT: Session(version.onnx_path, o["provider"], threads=o["threads"])}
         for name, path in built.items():
             try:
-                sessions[name] = Session(path, o["provider"])
+                sessions[name] = Session(path, o["provider"], threads=o["threads"])
             except DlkitError as exc:
                 errors[name] = str(exc)
                 if o["method"] != "auto":
@@ -156,7 +159,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
             "model": None, "version": None, "parent": {"name": version.name, "version": version.version},
             "method": o["method"], "chosen": chosen["candidate"] if chosen else None,
             "quality": check.kind, "drop_unit": check.unit, "tolerance": tolerance,
-            "providers": sessions[PARENT].providers, "table": rows,
+            "providers": sessions[PARENT].providers, "threads": o["threads"], "table": rows,
         }
         if chosen is None:
             passing = "could be built" if all(r.get("error") for r in rows if r["candidate"] != PARENT) \
@@ -269,7 +272,7 @@ def _meta(version, repo, candidate, o, tolerance, prep, calibration, check, chos
             "measured_on": {"machine": platform.machine(), "processor": platform.processor() or None,
                             "system": platform.system()},
         },
-        "measurements": {"providers": report["providers"], "table": report["table"]},
+        "measurements": {"providers": report["providers"], "threads": o["threads"], "table": report["table"]},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"dlkit": __version__, "python": platform.python_version(), "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__},
