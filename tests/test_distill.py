@@ -99,21 +99,18 @@ def test_alpha_zero_is_the_baseline(trained):
 
 
 # -- a teacher that only has model.onnx -----------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: a stand-in third party
 def test_onnx_only_teacher(trained):
     from dlkit.data import load_dataset
+    from dlkit.export import export_onnx
     from dlkit.plugins import get_registry
     from dlkit_distill.teacher import load_teacher
 
     teacher = trained.resolve("cnn-digits")
     torch_teacher = load_teacher(teacher)
-    # A third-party export: its own input name, logits only.
-    torch.onnx.export(torch_teacher.module, (torch.zeros(2, 1, 8, 8),), str(teacher.onnx_path),
-                      input_names=["pixels"], output_names=["logits"],
-                      dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    export_onnx(teacher)
     teacher.weights_path.unlink()
     onnx_teacher = load_teacher(teacher)
-    assert onnx_teacher.runtime == "onnx"
+    assert onnx_teacher.runtime == "onnx" and onnx_teacher.params == teacher.meta["params"]
     x = load_dataset("digits", {}, teacher.meta["data"]["seed"]).x_train
     assert torch.allclose(onnx_teacher.logits(x), torch_teacher.logits(x), atol=1e-4)
 
@@ -125,6 +122,31 @@ def test_onnx_only_teacher(trained):
     report = student.meta["distill"]["report"]
     assert report["teacher"]["test_accuracy"] == pytest.approx(teacher.meta["metrics"]["test_accuracy"])
     assert student.has_weights()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, as a third party's
+def test_third_party_onnx_teacher(trained):
+    """A graph dlkit did not write: its own input name, logits only, no params in meta.json."""
+    from dlkit.data import load_dataset
+    from dlkit_distill.teacher import load_teacher
+
+    teacher = trained.resolve("mlp-digits")
+    torch_teacher = load_teacher(teacher)
+    torch.onnx.export(torch_teacher.module, (torch.zeros(2, 1, 8, 8),), str(teacher.onnx_path),
+                      input_names=["pixels"], output_names=["logits"],
+                      dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+    teacher.weights_path.unlink()
+    teacher.update_meta(params=None)
+    onnx_teacher = load_teacher(teacher)
+    assert onnx_teacher.runtime == "onnx" and onnx_teacher.input_name == "pixels"
+    x = load_dataset("digits", {}, 0).x_test
+    assert torch.allclose(onnx_teacher.logits(x), torch_teacher.logits(x), atol=1e-4)
+    # counted in the graph: the weights plus batch-norm statistics, which a graph stores alike
+    torch_params = sum(p.numel() for p in torch_teacher.module.parameters())
+    assert torch_params <= onnx_teacher.params <= torch_params * 1.05
+    result = dlkit("distill", "mlp-digits", "--student", "mlp", "--set", "hidden=[16]", "--epochs", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["report"]["teacher"]["runtime"] == "onnx"
 
 
 def test_trainer_is_registered(trained, tmp_path):

@@ -43,10 +43,11 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     import torch
 
     from dlkit.evaluation import evaluation_data
-    from dlkit.models import check_compatible
+    from dlkit.checkpoint import save_tensors
+    from dlkit.models import check_compatible, count_params
     from dlkit.plugins import get_registry
     from dlkit.recipe import Recipe, apply_sets, check_options
-    from dlkit.repository import check_name
+    from dlkit.repository import WEIGHTS, check_name
 
     from .teacher import check_teacher, load_teacher
     from .trainer import DEFAULTS, validate
@@ -91,7 +92,9 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
 
     staged = repo.stage(out_name)
     try:
-        metrics, params = train_student(model, spec, dataset, config, seed, staged.path, quiet, mentor)
+        model, metrics = train_student(model, spec, dataset, config, seed, staged.path, quiet, mentor)
+        params = count_params(model)
+        save_tensors(staged.path / WEIGHTS, model.state_dict())
         report = {
             "teacher": {"model": source.ref, "runtime": mentor.runtime, "params": mentor.params,
                         "test_accuracy": teacher_accuracy(mentor, dataset)},
@@ -102,7 +105,7 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
         if baseline:
             with tempfile.TemporaryDirectory(prefix="dlkit-baseline-") as workdir:
                 scratch = build_student(spec, hparams, dataset, seed)
-                base, _ = train_student(scratch, spec, dataset, config, seed, workdir, quiet, None)
+                _, base = train_student(scratch, spec, dataset, config, seed, workdir, quiet, None)
             report["baseline"] = {"arch": student, "params": params, "test_accuracy": base["test_accuracy"],
                                   "val_accuracy": base["val_accuracy"], "test_loss": base["test_loss"]}
         report.update(summarise(report))
@@ -125,10 +128,10 @@ def build_student(spec, hparams: dict, dataset, seed: int):
 
 
 def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet: bool, teacher):
-    """Fit ``model`` with the distillation loss (``teacher``) or plain cross-entropy (None)."""
+    """Fit ``model`` with the distillation loss (``teacher``) or plain cross-entropy (None);
+    returns the trained model (CPU, eval mode) and its metrics."""
     from pathlib import Path
 
-    from dlkit.models import count_params
     from dlkit.supervised import SupervisedTrainer, evaluate_arrays
     from dlkit.training import CHECKPOINT, TrainRun
 
@@ -138,17 +141,12 @@ def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet:
                    quiet=quiet)
     trainer = DistillTrainer(run, teacher) if teacher is not None else SupervisedTrainer(run)
     metrics = dict(trainer.fit())
+    (Path(workdir) / CHECKPOINT).unlink(missing_ok=True)  # resume is not offered: the run is short
     model = run.model.cpu().eval()
     test = evaluate_arrays(model, dataset.x_test, dataset.y_test)
     val = evaluate_arrays(model, dataset.x_val, dataset.y_val)
     metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"], val_accuracy=val["accuracy"])
-    (Path(workdir) / CHECKPOINT).unlink(missing_ok=True)
-    if teacher is not None:
-        from dlkit.checkpoint import save_tensors
-        from dlkit.repository import WEIGHTS
-
-        save_tensors(Path(workdir) / WEIGHTS, model.state_dict())
-    return metrics, count_params(model)
+    return model, metrics
 
 
 def teacher_accuracy(teacher, dataset) -> float:

@@ -34,7 +34,9 @@ class Teacher:
         import onnx
 
         graph = onnx.load(str(self.version.onnx_path), load_external_data=False).graph
-        return int(sum(np.prod(init.dims, dtype=np.int64) for init in graph.initializer))
+        floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                  onnx.TensorProto.BFLOAT16}  # weights, not the integer shapes of reshapes
+        return int(sum(np.prod(t.dims, dtype=np.int64) for t in graph.initializer if t.data_type in floats))
 
     def to(self, device: str) -> "Teacher":
         if self.module is not None:
