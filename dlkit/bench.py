@@ -59,10 +59,12 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
 
         from .export import export_graph, torch_runner
 
+        graph = export_graph(version)
+        runners["torch"] = torch_runner(graph)  # runs under torch.inference_mode()
+        # The same intra-op thread count as the onnxruntime session: a ratio between runtimes
+        # on different numbers of cores would measure the cores.
         restore = torch.get_num_threads()
         torch.set_num_threads(threads)
-        graph = export_graph(version)
-        runners["torch"] = torch_runner(graph)
     try:
         results = []
         for b in sizes:
@@ -114,7 +116,8 @@ def bench_inputs(meta: dict, batch: int, *, session=None, graph=None) -> dict[st
     feeds = {}
     for info in session.inputs:
         if any(d is None for d in info.shape[1:]):
-            raise InputError(f"bench: graph input {info.name!r} has a dynamic size {info.shape}; bench needs fixed sizes")
+            raise InputError(f"bench: graph input {info.name!r} has a dynamic size {info.shape}; "
+                             f"bench needs fixed sizes")
         shape = (batch, *info.shape[1:])
         kind = np.dtype(info.dtype).kind
         feeds[info.name] = (rng.standard_normal(shape).astype(info.dtype) if kind == "f"
@@ -148,5 +151,6 @@ def measure(runners: dict[str, Callable[[dict], Any]], feeds: dict, batch: int, 
         ms = np.asarray(laps) * 1000.0
         p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
         out.append({"runtime": name, "batch_size": batch, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
-                    "mean_ms": float(ms.mean()), "calls": len(laps), "throughput": batch * len(laps) / (ms.sum() / 1000.0)})
+                    "mean_ms": float(ms.mean()), "calls": len(laps),
+                    "throughput": batch * len(laps) / (ms.sum() / 1000.0)})
     return out

@@ -108,23 +108,23 @@ def classifier_graph(module, meta: dict) -> OnnxGraph:
     spec = meta["input_spec"]
     example = torch.from_numpy(random_in_range(spec, EXAMPLE_BATCH, np.random.default_rng(0)))
     axes = {"input": {1: "sequence"}} if spec["kind"] == "sequence" else {}
-    return OnnxGraph(ClassifierOutputs(module), {"input": example}, ["logits", "probabilities"], axes)
+    return OnnxGraph(with_probabilities(module), {"input": example}, ["logits", "probabilities"], axes)
 
 
-def ClassifierOutputs(module):  # noqa: N802 - a class factory, so torch is imported lazily
+def with_probabilities(module):
     """Wrap a logits module so the graph also outputs softmax probabilities."""
     import torch
 
-    class _ClassifierOutputs(torch.nn.Module):
+    class ClassifierOutputs(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input):  # noqa: A002 - the name becomes the ONNX input name
-            logits = self.inner(input)
+        def forward(self, x):
+            logits = self.inner(x)
             return logits, torch.softmax(logits, dim=-1)
 
-    return _ClassifierOutputs(module).eval()
+    return ClassifierOutputs(module).eval()
 
 
 def export_graph(version: ModelVersion) -> OnnxGraph:
@@ -178,8 +178,7 @@ def parity_cases(meta: dict, graph: OnnxGraph | None = None, batch_sizes=PARITY_
     cases = []
     spec = meta.get("input_spec") or {}
     name = next(iter(graph.example_inputs)) if graph else "input"
-    classifier = meta.get("task", "classification") == "classification" and (graph is None or spec)
-    if classifier:
+    if meta.get("task", "classification") == "classification":
         x = data_samples(meta, max(batch_sizes))
         if x is not None:
             cases += [ParityCase(f"data batch {b}", {name: np.resize(x, (b, *x.shape[1:]))}) for b in batch_sizes]

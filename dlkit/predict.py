@@ -35,8 +35,8 @@ def input_preprocessing(input_spec: dict) -> dict:
     if kind == "image":
         channels, height, width = input_spec["shape"]
         out["image"] = {"mode": {1: "L", 3: "RGB"}.get(channels), "width": width, "height": height,
-                        "range": list(input_spec.get("range") or [0.0, 1.0]), "layout": input_spec.get("layout", "NCHW"),
-                        "resample": "bilinear"}
+                        "range": list(input_spec.get("range") or [0.0, 1.0]),
+                        "layout": input_spec.get("layout", "NCHW"), "resample": "bilinear"}
     if isinstance(note, dict) and "standardize" in note:
         out["note"] = "standardisation is inside the graph: feed raw feature values"
     elif note:
@@ -82,8 +82,8 @@ def model_info(session, version: ModelVersion) -> dict:
     if not all(k in md for k in ("labels", "input_spec", "task")):
         meta = version.meta
     spec = md.get("input_spec") or meta.get("input_spec") or {}
-    return {"labels": md.get("labels") or meta.get("labels"), "task": md.get("task") or meta.get("task", "classification"),
-            "input_spec": spec, "preprocessing": md.get("preprocessing") or input_preprocessing(spec)}
+    return {"labels": md.get("labels") or meta.get("labels"),
+            "task": md.get("task") or meta.get("task", "classification"), "input_spec": spec, "preprocessing": md.get("preprocessing") or input_preprocessing(spec)}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -118,8 +118,8 @@ def read_input(source: str, info: dict, feed) -> tuple[np.ndarray, list[str]]:
             names += n
         same = len({b.shape[1:] for b in batches}) == 1
         if not same:  # sequences of different lengths cannot share a batch
-            raise InputError(f"{source}: arrays have different sample shapes ({', '.join(str(b.shape[1:]) for b in batches)}); "
-                             f"use one file per shape")
+            shapes = ", ".join(str(b.shape[1:]) for b in batches)
+            raise InputError(f"{source}: arrays have different sample shapes ({shapes}); use one file per shape")
         return np.concatenate(batches), names
     if suffix == ".csv":
         return fit_array(read_csv(path, info, feed), source, feed, csv_rows=True)
@@ -227,7 +227,8 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
         raise InputError(f"{path}: model input {feed.name!r} is not an image ({info['input_spec'].get('kind')} data); "
                          f"give .npy, .npz or .csv")
     if prep.get("mode") not in ("L", "RGB"):
-        raise InputError(f"{path}: the model's images have an unsupported channel count ({info['input_spec']['shape']})")
+        raise InputError(f"{path}: the model's images have an unsupported channel count "
+                         f"({info['input_spec']['shape']})")
     try:
         with Image.open(path) as im:
             im.load()
