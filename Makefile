@@ -23,9 +23,14 @@ $(VENV)/.installed: pyproject.toml $(wildcard examples/*/pyproject.toml) | $(BIN
 
 install: $(VENV)/.installed
 
+# Train the default CNN, export it, quantize it, compare runtimes, and serve one request.
 demo: install
 	DLKIT_REPO=$(DEMO_REPO) $(BIN)/dlkit train models/cnn.toml
-	DLKIT_REPO=$(DEMO_REPO) $(BIN)/dlkit evaluate cnn-digits
+	DLKIT_REPO=$(DEMO_REPO) $(BIN)/dlkit export onnx cnn-digits
+	DLKIT_REPO=$(DEMO_REPO) $(BIN)/dlkit evaluate cnn-digits --runtime onnx
+	DLKIT_REPO=$(DEMO_REPO) $(BIN)/dlkit quantize cnn-digits
+	DLKIT_REPO=$(DEMO_REPO) $(BIN)/dlkit bench cnn-digits --batch-sizes 1,64 --seconds 1
+	DLKIT_REPO=$(DEMO_REPO) $(BIN)/python examples/serve_request.py cnn-digits
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
