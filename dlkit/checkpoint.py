@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -92,15 +93,13 @@ def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str
     """Atomically write torch tensors with safetensors (contiguous copies, shared storage split)."""
     from safetensors.torch import save_file
 
-    clean = {k: v.detach().contiguous().clone() if _shares_storage(v, tensors) else v.detach().contiguous()
+    # safetensors refuses tensors that share memory (tied weights): those are saved as copies.
+    # Counted once, not per tensor: a training checkpoint holds hundreds of tensors every epoch.
+    owners = Counter(v.untyped_storage().data_ptr() for v in tensors.values())
+    clean = {k: v.detach().contiguous().clone() if owners[v.untyped_storage().data_ptr()] > 1 else v.detach().contiguous()
              for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
-
-
-def _shares_storage(t, tensors: dict) -> bool:
-    ptr = t.untyped_storage().data_ptr()
-    return sum(1 for v in tensors.values() if v.untyped_storage().data_ptr() == ptr) > 1
 
 
 def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
@@ -130,13 +129,76 @@ def load_weights(module, path: str | os.PathLike) -> None:
 # One safetensors file holds every tensor of a training run (weights, optimizer moments, RNG
 # state) and, in its string metadata, the JSON rest (epoch, history, scheduler). A single
 # atomic rename then moves the whole state at once: never weights from one epoch beside
-# counters from another.
+# counters from another. The tensors are packed into one flat tensor per dtype, with an index
+# in the metadata: safetensors' per-tensor cost on hundreds of small tensors (every parameter,
+# its best copy and two optimizer moments) was most of an epoch's overhead for small models.
 STATE_KEY = "dlkit_train_state"
+INDEX_KEY = "dlkit_train_index"
 
 
 def save_train_state(path: str | os.PathLike, tensors: dict, state: dict) -> None:
     """Atomically write a resumable training state."""
-    save_tensors(path, tensors, metadata={STATE_KEY: json.dumps(state, default=_json_default)})
+    write_train_state(path, *pack_train_state(tensors, state))
+
+
+def write_train_state(path: str | os.PathLike, packed: dict, metadata: dict) -> None:
+    """Atomically write what :func:`pack_train_state` returned (no torch computation: another
+    thread may call it while training goes on)."""
+    from safetensors.torch import save
+
+    write_bytes(path, save(packed, metadata=metadata))
+
+
+def pack_train_state(tensors: dict, state: dict) -> tuple[dict, dict]:
+    """A snapshot of a training state, (packed tensors, metadata): copies, so the live tensors
+    may change right after."""
+    import torch
+
+    groups: dict[str, list] = {}
+    sizes: dict[str, int] = {}
+    index: dict[str, list] = {}
+    for name, t in tensors.items():
+        dtype = str(t.dtype).removeprefix("torch.")
+        index[name] = [dtype, sizes.get(dtype, 0), list(t.shape)]
+        sizes[dtype] = sizes.get(dtype, 0) + t.numel()
+        groups.setdefault(dtype, []).append(t.detach().to("cpu").reshape(-1))
+    packed = {f"packed.{dtype}": torch.cat(parts) for dtype, parts in groups.items()}
+    return packed, {STATE_KEY: json.dumps(state, default=_json_default), INDEX_KEY: json.dumps(index)}
+
+
+class BackgroundWriter:
+    """Runs one write at a time beside the caller: a per-epoch checkpoint (serialise, fsync,
+    rename) overlaps the next epoch's compute instead of stalling it. A write's error is raised
+    by the next :meth:`submit` or :meth:`wait`."""
+
+    def __init__(self) -> None:
+        self._thread = None
+        self._error: BaseException | None = None
+
+    def submit(self, write, *args) -> None:
+        """Wait for the previous write, then start ``write(*args)`` (its arguments must be
+        snapshots the caller no longer changes)."""
+        import threading
+
+        self.wait()
+
+        def run() -> None:
+            try:
+                write(*args)
+            except BaseException as exc:  # handed to the training thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="dlkit-checkpoint")
+        self._thread.start()
+
+    def wait(self, raise_errors: bool = True) -> None:
+        """Block until the write in flight, if any, is on disk."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_errors:
+            raise error
 
 
 def load_train_state(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -147,10 +209,22 @@ def load_train_state(path: str | os.PathLike) -> tuple[dict, dict]:
     tensors = load_tensors(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            state = json.loads((f.metadata() or {})[STATE_KEY])
-    except (KeyError, json.JSONDecodeError):
+            metadata = f.metadata() or {}
+        state = json.loads(metadata[STATE_KEY])
+        if INDEX_KEY in metadata:  # packed (see above); older checkpoints hold the tensors as they are
+            index = json.loads(metadata[INDEX_KEY])
+            tensors = {name: tensors[f"packed.{dtype}"][start:start + _numel(shape)].reshape(shape).clone()
+                       for name, (dtype, start, shape) in index.items()}
+    except (KeyError, ValueError, RuntimeError):
         raise InputError(f"{path}: not a dlkit training checkpoint") from None
     return tensors, state
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def optimizer_to_flat(optimizer, prefix: str) -> tuple[dict, dict]:

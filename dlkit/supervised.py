@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 from .callbacks import Callback, CurvePlot, MetricsLog, ProgressBar, truncate_metrics_log
-from .checkpoint import load_train_state, optimizer_from_flat, optimizer_to_flat, save_train_state
+from .checkpoint import (BackgroundWriter, load_train_state, optimizer_from_flat, optimizer_to_flat,
+                         pack_train_state, write_train_state)
 from .errors import DlkitError, InputError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -142,6 +145,7 @@ class SupervisedTrainer:
         self.epoch = 0
         self.best = {"val_loss": float("inf"), "epoch": 0, "bad_epochs": 0}
         self.best_state: dict | None = None
+        self.checkpoints = BackgroundWriter()
         self.seconds = 0.0
         self.stop = False
         amp = config["amp"]
@@ -159,6 +163,8 @@ class SupervisedTrainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Snapshot the training state now; a thread writes it (atomically, fsync'd) while the
+        next epoch trains. ``self.checkpoints.wait()`` returns once it is on disk."""
         import torch
 
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -173,7 +179,9 @@ class SupervisedTrainer:
             "epoch": self.epoch, "best": self.best, "seconds": self.seconds, "optimizer": opt_state,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
         }
-        save_train_state(self.workdir / CHECKPOINT, tensors, state)
+        # Copied here, in the training thread: the writer thread then makes no torch call (one
+        # from a second thread would start a second pool of compute threads).
+        self.checkpoints.submit(write_train_state, self.workdir / CHECKPOINT, *pack_train_state(tensors, state))
 
     def load_checkpoint(self) -> None:
         import torch
@@ -208,6 +216,10 @@ class SupervisedTrainer:
         # Batch norm cannot train on a batch of one sample: skip such a trailing batch.
         stops = [i for i in range(0, n, bs) if n - i > 1 or i == 0]
         logs: dict = {}
+        if self.autocast_dtype is None:
+            autocast = contextlib.nullcontext
+        else:
+            autocast = functools.partial(torch.autocast, self.device.split(":")[0], dtype=self.autocast_dtype)
         for cb in self.callbacks:
             cb.on_train_start(self)
         try:
@@ -229,8 +241,7 @@ class SupervisedTrainer:
                     xb, yb = x[idx], y[idx]
                     if augment:
                         xb = random_shift(xb, augment, gen)
-                    with torch.autocast(self.device.split(":")[0], dtype=self.autocast_dtype,
-                                        enabled=self.autocast_dtype is not None):
+                    with autocast():
                         out = model(xb)
                         loss = self.loss(out.float(), xb, yb, idx)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -246,8 +257,8 @@ class SupervisedTrainer:
                         self.scaler.update()
                     else:
                         self.optimizer.step()
-                    total_loss += loss.detach() * len(idx)
-                    total_correct += (out.detach().argmax(1) == yb).sum()
+                    total_loss.add_(loss.detach(), alpha=len(idx))
+                    total_correct.add_(out.detach().argmax(1).eq(yb).sum())
                     for cb in self.callbacks:
                         cb.on_step_end(self, step, {})
                 train_loss = total_loss.item() / n
@@ -269,11 +280,15 @@ class SupervisedTrainer:
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, logs)
                 self.save_checkpoint()
+            self.checkpoints.wait()
             if cfg["restore_best"] and self.best_state is not None:
                 model.load_state_dict(self.best_state)
             for cb in self.callbacks:
                 cb.on_train_end(self, logs)
         finally:
+            # A failed run keeps its last good checkpoint: let the write in flight finish (an
+            # error of its own must not hide the one that stopped the run).
+            self.checkpoints.wait(raise_errors=False)
             for cb in self.callbacks:
                 cb.teardown(self)
             if cfg["deterministic"]:
