@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dlkit.callbacks import Callback
-from dlkit.checkpoint import atomic_path, load_tensors, load_train_state, save_tensors, write_json
+from dlkit.checkpoint import (BackgroundWriter, atomic_path, load_tensors, load_train_state, save_tensors,
+                              save_train_state, write_json)
 from dlkit.errors import DlkitError, InputError
 from dlkit.recipe import Recipe
 from dlkit.repository import ModelRepository
@@ -202,6 +203,33 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     os.umask(umask)
     assert mode == 0o666 & ~umask, oct(mode)  # readable like any file the user makes, not 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "w.safetensors"]
+
+
+def test_training_state_round_trip(tmp_path):
+    tensors = {"w": torch.randn(3, 4), "t": torch.randn(4, 3).t(), "step": torch.tensor(7.0), "empty": torch.zeros(0, 2),
+               "count": torch.tensor(5), "rng": torch.get_rng_state(), "half": torch.randn(2, dtype=torch.bfloat16)}
+    state = {"epoch": 3, "best": {"val_loss": float("inf")}}
+    save_train_state(tmp_path / "c.safetensors", tensors, state)
+    loaded, loaded_state = load_train_state(tmp_path / "c.safetensors")
+    assert loaded_state == state and loaded.keys() == tensors.keys()
+    for key, value in tensors.items():
+        assert loaded[key].dtype == value.dtype and torch.equal(loaded[key], value), key
+    save_tensors(tmp_path / "plain.safetensors", {"w": torch.ones(1)})
+    with pytest.raises(InputError, match="not a dlkit training checkpoint"):
+        load_train_state(tmp_path / "plain.safetensors")
+
+
+def test_background_writer_hands_errors_to_the_trainer(tmp_path):
+    writer = BackgroundWriter()
+    writer.submit(write_json, tmp_path / "a.json", {"v": 1})
+    writer.wait()
+    assert json.loads((tmp_path / "a.json").read_text()) == {"v": 1}
+    writer.submit(write_json, tmp_path / "missing" / "\0bad.json", {})  # an impossible path
+    with pytest.raises(ValueError):
+        writer.wait()
+    writer.submit(write_json, tmp_path / "missing" / "\0bad.json", {})
+    writer.wait(raise_errors=False)  # a run that failed already keeps its own error
+    writer.wait()
 
 
 def test_a_version_folder_holds_only_finished_artifacts(tmp_path):
