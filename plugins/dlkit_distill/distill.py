@@ -42,8 +42,9 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     """
     import torch
 
-    from dlkit.evaluation import evaluation_data
+    from dlkit import DlkitError
     from dlkit.checkpoint import save_tensors
+    from dlkit.evaluation import evaluation_data
     from dlkit.models import check_compatible, count_params
     from dlkit.plugins import get_registry
     from dlkit.recipe import Recipe, apply_sets, check_options
@@ -79,13 +80,21 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     check_compatible(spec, dataset.input_spec, dataset.name)
     mentor = load_teacher(source)
     probe = dataset.x_val[:2]
-    teacher_outputs = mentor.logits(probe).shape[-1]
+    try:
+        teacher_outputs = mentor.logits(probe).shape[-1]
+    except (DlkitError, RuntimeError) as exc:
+        raise InputError(f"teacher {source.ref} cannot run on {dataset.name} inputs of shape "
+                         f"{list(probe.shape[1:])}: {str(exc).splitlines()[0][:200]}") from None
     if teacher_outputs != dataset.num_classes:
         raise InputError(f"teacher {source.ref} outputs {teacher_outputs} logits but its data set "
                          f"{dataset.name} has {dataset.num_classes} classes")
     model = build_student(spec, hparams, dataset, seed)
-    with torch.no_grad():
-        student_outputs = model.eval()(torch.as_tensor(probe)).shape[-1]
+    try:
+        with torch.no_grad():
+            student_outputs = model.eval()(torch.as_tensor(probe)).shape[-1]
+    except RuntimeError as exc:
+        raise InputError(f"student {student} with {hparams} cannot take {dataset.name} inputs of shape "
+                         f"{list(probe.shape[1:])}: {str(exc).splitlines()[0][:200]}") from None
     if student_outputs != teacher_outputs:
         raise InputError(f"student {student} outputs {student_outputs} values per sample, teacher "
                          f"{source.ref} outputs {teacher_outputs}; they must match")
