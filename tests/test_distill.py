@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-
-from dlkit.cli import cli
+from dlkit.testing import check_command, check_compressor, run_cli
 
 
 def dlkit(*args: str):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return run_cli(*args, expect=None)
 
 
 def tree(root: Path) -> list[str]:
@@ -83,7 +81,8 @@ def test_distill_cnn_into_mlp(trained):
     else:
         assert report["gap_recovered"] is None
 
-    # people get a table, not JSON
+    # listed by `dlkit --help`; people get a table, not JSON
+    assert check_command("distill").exit_code == 0
     human = dlkit("distill", "cnn-digits", "--student", "mlp", "--set", "hidden=[16]", "--epochs", "1")
     assert human.exit_code == 0 and "teacher" in human.stdout and "cnn-digits-distilled-mlp:2" in human.stdout
 
@@ -102,7 +101,6 @@ def test_alpha_zero_is_the_baseline(trained):
 def test_onnx_only_teacher(trained):
     from dlkit.data import load_dataset
     from dlkit.export import export_onnx
-    from dlkit.plugins import get_registry
     from dlkit_distill.teacher import load_teacher
 
     teacher = trained.resolve("cnn-digits")
@@ -114,11 +112,10 @@ def test_onnx_only_teacher(trained):
     x = load_dataset("digits", {}, teacher.meta["data"]["seed"]).x_train
     assert torch.allclose(onnx_teacher.logits(x), torch_teacher.logits(x), atol=1e-4)
 
-    # through the registered compressor, as another plugin (or a pipeline) would call it
-    compressor = get_registry().compressor("distill")
-    student = compressor.compress(teacher, {"student": "mlp", "sets": ["hidden=[16]"], "epochs": 1}, trained)
+    # through the registered compressor, as another plugin (or a pipeline) would call it; the
+    # conformance check also proves the teacher's folder is left untouched
+    student = check_compressor("distill", teacher, trained, {"student": "mlp", "sets": ["hidden=[16]"], "epochs": 1})
     assert student.meta["distill"]["teacher"]["runtime"] == "onnx"
-    assert student.meta["parent"] == {"name": "cnn-digits", "version": 1}
     report = student.meta["distill"]["report"]
     assert report["teacher"]["test_accuracy"] == pytest.approx(teacher.meta["metrics"]["test_accuracy"])
     assert student.has_weights()
