@@ -129,6 +129,8 @@ def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool =
         }
         for leftover in (CHECKPOINT, RECIPE_FILE):
             (staged.path / leftover).unlink(missing_ok=True)
+        for torn in staged.path.glob(".*.tmp"):  # a write killed mid-way, before a --resume
+            torn.unlink(missing_ok=True)
         version = staged.commit(meta)
     except InputError:
         staged.release() if resume else staged.discard()
