@@ -193,10 +193,22 @@ def show_cmd(ref, repo, as_json):
               help="Override a model hyper-parameter (model.KEY), train option (train.KEY) or data option (data.KEY).")
 @click.option("--device", type=str, help="auto, cpu or cuda[:N].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run of this model name.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on GPU).")
 @repo_option
 @json_option
-def train_cmd(target, data, name, epochs, batch_size, lr, seed, sets, device, resume, repo, as_json):
-    """Train ARCH (mlp, cnn, rnn...) or a RECIPE.toml; CLI flags override the recipe."""
+@click.pass_context
+def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, device, resume, nproc, repo, as_json):
+    """Train ARCH (mlp, cnn, rnn...) or a RECIPE.toml; CLI flags override the recipe.
+
+    For several machines, start `torchrun --nproc-per-node N ... -m dlkit train ...` on each.
+    """
+    from .distributed import env_world_size, launch
+
+    if nproc > 1 and env_world_size() == 1:
+        args = [a for a in sys.argv[1:] if a != "--debug"]
+        args = _without_option(args, "--nproc")
+        ctx.exit(launch(nproc, args + ["--repo", repo]))
     from .plugins import get_registry
     from .recipe import Recipe, apply_sets, read_recipe
     from .training import train
@@ -215,6 +227,8 @@ def train_cmd(target, data, name, epochs, batch_size, lr, seed, sets, device, re
     if seed is not None:
         recipe.seed = seed
     result = train(recipe, open_repo(repo), resume=resume, quiet=False)
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
 
     def human(res):
         m = res["metrics"]
@@ -225,6 +239,19 @@ def train_cmd(target, data, name, epochs, batch_size, lr, seed, sets, device, re
             click.echo(f"  {shown}")
 
     emit(result.as_dict(), as_json, human)
+
+
+def _without_option(args: list[str], option: str) -> list[str]:
+    """``args`` minus ``--option VALUE`` / ``--option=VALUE``."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
 
 
 @cli.command("evaluate")

@@ -22,7 +22,7 @@ def _data(attr: str):
 
 @hookimpl
 def register_trainers(register):
-    register("supervised", supervised.fit, defaults=supervised.DEFAULTS,
+    register("supervised", supervised.fit, defaults=supervised.DEFAULTS, distributed=True,
              description="minibatch cross-entropy training with early stopping")
 
 

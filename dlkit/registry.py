@@ -34,6 +34,7 @@ class TrainerSpec:
     name: str
     fit: Callable[..., Any]
     defaults: dict = field(default_factory=dict)
+    distributed: bool = False  # runs data-parallel under torchrun (else refused with --nproc)
     description: str = ""
     plugin: str = ""
 

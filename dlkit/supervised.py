@@ -12,6 +12,7 @@ from typing import Any
 from .callbacks import Callback, CurvePlot, MetricsLog, ProgressBar, truncate_metrics_log
 from .checkpoint import (BackgroundWriter, load_train_state, optimizer_from_flat, optimizer_to_flat,
                          pack_train_state, write_train_state)
+from .distributed import all_reduce_sum
 from .errors import DlkitError, InputError
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -135,10 +136,21 @@ class SupervisedTrainer:
     def __init__(self, run):
         import torch
 
+        from .distributed import local_device, rank_and_world
+
         self.run = run
         self.config = config = run.config
-        self.device = resolve_device(config["device"])
+        self.device = local_device(resolve_device(config["device"]))
         self.model = run.model.to(self.device)
+        # Under torchrun each rank trains on its share of every batch; DDP averages gradients so
+        # the step equals single-process training on the whole batch. Only rank 0 writes.
+        self.rank, self.world = rank_and_world()
+        self.forward = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+            self.forward = DistributedDataParallel(self.model, device_ids=ids)
         self.workdir = Path(run.workdir)
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.scheduler = make_scheduler(self.optimizer, config)
@@ -157,7 +169,9 @@ class SupervisedTrainer:
             CurvePlot(self.workdir / "curves.png",
                       [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_accuracy", "val_accuracy"])]),
         ]
-        if not run.quiet:
+        if self.rank > 0:
+            self.callbacks = []
+        elif not run.quiet:
             self.callbacks.insert(0, ProgressBar(config["epochs"], steps, ["train_loss", "val_loss", "val_accuracy", "lr", "seconds"]))
         self.callbacks += list(run.callbacks)
 
@@ -238,11 +252,15 @@ class SupervisedTrainer:
                 total_correct = torch.zeros((), device=self.device, dtype=torch.long)
                 for step, i in enumerate(stops):
                     idx = perm[i:i + bs]
+                    if self.world > 1:
+                        if len(idx) < self.world:
+                            continue  # every rank skips it alike: a rank with no rows would hang DDP
+                        idx = idx[self.rank::self.world]
                     xb, yb = x[idx], y[idx]
                     if augment:
                         xb = random_shift(xb, augment, gen)
                     with autocast():
-                        out = model(xb)
+                        out = self.forward(xb)
                         loss = self.loss(out.float(), xb, yb, idx)
                     self.optimizer.zero_grad(set_to_none=True)
                     if self.scaler:
@@ -261,6 +279,7 @@ class SupervisedTrainer:
                     total_correct.add_(out.detach().argmax(1).eq(yb).sum())
                     for cb in self.callbacks:
                         cb.on_step_end(self, step, {})
+                all_reduce_sum(total_loss, total_correct)
                 train_loss = total_loss.item() / n
                 if not math.isfinite(train_loss):
                     kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept: lower --lr or set "
@@ -279,7 +298,8 @@ class SupervisedTrainer:
                 self._early_stopping(val["loss"])
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, epoch, logs)
-                self.save_checkpoint()
+                if self.rank == 0:
+                    self.save_checkpoint()
             self.checkpoints.wait()
             if cfg["restore_best"] and self.best_state is not None:
                 model.load_state_dict(self.best_state)

@@ -33,6 +33,7 @@ class TrainRun:
     resume: bool = False
     quiet: bool = False
     callbacks: list = field(default_factory=list)
+    repo: ModelRepository | None = None  # where the result will land (e.g. to store helpers)
 
 
 @dataclass
@@ -62,12 +63,28 @@ def library_versions() -> dict:
 
 
 def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool = False,
-          quiet: bool = False, callbacks: list | None = None) -> TrainResult:
+          quiet: bool = False, callbacks: list | None = None) -> TrainResult | None:
     """Train ``recipe`` and publish the result as the next version of its model name.
 
     Bad input raises :class:`InputError` before anything is written. A run that fails after
-    its first checkpoint leaves a staging folder that ``resume=True`` continues.
+    its first checkpoint leaves a staging folder that ``resume=True`` continues. Under torchrun
+    every rank trains its shard and only rank 0 writes and returns the result (others: None).
     """
+    from .distributed import env_world_size, init_from_env, shutdown
+
+    started = False
+    try:
+        if env_world_size() > 1:
+            started = init_from_env(str(recipe.train.get("device", "auto")))
+        return _train(recipe, repo, resume=resume, quiet=quiet, callbacks=callbacks)
+    finally:
+        if started:
+            shutdown()
+
+
+def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet: bool,
+           callbacks: list | None) -> TrainResult | None:
+    from .distributed import broadcast_text, rank_and_world
     from .plugins import get_registry
 
     repo = repo or ModelRepository()
@@ -86,6 +103,9 @@ def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool =
             stored.train["epochs"] = recipe.train["epochs"]
         recipe = stored
     trainer = registry.trainer(spec.trainer)
+    rank, world = rank_and_world()
+    if world > 1 and not trainer.distributed:
+        raise InputError(f"trainer {trainer.name!r} (for {spec.name!r}) does not support distributed training")
     hparams = check_options("model", recipe.model, spec.defaults)
     config = check_options("train", recipe.train, trainer.defaults)
     if "epochs" in config and (not isinstance(config["epochs"], int) or config["epochs"] < 1):
@@ -101,13 +121,19 @@ def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool =
 
     torch.manual_seed(recipe.seed)
     model = build_model(spec, hparams, dataset.input_spec, dataset.num_classes)
+    if rank > 0:  # only rank 0 writes; the others train their shard in rank 0's folder
+        workdir = Path(broadcast_text(""))
+        trainer.fit(TrainRun(model=model, spec=spec, data=dataset, config=config, seed=recipe.seed,
+                             workdir=workdir, resume=resume, quiet=True, repo=repo))
+        return None
     if staged is None:
         for path in repo.clean_staging(name):
             print(f"dlkit: discarded the interrupted run in {path} (--resume continues one)", file=sys.stderr)
         staged = repo.stage(name)
         write_json(staged.path / RECIPE_FILE, recipe.as_dict())
+    broadcast_text(str(staged.path))
     run = TrainRun(model=model, spec=spec, data=dataset, config=config, seed=recipe.seed,
-                   workdir=staged.path, resume=resume, quiet=quiet, callbacks=list(callbacks or []))
+                   workdir=staged.path, resume=resume, quiet=quiet, callbacks=list(callbacks or []), repo=repo)
     try:
         metrics = dict(trainer.fit(run) or {})
         model = run.model.cpu().eval()
@@ -122,7 +148,7 @@ def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool =
             "arch": spec.name, "plugin": spec.plugin, "task": spec.task, "trainer": spec.trainer,
             "hparams": hparams, "train": config, "seed": recipe.seed,
             "input_spec": dataset.input_spec, "labels": dataset.labels, "num_classes": dataset.num_classes,
-            "data": dataset.describe(), "metrics": metrics, "params": count_params(model),
+            "data": dataset.describe(), "metrics": metrics, "params": count_params(model), "world_size": world,
             "parent": None, "method": None, "recipe": recipe.as_dict(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": library_versions(),
