@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repo", help="model repository to keep the models in (default: temporary)")
     parser.add_argument("--measure-seconds", type=float, default=2.0, help="auto's timing per batch size")
     parser.add_argument("--seconds", type=float, default=5.0, help="the re-measurement's timing per batch size")
+    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: its own choice)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -77,7 +78,7 @@ def main() -> None:
         started = time.perf_counter()
         try:
             report = quantize(parent, repo, method="auto", provider="cpu", measure_seconds=args.measure_seconds,
-                              log=lambda msg: None)
+                              threads=args.threads, log=lambda msg: None)
         except NoCandidateError as exc:
             print_table(arch, exc.report)
             results.append({"arch": arch, "chosen": None, "error": str(exc), "auto": exc.report})
@@ -89,21 +90,22 @@ def main() -> None:
         print_table(arch, report)
         child = repo.resolve(f"{report['model']}:{report['version']}")
         results.append({"arch": arch, "chosen": report["chosen"], "quantize_seconds": round(seconds, 1),
-                        **remeasure(parent, child, args.seconds), "auto": report})
-    print_summary(results)
+                        **remeasure(parent, child, args.seconds, args.threads), "auto": report})
+    print_summary(results, args.threads)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
-def remeasure(parent, child, seconds: float) -> dict:
+def remeasure(parent, child, seconds: float, threads: int | None) -> dict:
     """Test accuracy, size and latency of the parent and the chosen model, measured afresh."""
     from dlkit.evaluation import evaluate, evaluation_data
     from dlkit.runtime import Session
     from dlkit_quantize.measure import AccuracyCheck, size_on_disk, time_sessions
 
     acc = {k: evaluate(v, runtime="onnx", provider="cpu")["accuracy"] for k, v in (("float32", parent), ("int8", child))}
-    check = AccuracyCheck(parent, evaluation_data(parent))
-    sessions = {"float32": Session(parent.onnx_path, "cpu"), "int8": Session(child.onnx_path, "cpu")}
+    sessions = {"float32": Session(parent.onnx_path, "cpu", threads=threads),
+                "int8": Session(child.onnx_path, "cpu", threads=threads)}
+    check = AccuracyCheck(parent, evaluation_data(parent), sessions["float32"])
     lat = time_sessions(sessions, {b: check.latency_feeds(b) for b in (1, 64)}, seconds)
     return {
         "test_accuracy_float32": acc["float32"], "test_accuracy_int8": acc["int8"],
@@ -124,10 +126,12 @@ def print_table(arch: str, report: dict) -> None:
     Console(width=140, stderr=True).print(report_table(report))
 
 
-def print_summary(results: list[dict]) -> None:
-    cpus = os.cpu_count()
-    print(f"\ndlkit quantize --method auto, CPUExecutionProvider, {cpus} CPU cores; chosen model re-measured "
-          f"beside float32 (best of interleaved rounds)\n")
+def print_summary(results: list[dict], threads: int | None) -> None:
+    import onnxruntime
+
+    print(f"\ndlkit quantize --method auto, onnxruntime {onnxruntime.__version__} CPUExecutionProvider, "
+          f"{os.cpu_count()} CPU cores, {threads or 'default'} intra-op threads; the chosen model re-measured "
+          f"beside float32 (fastest of interleaved single calls)\n")
     head = (f"| arch | chosen | test acc fp32 | test acc int8 | drop (pts) | size ratio | b64 ms fp32 | b64 ms int8 "
             f"| speedup b64 | speedup b1 | targets |")
     print(head)

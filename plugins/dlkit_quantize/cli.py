@@ -28,7 +28,7 @@ def add_command(cli) -> None:
     @click.option("--provider", default="auto", show_default=True,
                   help="onnxruntime provider to measure on: auto, cpu, cuda, tensorrt...")
     @click.option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,LSTM).")
-    @click.option("--measure-seconds", type=float, default=1.0, show_default=True,
+    @click.option("--measure-seconds", type=float, default=2.0, show_default=True,
                   help="Seconds of timing per batch size (more: steadier latencies).")
     @click.option("--threads", type=int,
                   help="onnxruntime intra-op threads while measuring (default: the runtime's own choice; 1 gives "

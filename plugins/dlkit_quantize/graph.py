@@ -1,15 +1,16 @@
-"""What a quantizer needs to know about an ONNX graph, and the two rewrites done before quantizing.
+"""What a quantizer needs to know about an ONNX graph, and the rewrites done before quantizing.
 
 - :func:`inspect_graph`: the op types a graph holds and its precision (float32, float16 or
   already int8), so that dlkit picks candidates that make sense and refuses what cannot be
   quantized again.
-- :func:`preprocess`: onnxruntime's ``quant_pre_process`` (shape inference and graph
-  optimisation), falling back to lighter settings for graphs its symbolic shape inference
-  cannot follow.
+- :func:`preprocess`: batch norms folded into the layer before them (:func:`fold_batchnorm`),
+  then onnxruntime's ``quant_pre_process`` (shape inference and graph optimisation), falling
+  back to lighter settings for graphs its symbolic shape inference cannot follow.
 - :func:`gemm_to_matmul`: onnxruntime's dynamic quantizer has no Gemm kernel (only MatMul ->
   MatMulInteger), and every ``nn.Linear`` exports as Gemm; a Gemm with a constant weight is
-  the same computation as MatMul + Add, which it can quantize. This is a graph rewrite, not a
-  quantizer.
+  the same computation as MatMul + Add, which it can quantize.
+
+Both rewrites compute the same function as before; the quantizing itself is onnxruntime's.
 """
 
 from __future__ import annotations
@@ -85,23 +86,54 @@ def _elem_type(value_info) -> int:
 
 
 def preprocess(src: Path, dst: Path) -> dict:
-    """``quant_pre_process`` from ``src`` to ``dst``; returns the settings that worked.
+    """Fold batch norms, then ``quant_pre_process`` from ``src`` to ``dst``; returns what was done.
 
     Symbolic shape inference fails on some exported graphs (ops it does not know); the model
     is then prepared without it, and as a last resort without onnxruntime's optimisation.
     """
     from onnxruntime.quantization import quant_pre_process
 
+    folded_path = dst.with_name(f"{dst.stem}-folded.onnx")
+    folded = fold_batchnorm(src, folded_path)
     attempts = [{}, {"skip_symbolic_shape": True}, {"skip_symbolic_shape": True, "skip_optimization": True}]
     errors = []
     for settings in attempts:
         try:
             with quiet():
-                quant_pre_process(str(src), str(dst), **settings)
-            return {"quant_pre_process": True, **settings}
+                quant_pre_process(str(folded_path), str(dst), **settings)
+            return {"batchnorm_folded": folded, "quant_pre_process": True, **settings}
         except Exception as exc:  # each stage raises its own types
             errors.append(f"{settings or 'defaults'}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
     raise DlkitError(f"quant_pre_process failed on {src.name}: {'; '.join(errors)}")
+
+
+def fold_batchnorm(src: Path, dst: Path) -> int:
+    """Write ``src`` with every inference-mode BatchNormalization that follows a Gemm, Conv or
+    ConvTranspose folded into that node's weights (onnxscript's rewrite rules); returns how many.
+
+    onnxruntime folds Conv + BatchNormalization itself but not Gemm + BatchNormalization (an MLP
+    with batch norm): unfolded, the norm's four float vectors per layer stay in the quantized
+    file and its arithmetic stays in float between the integer MatMuls.
+    """
+    import onnx
+    from onnxscript.rewriter import rewrite
+    from onnxscript.rewriter.rules.common import (
+        fuse_batchnorm_into_conv_rule,
+        fuse_batchnorm_into_conv_transpose_rule,
+        fuse_batchnorm_into_gemm_rule,
+    )
+
+    model = onnx.load(str(src))
+    before = sum(n.op_type == "BatchNormalization" for n in model.graph.node)
+    if before:
+        rules = [fuse_batchnorm_into_gemm_rule, fuse_batchnorm_into_conv_rule, fuse_batchnorm_into_conv_transpose_rule]
+        try:
+            with quiet():
+                model = rewrite(model, pattern_rewrite_rules=rules)
+        except Exception:  # the rewrite is an optimisation: without it the graph is still right
+            model = onnx.load(str(src))
+    onnx.save(model, str(dst))
+    return before - sum(n.op_type == "BatchNormalization" for n in model.graph.node)
 
 
 def gemm_to_matmul(model) -> int:

@@ -5,8 +5,9 @@ Latency is the fastest of many single calls, the parent and every candidate taki
 after call. On a shared machine other processes preempt some calls and slow them by any amount;
 the minimum is the measure they disturb least (the advice of Python's ``timeit``), and taking
 turns lets a slow spell hit every model alike. Single calls rather than means of several: the
-shorter the timed span, the likelier one of them ran undisturbed. A candidate still three times
-slower than the parent after the first rounds stops being timed: it cannot be the fastest.
+shorter the timed span, the likelier one of them ran undisturbed. A candidate still ten times
+slower than the parent after the first rounds (ConvInteger, typically) stops being timed: it
+cannot be the fastest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dlkit.errors import DlkitError, InputError
 BATCH_SIZES = (1, 64)
 MIN_ROUNDS = 10
 MAX_ROUNDS = 20000
-GIVE_UP_RATIO = 3.0
+GIVE_UP_RATIO = 10.0
 GIVE_UP_ROUNDS = MIN_ROUNDS
 
 
@@ -81,11 +82,11 @@ class AccuracyCheck:
     unit = "points"
     default_tolerance = 0.5
 
-    def __init__(self, version, dataset):
+    def __init__(self, version, dataset, session):
         self.dataset = dataset
         self.x_val, self.y_val = dataset.split("val")
         self.x_test, self.y_test = dataset.split("test")
-        self.input_name = "input"
+        self.input_name = session.inputs[0].name
 
     def measure(self, session) -> dict:
         from dlkit.evaluation import onnx_logits, softmax_cross_entropy
@@ -127,7 +128,7 @@ class FrechetCheck:
     SAMPLES = 1000
     SEED = 1234
 
-    def __init__(self, version, dataset, repo):
+    def __init__(self, version, dataset, repo, session):
         try:
             from dlkit_gan import quality
         except ImportError:
@@ -148,15 +149,20 @@ class FrechetCheck:
         self.judge = quality.Judge(judge)
         self.judge_ref = judge.ref
         self.real = self.judge(dataset.split("train")[0])[0]
-        self.conditional = bool((version.meta.get("hparams") or {}).get("conditional"))
-        self.latent = int((version.meta.get("hparams") or {}).get("latent", 0))
+        inputs = {i.name: i for i in session.inputs}
+        if "noise" not in inputs:
+            raise InputError(f"{version.onnx_path}: a generator graph needs a 'noise' input, found {', '.join(inputs)}")
+        latent = inputs["noise"].shape[-1]
+        self.latent = latent if isinstance(latent, int) else int((version.meta.get("hparams") or {}).get("latent", 0))
+        self.label_dtype = inputs["label"].dtype if "label" in inputs else None
+        self.conditional = self.label_dtype is not None
         self.classes = len(version.meta.get("labels") or [])
 
     def _feeds(self, n: int, seed: int) -> dict:
         rng = np.random.default_rng(seed)
         feeds = {"noise": rng.standard_normal((n, self.latent), dtype=np.float32)}
         if self.conditional:
-            feeds["label"] = (np.arange(n) % max(self.classes, 1)).astype(np.int64)
+            feeds["label"] = (np.arange(n) % max(self.classes, 1)).astype(self.label_dtype)
         return feeds
 
     def measure(self, session) -> dict:
@@ -186,13 +192,13 @@ class FrechetCheck:
         return self._feeds(batch, 1)
 
 
-def quality_check(version, dataset, repo):
-    """The check that fits the model's task."""
+def quality_check(version, dataset, repo, session):
+    """The check that fits the model's task (``session``: the parent's, for its input names)."""
     task = version.meta.get("task", "classification")
     if task == "classification":
-        return AccuracyCheck(version, dataset)
+        return AccuracyCheck(version, dataset, session)
     if task == "generation":
-        return FrechetCheck(version, dataset, repo)
+        return FrechetCheck(version, dataset, repo, session)
     raise DlkitError(f"model {version.ref}: no quality check for task {task!r}")
 
 

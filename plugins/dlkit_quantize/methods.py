@@ -169,22 +169,29 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
 
 class Calibration:
-    """Calibration inputs: the first ``samples`` of a split, fed in batches of 32."""
+    """Calibration inputs, fed in equal batches of 32: the histogram calibrators (entropy,
+    percentile) stack per-batch outputs and need equal shapes, so the last batch is completed
+    with samples from the start (a few counted twice, none left out)."""
 
     def __init__(self, feeds: dict[str, np.ndarray], description: dict[str, Any]):
         self.feeds = feeds
         self.description = description
 
+    def batches(self) -> list[dict[str, np.ndarray]]:
+        n = len(next(iter(self.feeds.values())))
+        size = min(CALIBRATION_BATCH, n)
+        count = -(-n // size)
+        return [{k: np.take(v, np.arange(i * size, (i + 1) * size) % n, axis=0) for k, v in self.feeds.items()}
+                for i in range(count)]
+
     def reader(self):
         from onnxruntime.quantization import CalibrationDataReader
 
-        feeds = self.feeds
-        n = len(next(iter(feeds.values())))
+        batches = self.batches()
 
         class Reader(CalibrationDataReader):
             def __init__(self):
-                self._batches = iter([{k: v[i:i + CALIBRATION_BATCH] for k, v in feeds.items()}
-                                      for i in range(0, n, CALIBRATION_BATCH)])
+                self._batches = iter(batches)
 
             def get_next(self):
                 return next(self._batches, None)

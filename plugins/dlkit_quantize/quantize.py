@@ -30,7 +30,7 @@ from .methods import CALIBRATIONS, FORMATS, METHODS, Calibration, Candidate, bui
 
 DEFAULTS = {
     "method": "auto", "calibration_samples": 256, "calibrate": "minmax", "per_channel": None, "format": None,
-    "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 1.0, "threads": None,
+    "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 2.0, "threads": None,
 }
 PARENT = "float32"
 TIE = 0.05  # latencies this close count as equal
@@ -107,16 +107,14 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     if task not in ("classification", "generation"):
         raise InputError(f"model {version.ref} is a {task} model; quantize handles classifiers and generators")
     from dlkit.evaluation import evaluation_data
-    from dlkit.runtime import Session, choose_providers
+    from dlkit.runtime import Session
 
     dataset = evaluation_data(version)
-    providers = choose_providers(o["provider"])
-    check = measure.quality_check(version, dataset, repo)
-    if task == "classification":
-        check.input_name = info.inputs[0]
+    parent_session = Session(version.onnx_path, o["provider"], threads=o["threads"])
+    check = measure.quality_check(version, dataset, repo, parent_session)
     tolerance = check.default_tolerance if o["tolerance"] is None else float(o["tolerance"])
     todo = candidates(info, o["method"], per_channel=o["per_channel"], fmt=o["format"], calibrate=o["calibrate"],
-                      op_types=o["op_types"], accelerator=providers[0] != CPU)
+                      op_types=o["op_types"], accelerator=parent_session.providers[0] != CPU)
 
     with tempfile.TemporaryDirectory(prefix="dlkit-quantize-") as tmp:
         folder = Path(tmp)
@@ -127,32 +125,25 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         if any(c.method == "static" for c in todo):
             feeds, described = check.calibration_feeds(o["calibration_samples"])
             calibration = Calibration(feeds, {**described, "method": o["calibrate"]})
-        built: dict[str, Path] = {}
-        errors: dict[str, str] = {}
-        for c in todo:
-            log(f"building {c.name}" + (f" ({c.why})" if c.why else ""))
-            path = folder / f"{c.name}.onnx"
-            try:
-                build(c, prepared, path, calibration)
-                built[c.name] = path
-            except Exception as exc:  # onnxruntime's quantizers raise anything; auto moves on
-                errors[c.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                if o["method"] != "auto":
-                    raise DlkitError(f"{c.name} quantization of {version.ref} failed: {errors[c.name]}") from exc
-        sessions = {PARENT: Session(version.onnx_path, o["provider"], threads=o["threads"])}
+        explicit = o["method"] != "auto"
+        built, errors = _build_all(todo, prepared, folder, calibration, explicit, version, log)
+        sessions = {PARENT: parent_session}
+        quality = {PARENT: check.measure(parent_session)}
+        log(f"measuring quality and latency of {len(built)} candidate(s) and the parent "
+            f"on {parent_session.providers[0]}")
         for name, path in built.items():
-            try:
-                sessions[name] = Session(path, o["provider"], threads=o["threads"])
+            try:  # a graph onnxruntime cannot load or run is a failed candidate, not a failed command
+                session = Session(path, o["provider"], threads=o["threads"])
+                quality[name] = check.measure(session)
+                sessions[name] = session
             except DlkitError as exc:
                 errors[name] = str(exc)
-                if o["method"] != "auto":
+                if explicit:
                     raise DlkitError(f"{name}: onnxruntime cannot run the quantized graph ({exc})") from None
-        log(f"measuring quality and latency of {len(sessions) - 1} candidate(s) and the parent "
-            f"on {sessions[PARENT].providers[0]}")
-        quality = {name: check.measure(s) for name, s in sessions.items()}
         latency = measure.time_sessions(sessions, {b: check.latency_feeds(b) for b in measure.BATCH_SIZES},
                                         o["measure_seconds"], reference=PARENT)
-        sizes = {PARENT: measure.size_on_disk(version.onnx_path), **{n: p.stat().st_size for n, p in built.items()}}
+        sizes = {PARENT: measure.size_on_disk(version.onnx_path)}
+        sizes.update({n: built[n].stat().st_size for n in sessions if n != PARENT})
         rows = _table(todo, check, quality, latency, sizes, errors, tolerance)
         chosen = _select(rows)
         report = {
@@ -176,6 +167,24 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         new = _write(repo, out_name, built[candidate.name], meta, version, sessions[candidate.name])
     report.update(model=new.name, version=new.version, path=str(new.path))
     return report
+
+
+def _build_all(todo: list[Candidate], prepared: Path, folder: Path, calibration, explicit: bool, version,
+               log) -> tuple[dict[str, Path], dict[str, str]]:
+    """Build every candidate into ``folder``: (paths built, errors of those that failed)."""
+    built: dict[str, Path] = {}
+    errors: dict[str, str] = {}
+    for c in todo:
+        log(f"building {c.name}" + (f" ({c.why})" if c.why else ""))
+        path = folder / f"{c.name}.onnx"
+        try:
+            build(c, prepared, path, calibration)
+            built[c.name] = path
+        except Exception as exc:  # onnxruntime's quantizers raise anything; auto moves on
+            errors[c.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if explicit:
+                raise DlkitError(f"{c.name} quantization of {version.ref} failed: {errors[c.name]}") from exc
+    return built, errors
 
 
 def _table(todo: list[Candidate], check, quality: dict, latency: dict, sizes: dict, errors: dict,
