@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import fsync_dir, read_json, write_json
+from .checkpoint import fsync_dir, pid_alive, read_json, write_json
 from .errors import DlkitError, InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -236,10 +236,4 @@ def _in_use(path: Path) -> bool:
         return True
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(pid))

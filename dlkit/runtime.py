@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DlkitError, InputError
+from .onnx_files import check_external_data
 
 ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -107,6 +108,7 @@ class Session:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
         providers = choose_providers(provider, strict)
+        check_external_data(self.path)  # before onnxruntime reads a byte of it
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
