@@ -102,6 +102,11 @@ def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported
     graph = ops(q.onnx_path)
     assert "MatMulInteger" in graph and not graph & {"Gemm", "BatchNormalization"}
     assert row["size_bytes"] == q.onnx_path.stat().st_size < 0.5 * parent.onnx_path.stat().st_size
+    from dlkit.runtime import Session
+
+    props = Session(q.onnx_path, "cpu").metadata  # what predict and serve read without meta.json
+    assert (props["model"], props["version"], props["method"]) == ("mlp-digits-int8", 1, "quantize-dynamic")
+    assert props["labels"] == parent.meta["labels"] and props["parent"] == meta["parent"]
 
     # an ordinary model: evaluate, predict and bench (onnxruntime by default: it has no torch weights)
     assert evaluate(q, runtime="onnx", provider="cpu")["accuracy"] == pytest.approx(meta["metrics"]["test_accuracy"])

@@ -11,8 +11,8 @@ Every method starts from the graph :func:`~dlkit_quantize.graph.preprocess` prep
   (``quantize_static``), as QDQ (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses
   into integer kernels) or QOperator (QLinearConv, QGemm...). uint8 activations and int8 weights,
   onnxruntime's recommended pairing for x86 CPUs. The ``probabilities`` Softmax stays float32.
-  In QDQ form LSTM and GRU weights are stored as int8 and dequantized when the session loads
-  (no integer kernel: smaller, not faster).
+  In QDQ form LSTM and GRU weights are stored as int8 and dequantized by DequantizeLinear on
+  every call (there is no integer kernel for them: smaller, not faster).
 - ``fp16``: float16 weights and arithmetic, float32 inputs and outputs (for GPU providers).
 """
 
@@ -93,7 +93,7 @@ def candidates(info: GraphInfo, method: str, *, per_channel: bool | None, fmt: s
         for f in [fmt] if fmt else (["qdq"] if recurrent else list(FORMATS)):
             why = "int8 weights and activations, calibrated"
             if recurrent and f == "qdq":
-                why += "; recurrent weights stored as int8, dequantized at load"
+                why += "; recurrent weights stored as int8, dequantized per call"
             found.append(Candidate(f"static-{f}", "static", {"format": f, **static_options}, why))
     if accelerator or not found:
         found.append(Candidate("fp16", "fp16", {}, "float16 weights and arithmetic"))

@@ -127,6 +127,9 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
             calibration = Calibration(feeds, {**described, "method": o["calibrate"]})
         explicit = o["method"] != "auto"
         built, errors = _build_all(todo, prepared, folder, calibration, explicit, version, log)
+        for c in todo:  # the metadata each would be published with, so that its measured size is final
+            if c.name in built:
+                _stamp(built[c.name], version, repo, o["name"] or f"{version.name}-{c.suffix}", c)
         sessions = {PARENT: parent_session}
         quality = {PARENT: check.measure(parent_session)}
         log(f"measuring quality and latency of {len(built)} candidate(s) and the parent "
@@ -164,7 +167,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         out_name = o["name"] or f"{version.name}-{candidate.suffix}"
         check_name(out_name)
         meta = _meta(version, repo, candidate, o, tolerance, prep, calibration, check, chosen, report, sessions)
-        new = _write(repo, out_name, built[candidate.name], meta, version, sessions[candidate.name])
+        new = _write(repo, out_name, built[candidate.name], meta, sessions[candidate.name])
     report.update(model=new.name, version=new.version, path=str(new.path))
     return report
 
@@ -288,28 +291,35 @@ def _meta(version, repo, candidate, o, tolerance, prep, calibration, check, chos
     }
 
 
-def _write(repo: ModelRepository, name: str, onnx_file: Path, meta: dict, parent: ModelVersion, session) -> ModelVersion:
-    """Stage model.onnx (with its metadata_props) and meta.json, publish, write config.pbtxt."""
+def _stamp(path: Path, parent: ModelVersion, repo: ModelRepository, name: str, candidate: Candidate) -> None:
+    """Give a built graph the parent's ONNX metadata (labels, input spec...), updated for the new model."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in onnx.load(str(parent.onnx_path), load_external_data=False).metadata_props}
+    props.update({k: json.dumps(v) for k, v in {
+        "model": name, "version": repo.next_version(name), "parent": {"name": parent.name, "version": parent.version},
+        "method": f"quantize-{candidate.method}", "quantization": candidate.name,
+    }.items()})
+    set_metadata(model, props)
+    onnx.save(model, str(path))
+
+
+def _write(repo: ModelRepository, name: str, onnx_file: Path, meta: dict, session) -> ModelVersion:
+    """Stage model.onnx and meta.json, publish, write config.pbtxt."""
     import hashlib
 
     import onnx
 
     from dlkit.checkpoint import write_bytes
 
-    model = onnx.load(str(onnx_file))
-    props = {p.key: p.value for p in onnx.load(str(parent.onnx_path), load_external_data=False).metadata_props}
-    props.update({k: json.dumps(v) for k, v in {
-        "model": name, "version": repo.next_version(name), "parent": meta["parent"], "method": meta["method"],
-        "quantization": meta["quantization"]["candidate"],
-    }.items()})
-    set_metadata(model, props)
-    data = model.SerializeToString()
+    data = onnx_file.read_bytes()
+    opset = next((o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx")), None)
     staged = repo.stage(name)
     try:
         write_bytes(staged.path / "model.onnx", data)
         meta = {**meta, "onnx": {
-            "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
-            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "opset": opset, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "inputs": [i.as_dict() for i in session.inputs], "outputs": [o.as_dict() for o in session.outputs],
             "source": "dlkit quantize",
         }}
