@@ -80,7 +80,8 @@ def _quality(rep: dict, row: dict) -> str:
 
 
 def report_table(rep: dict):
-    """The measured table for people: one row per model, with ratios to the parent (x)."""
+    """The measured table for people: one row per model, with ratios to the parent (x); "out diff"
+    is the mean absolute difference of its outputs from the parent's."""
     from rich import box
     from rich.table import Table
 
@@ -89,17 +90,18 @@ def report_table(rep: dict):
              f"(tolerance {rep['tolerance']:g} {rep['drop_unit']})")
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     quality_cols = ["val acc", "test acc", "drop"] if accuracy else ["frechet", "+%"]
-    for col in ["candidate", *quality_cols, "KiB", "x", "ms b1", "x", "ms b64", "x", ""]:
+    for col in ["candidate", *quality_cols, "out diff", "KiB", "x", "ms b1", "x", "ms b64", "x", ""]:
         t.add_column(col, justify="left" if col in ("candidate", "") else "right", no_wrap=col != "")
     for r in rep["table"]:
         if r.get("error"):
-            t.add_row(r["candidate"], *[""] * (len(quality_cols) + 6), f"failed: {r['error']}")
+            t.add_row(r["candidate"], *[""] * (len(quality_cols) + 7), f"failed: {r['error']}")
             continue
         quality = ([f"{r['val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['drop']:+.2f}"] if accuracy
                    else [f"{r['frechet_distance']:.3f}", f"{r['drop']:+.1f}"])
         status = "parent" if r["candidate"] == "float32" else "chosen" if r["chosen"] else \
             "ok" if r["passed"] else "over tolerance"
-        t.add_row(r["candidate"], *quality, f"{r['size_bytes'] / 1024:.0f}", f"{r['size_ratio']:.2f}",
+        t.add_row(r["candidate"], *quality, f"{r['output_difference']:.1e}", f"{r['size_bytes'] / 1024:.0f}",
+                  f"{r['size_ratio']:.2f}",
                   f"{r['latency_b1_ms']:.3f}", f"{r['latency_b1_ratio']:.2f}",
                   f"{r['latency_b64_ms']:.3f}", f"{r['latency_b64_ratio']:.2f}", status)
     return t

@@ -76,7 +76,8 @@ def batch_of(x: np.ndarray, batch: int) -> np.ndarray:
 
 class AccuracyCheck:
     """A classifier's quality: accuracy on the validation split (what ``auto`` selects on) and
-    on the test split (what is reported); the drop is in accuracy points."""
+    on the test split (what is reported); the drop is in accuracy points. The outputs compared
+    with the parent's are the validation split's probabilities."""
 
     kind = "accuracy"
     unit = "points"
@@ -88,12 +89,15 @@ class AccuracyCheck:
         self.x_test, self.y_test = dataset.split("test")
         self.input_name = session.inputs[0].name
 
-    def measure(self, session) -> dict:
+    def measure(self, session) -> tuple[dict, np.ndarray]:
+        """(accuracies and test loss, validation-split probabilities)."""
         from dlkit.evaluation import onnx_logits, softmax_cross_entropy
 
-        val, _ = softmax_cross_entropy(onnx_logits(session, self.x_val), self.y_val)
+        logits = onnx_logits(session, self.x_val)
+        val, _ = softmax_cross_entropy(logits, self.y_val)
         test, loss = softmax_cross_entropy(onnx_logits(session, self.x_test), self.y_test)
-        return {"val_accuracy": val, "test_accuracy": test, "test_loss": loss}
+        shifted = np.exp(logits.astype(np.float64) - logits.max(1, keepdims=True))
+        return {"val_accuracy": val, "test_accuracy": test, "test_loss": loss}, shifted / shifted.sum(1, keepdims=True)
 
     def drop(self, parent: dict, row: dict) -> float:
         """Validation accuracy lost, in points (negative: gained)."""
@@ -120,7 +124,8 @@ class AccuracyCheck:
 class FrechetCheck:
     """A generator's quality: the Frechet distance between a judge classifier's features of real
     training images and of generated ones (the GAN plugin's measure), on the same noise for the
-    parent and every candidate; the drop is the distance's increase in percent."""
+    parent and every candidate; the drop is the distance's increase in percent. The outputs
+    compared with the parent's are the generated images."""
 
     kind = "frechet"
     unit = "percent"
@@ -165,12 +170,13 @@ class FrechetCheck:
             feeds["label"] = (np.arange(n) % max(self.classes, 1)).astype(self.label_dtype)
         return feeds
 
-    def measure(self, session) -> dict:
+    def measure(self, session) -> tuple[dict, np.ndarray]:
+        """(Frechet distance, the generated images)."""
         feeds = self._feeds(self.SAMPLES, self.SEED)
         images = np.concatenate([session.run({k: v[i:i + 500] for k, v in feeds.items()}, ["image"])["image"]
-                                 for i in range(0, self.SAMPLES, 500)])
-        features, _ = self.judge(images.astype(np.float32))
-        return {"frechet_distance": self.quality.frechet_distance(self.real, features)}
+                                 for i in range(0, self.SAMPLES, 500)]).astype(np.float32)
+        features, _ = self.judge(images)
+        return {"frechet_distance": self.quality.frechet_distance(self.real, features)}, images
 
     def drop(self, parent: dict, row: dict) -> float:
         """Increase of the Frechet distance over the parent's, in percent."""
