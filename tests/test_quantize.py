@@ -75,6 +75,7 @@ def check_table(out: dict, parent) -> dict:
 
 
 # -- the methods ---------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")  # fastapi's TestClient, not dlkit
 def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported, tmp_path):
     from dlkit.evaluation import evaluate
 
