@@ -12,6 +12,7 @@ accuracy, size on disk, latency at batch 1 and 64 with both sessions taking turn
 
     python benchmarks/bench_quantize.py                       # 20 epochs each, temporary repository
     python benchmarks/bench_quantize.py --repo /tmp/q --epochs 40 --archs mlp,lstm --json out.json
+    python benchmarks/bench_quantize.py --threads 1      # steadier timings on a busy machine
 
 Models already in ``--repo`` (same name) are reused, not trained again.
 """
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--measure-seconds", type=float, default=2.0, help="auto's timing per batch size")
     parser.add_argument("--seconds", type=float, default=5.0, help="the re-measurement's timing per batch size")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: its own choice)")
+    parser.add_argument("--tolerance", type=float, help="auto's tolerance in accuracy points (default: its own, 0.5)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -78,7 +80,7 @@ def main() -> None:
         started = time.perf_counter()
         try:
             report = quantize(parent, repo, method="auto", provider="cpu", measure_seconds=args.measure_seconds,
-                              threads=args.threads, log=lambda msg: None)
+                              threads=args.threads, tolerance=args.tolerance, log=lambda msg: None)
         except NoCandidateError as exc:
             print_table(arch, exc.report)
             results.append({"arch": arch, "chosen": None, "error": str(exc), "auto": exc.report})
