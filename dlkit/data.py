@@ -210,9 +210,9 @@ def load_csv(source: str, options: dict, seed: int) -> Dataset:
     # A header is a first row with a word where the next row has a number (as csv.Sniffer
     # judges it): a header-less file with string labels ("5.1,3.5,setosa") keeps its first row.
     if len(rows) > 1:
-        has_header = any(not _is_number(a) and _is_number(b) for a, b in zip(first, rows[1][1]))
+        has_header = any(not is_number(a) and is_number(b) for a, b in zip(first, rows[1][1]))
     else:
-        has_header = not all(_is_number(c) for c in first)
+        has_header = not all(is_number(c) for c in first)
     header = [c.strip() for c in first] if has_header else [f"column {i + 1}" for i in range(len(first))]
     body = rows[1:] if has_header else rows
     target = options.get("target")
@@ -355,7 +355,8 @@ def parse_size(value: Any) -> tuple[int, int]:
     raise InputError(f"data.size must look like 28x28, got {value!r}")
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
+    """Whether a CSV cell parses as a float."""
     try:
         float(cell)
     except ValueError:
@@ -364,5 +365,5 @@ def _is_number(cell: str) -> bool:
 
 
 def _sorted_labels(values: list) -> list[str]:
-    labels = sorted({str(v) for v in values}, key=lambda s: (not _is_number(s), float(s) if _is_number(s) else 0, s))
+    labels = sorted({str(v) for v in values}, key=lambda s: (not is_number(s), float(s) if is_number(s) else 0, s))
     return labels

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import is_number
 from .errors import InputError
 from .repository import ModelVersion
 
@@ -184,7 +185,7 @@ def read_csv(path: Path, info: dict, feed) -> np.ndarray:
     if not rows:
         raise InputError(f"{path}: empty CSV file")
     header = None
-    if not all(_is_number(c) for c in rows[0][1]):
+    if not all(is_number(c) for c in rows[0][1]):
         header = [c.strip() for c in rows[0][1]]
         rows = rows[1:]
     spec = info["input_spec"]
@@ -198,7 +199,7 @@ def read_csv(path: Path, info: dict, feed) -> np.ndarray:
         try:
             values.append([float(c) for c in cells])
         except ValueError:
-            bad = next(c for c in cells if not _is_number(c))
+            bad = next(c for c in cells if not is_number(c))
             raise InputError(f"{path}:{line}: not a number: {bad.strip()!r}") from None
     if not values:
         raise InputError(f"{path}: no data rows")
@@ -247,14 +248,6 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
 def _shape(shape) -> str:
     dims = ["?" if d is None else str(d) for d in shape]
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 def _short(exc: BaseException) -> str:
