@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -359,6 +360,28 @@ def test_concurrent_clients_each_get_their_own_result(server, offline):
     assert len(results) == clients * per_client
     for name, x, logits in results:
         close(logits, offline(name, x)["logits"])
+
+
+def test_bounded_load_zero_errors_and_still_healthy(server):
+    """64 clients for a bounded time: every request answered 200, then the server is still healthy
+    and its memory bounded."""
+    clients, seconds = 64, 8.0
+    deadline = time.monotonic() + seconds
+    body = infer_body(digits(1))
+
+    def client(_):
+        codes = []
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            while time.monotonic() < deadline and len(codes) < 500:
+                codes.append(http.post("/v2/models/cnn-digits/infer", json=body).status_code)
+        return codes
+
+    with ThreadPoolExecutor(clients) as pool:
+        codes = [c for chunk in pool.map(client, range(clients)) for c in chunk]
+    assert codes and set(codes) == {200}, f"{len(codes)} requests, codes {sorted(set(codes))}"
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+    rss_kib = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{server.proc.pid}/status").read_text()).group(1))
+    assert rss_kib < 400 * 1024, f"server resident memory {rss_kib // 1024} MiB after the load"
 
 
 # -- auth, shutdown, torch ----------------------------------------------------------------------------
