@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import InputError
@@ -32,8 +34,10 @@ def evaluation_data(version: ModelVersion, data: str | None = None):
 
     recorded = version.meta.get("data") or {}
     if data:
-        ds = load_dataset(data, recorded.get("options", {}) if data == recorded.get("source") else {},
-                          recorded.get("seed", 0))
+        # Another file of the same kind is read the way the training file was (e.g. the same
+        # data.target column); a different kind of source gets its loader's defaults.
+        same_kind = Path(data).suffix.lower() == Path(str(recorded.get("source", ""))).suffix.lower()
+        ds = load_dataset(data, recorded.get("options", {}) if same_kind else {}, recorded.get("seed", 0))
     else:
         if "source" not in recorded:
             raise InputError(f"model {version.ref} records no data set; pass --data")

@@ -139,3 +139,27 @@ def test_repo_option_overrides_the_environment(repo, tmp_path):
     run_cli("train", "mlp", "--data", "blobs", "--epochs", "1", "--set", "hidden=[8]", "--repo", other)
     assert (other / "mlp-blobs" / "1" / "meta.json").is_file() and not repo.root.exists()
     assert run_cli("models", "--json", "--repo", other).json()["models"][0]["name"] == "mlp-blobs"
+
+
+def test_evaluate_on_another_csv_reads_it_like_the_training_file(repo, tmp_path):
+    """--data OTHER.csv keeps the recorded data.target column (here the first, not the last)."""
+    import numpy as np
+
+    from dlkit.evaluation import evaluate
+    from dlkit.recipe import Recipe
+    from dlkit.training import train
+
+    rng = np.random.default_rng(0)
+
+    def write(path, n):
+        y = np.arange(n) % 2
+        x = rng.normal(size=(n, 3)) + 6 * y[:, None]
+        rows = ["label,a,b,c"] + [f"{'yes' if t else 'no'},{a:.4f},{b:.4f},{c:.4f}" for t, (a, b, c) in zip(y, x)]
+        path.write_text("\n".join(rows) + "\n")
+
+    write(tmp_path / "train.csv", 120)
+    write(tmp_path / "other.csv", 60)
+    result = train(Recipe(arch="mlp", name="csvmodel", data={"source": str(tmp_path / "train.csv"), "target": "label"},
+                          model={"hidden": [16]}, train={"epochs": 20, "lr": 0.01}), repo, quiet=True)
+    report = evaluate(result.version, data=str(tmp_path / "other.csv"))
+    assert report["samples"] > 0 and report["accuracy"] > 0.8
