@@ -320,7 +320,7 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
                 with Image.open(p) as im:
                     im.load()
                     images.append(im.copy())
-            except (UnidentifiedImageError, OSError) as exc:
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 raise InputError(f"{p}: cannot decode image ({exc})") from None
             y.append(label)
     color = any(im.mode not in ("L", "1", "I", "I;16", "LA") for im in images)

@@ -234,7 +234,8 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             image = im.convert(prep["mode"])
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    # Pillow reports some corrupt PNG chunks as SyntaxError (found by the fuzz test).
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"{path}: cannot decode image ({_short(exc)})") from None
     size = (int(prep["width"]), int(prep["height"]))
     if image.size != size:

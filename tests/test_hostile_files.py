@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dlkit.checkpoint import load_tensors, read_json, save_tensors
@@ -167,7 +167,8 @@ def mutate(data: bytes, edits) -> bytes:
 
 # (position, byte, truncate here?) edits: overwritten bytes and cut files.
 EDITS = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.booleans()), min_size=1, max_size=6)
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same cases every run, so CI is repeatable; raise max_examples locally to explore.
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
@@ -240,6 +241,7 @@ def exported_mlp(trained_repo, tmp_path_factory):
 
 @FUZZ
 @given(edits=EDITS)
+@example(edits=[(26676, 0, False)])  # a broken PNG chunk: Pillow raised SyntaxError
 def test_fuzz_image_input(tmp_path_factory, exported_mlp, edits):
     from PIL import Image
 
