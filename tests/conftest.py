@@ -45,12 +45,54 @@ def trained_repo(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def trained(trained_repo, tmp_path, monkeypatch):
-    """A writable copy of the trained repository, set as $DLKIT_REPO."""
+def writable_copy(source: Path, tmp_path: Path, monkeypatch):
+    """A copy of a session repository that one test may change, set as $DLKIT_REPO."""
     from dlkit.repository import ModelRepository
 
     root = tmp_path / "models"
-    shutil.copytree(trained_repo, root)
+    shutil.copytree(source, root)
     monkeypatch.setenv("DLKIT_REPO", str(root))
     return ModelRepository(root)
+
+
+def exported_copy(trained_repo: Path, tmp_path_factory, names: list[str] | None) -> Path:
+    """The trained repository with ``names`` (default: every model) exported to model.onnx."""
+    from dlkit.export import export_onnx
+    from dlkit.repository import ModelRepository
+
+    root = tmp_path_factory.mktemp("exported") / "models"
+    shutil.copytree(trained_repo, root)
+    repo = ModelRepository(root)
+    for name in names or repo.names():
+        export_onnx(repo.resolve(name), exporter="torchscript")  # the fast tracer; dynamo is tested in test_export
+    return root
+
+
+@pytest.fixture
+def trained(trained_repo, tmp_path, monkeypatch):
+    """A writable copy of the trained repository, set as $DLKIT_REPO."""
+    return writable_copy(trained_repo, tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def exported_repo(trained_repo, tmp_path_factory) -> Path:
+    """The trained repository with every model exported (read-only)."""
+    return exported_copy(trained_repo, tmp_path_factory, None)
+
+
+@pytest.fixture
+def exported(exported_repo, tmp_path, monkeypatch):
+    """A writable copy of ``exported_repo``, set as $DLKIT_REPO."""
+    return writable_copy(exported_repo, tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def mlp_exported_repo(trained_repo, tmp_path_factory) -> Path:
+    """The trained repository with only mlp-digits exported (the others say: export first)."""
+    return exported_copy(trained_repo, tmp_path_factory, ["mlp-digits"])
+
+
+@pytest.fixture
+def mlp_exported(mlp_exported_repo, tmp_path, monkeypatch):
+    """A writable copy of ``mlp_exported_repo``, set as $DLKIT_REPO."""
+    return writable_copy(mlp_exported_repo, tmp_path, monkeypatch)

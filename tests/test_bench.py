@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,26 +12,14 @@ import pytest
 from dlkit.testing import run_cli
 
 
-@pytest.fixture(scope="module")
-def exported_repo(trained_repo, tmp_path_factory):
-    """The trained models with mlp-digits exported (read-only: copy it before changing it)."""
-    from dlkit.export import export_onnx
-    from dlkit.repository import ModelRepository
-
-    root = tmp_path_factory.mktemp("bench") / "models"
-    shutil.copytree(trained_repo, root)
-    export_onnx(ModelRepository(root).resolve("mlp-digits"))
-    return root
-
-
-def test_bench_reports_both_runtimes(exported_repo):
+def test_bench_reports_both_runtimes(mlp_exported_repo):
     import torch
 
     from dlkit.bench import bench
     from dlkit.repository import ModelRepository
 
     threads_before = torch.get_num_threads()
-    version = ModelRepository(exported_repo).resolve("mlp-digits")
+    version = ModelRepository(mlp_exported_repo).resolve("mlp-digits")
     report = bench(version, [1, 5], ["torch", "onnx"], seconds=0.2, provider="cpu", threads=1)
     assert torch.get_num_threads() == threads_before  # restored
     assert report["threads"] == 1 and report["providers"] == ["CPUExecutionProvider"]
@@ -47,8 +34,8 @@ def test_bench_reports_both_runtimes(exported_repo):
     assert [s["batch_size"] for s in report["speedups"]] == [1, 5]
 
 
-def test_bench_cli(exported_repo, monkeypatch):
-    monkeypatch.setenv("DLKIT_REPO", str(exported_repo))
+def test_bench_cli(mlp_exported_repo, monkeypatch):
+    monkeypatch.setenv("DLKIT_REPO", str(mlp_exported_repo))
     out = run_cli("bench", "mlp-digits", "--batch-sizes", "2", "--seconds", "0.1", "--json").json()
     assert {r["runtime"] for r in out["results"]} == {"torch", "onnx"} and len(out["speedups"]) == 1
     human = run_cli("bench", "mlp-digits", "--batch-sizes", "2", "--runtimes", "onnx", "--seconds", "0.1")
@@ -64,7 +51,7 @@ def test_bench_cli(exported_repo, monkeypatch):
     assert "run `dlkit export onnx cnn-digits:1` first" in no_onnx.stderr
 
 
-def test_onnx_only_bench_needs_no_torch(exported_repo):
+def test_onnx_only_bench_needs_no_torch(mlp_exported_repo):
     code = """
 import json, sys
 from dlkit.cli import main
@@ -74,7 +61,7 @@ except SystemExit as exc:
     assert not exc.code, exc.code
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "sklearn"))), file=sys.stderr)
 """
-    env = {**os.environ, "DLKIT_REPO": str(exported_repo)}
+    env = {**os.environ, "DLKIT_REPO": str(mlp_exported_repo)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []

@@ -225,27 +225,14 @@ def test_fuzz_npz_and_csv(tmp_path_factory, edits):
             pass
 
 
-@pytest.fixture(scope="module")
-def exported_mlp(trained_repo, tmp_path_factory):
-    import shutil
-
-    from dlkit.export import export_onnx
-    from dlkit.repository import ModelRepository
-
-    root = tmp_path_factory.mktemp("exported") / "models"
-    shutil.copytree(trained_repo / "mlp-digits", root / "mlp-digits")
-    version = ModelRepository(root).resolve("mlp-digits")
-    export_onnx(version, exporter="torchscript")
-    return version
-
-
 @FUZZ
 @given(edits=EDITS)
 @example(edits=[(26676, 0, False)])  # a broken PNG chunk: Pillow raised SyntaxError
-def test_fuzz_image_input(tmp_path_factory, exported_mlp, edits):
+def test_fuzz_image_input(tmp_path_factory, mlp_exported_repo, edits):
     from PIL import Image
 
     from dlkit.predict import predict
+    from dlkit.repository import ModelRepository
 
     tmp = tmp_path_factory.mktemp("fz")
     buf = io.BytesIO()
@@ -253,6 +240,6 @@ def test_fuzz_image_input(tmp_path_factory, exported_mlp, edits):
     image = tmp / "digit.png"
     image.write_bytes(mutate(buf.getvalue(), edits))
     try:
-        predict(exported_mlp, [str(image)], provider="cpu")
+        predict(ModelRepository(mlp_exported_repo).resolve("mlp-digits"), [str(image)], provider="cpu")
     except DlkitError:
         pass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,28 +17,6 @@ def _has_provider(name: str) -> bool:
     import onnxruntime as ort
 
     return name in ort.get_available_providers()
-
-
-@pytest.fixture(scope="module")
-def exported_repo(trained_repo, tmp_path_factory):
-    """The trained models with mlp-digits exported (read-only: copy it before changing it)."""
-    from dlkit.export import export_onnx
-    from dlkit.repository import ModelRepository
-
-    root = tmp_path_factory.mktemp("exported") / "models"
-    shutil.copytree(trained_repo, root)
-    export_onnx(ModelRepository(root).resolve("mlp-digits"))
-    return root
-
-
-@pytest.fixture
-def exported(exported_repo, tmp_path, monkeypatch):
-    from dlkit.repository import ModelRepository
-
-    root = tmp_path / "models"
-    shutil.copytree(exported_repo, root)
-    monkeypatch.setenv("DLKIT_REPO", str(root))
-    return ModelRepository(root)
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +35,12 @@ def onnx_labels(version, x: np.ndarray) -> list[str]:
     return [str(i) for i in probs.argmax(1)]
 
 
-def test_arrays_images_and_csv(exported, digits, tmp_path):
+def test_arrays_images_and_csv(mlp_exported, digits, tmp_path):
     """One sample, a batch, an .npz, a PNG, a JPEG in colour at another size, and CSV rows."""
     from PIL import Image
 
     x, _ = digits
-    version = exported.resolve("mlp-digits")
+    version = mlp_exported.resolve("mlp-digits")
     expected = onnx_labels(version, x)
     np.save(tmp_path / "one.npy", x[0])
     np.save(tmp_path / "batch.npy", x[:3])
@@ -89,7 +66,7 @@ def test_arrays_images_and_csv(exported, digits, tmp_path):
     assert "five.png" in human.stdout and expected[5] in human.stdout
 
 
-def test_bad_inputs_exit_2_with_one_line(exported, tmp_path):
+def test_bad_inputs_exit_2_with_one_line(mlp_exported, tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((2, 8, 8), np.float32))
     np.save(tmp_path / "text.npy", np.array(["a", "b"]))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -109,11 +86,11 @@ def test_bad_inputs_exit_2_with_one_line(exported, tmp_path):
         assert out.stderr.count("\n") == 1 and out.stdout == ""
 
 
-def test_missing_or_corrupt_onnx_exit_2(exported, tmp_path):
+def test_missing_or_corrupt_onnx_exit_2(mlp_exported, tmp_path):
     np.save(tmp_path / "one.npy", np.zeros((1, 8, 8), np.float32))
     out = run_cli("predict", "cnn-digits", tmp_path / "one.npy", expect=2)
     assert "run `dlkit export onnx cnn-digits:1` first" in out.stderr
-    onnx_path = exported.resolve("mlp-digits").onnx_path
+    onnx_path = mlp_exported.resolve("mlp-digits").onnx_path
     onnx_path.write_bytes(onnx_path.read_bytes()[:2000])  # truncated
     for args in (["predict", "mlp-digits", tmp_path / "one.npy"], ["evaluate", "mlp-digits", "--runtime", "onnx"],
                  ["bench", "mlp-digits", "--runtimes", "onnx"]):
@@ -121,7 +98,7 @@ def test_missing_or_corrupt_onnx_exit_2(exported, tmp_path):
         assert "onnxruntime cannot load it" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_predict_imports_neither_torch_nor_sklearn(exported, tmp_path):
+def test_predict_imports_neither_torch_nor_sklearn(mlp_exported, tmp_path):
     """The Python API and the command, in a fresh process: neither pulls in torch or sklearn."""
     np.save(tmp_path / "one.npy", np.zeros((1, 8, 8), np.float32))
     from PIL import Image
@@ -132,7 +109,7 @@ import json, sys
 from dlkit.predict import predict
 from dlkit.repository import ModelRepository
 from dlkit.cli import main
-result = predict(ModelRepository({str(exported.root)!r}).resolve("mlp-digits"), [{str(tmp_path / "one.npy")!r}])
+result = predict(ModelRepository({str(mlp_exported.root)!r}).resolve("mlp-digits"), [{str(tmp_path / "one.npy")!r}])
 try:
     main(["predict", "mlp-digits", {str(tmp_path / "blank.png")!r}, "--json"])
 except SystemExit as exc:
@@ -140,7 +117,7 @@ except SystemExit as exc:
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "sklearn", "scipy"))
 print(json.dumps({{"heavy": heavy, "label": result["predictions"][0]["label"]}}), file=sys.stderr)
 """
-    env = {**os.environ, "DLKIT_REPO": str(exported.root)}
+    env = {**os.environ, "DLKIT_REPO": str(mlp_exported.root)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stderr.strip().splitlines()[-1])
@@ -149,7 +126,7 @@ print(json.dumps({{"heavy": heavy, "label": result["predictions"][0]["label"]}})
 
 
 @pytest.mark.skipif(_has_provider("CUDAExecutionProvider"), reason="this machine has CUDA: no fallback to see")
-def test_unavailable_provider_falls_back_or_fails_when_strict(exported, tmp_path):
+def test_unavailable_provider_falls_back_or_fails_when_strict(mlp_exported, tmp_path):
     np.save(tmp_path / "one.npy", np.zeros((1, 8, 8), np.float32))
     out = run_cli("predict", "mlp-digits", tmp_path / "one.npy", "--provider", "cuda", "--json")
     assert "falling back to CPUExecutionProvider" in out.stderr
@@ -171,7 +148,7 @@ def test_providers_command():
 @pytest.mark.gpu
 @pytest.mark.parametrize("provider, name", [("cuda", "CUDAExecutionProvider"),
                                             ("tensorrt", "TensorrtExecutionProvider")])
-def test_gpu_provider_predicts_like_cpu(exported, digits, tmp_path, provider, name):
+def test_gpu_provider_predicts_like_cpu(mlp_exported, digits, tmp_path, provider, name):
     if not _has_provider(name):
         pytest.skip(f"{name} is not available (install the gpu extra on a machine with a GPU)")
     x, _ = digits
@@ -186,10 +163,10 @@ def test_gpu_provider_predicts_like_cpu(exported, digits, tmp_path, provider, na
 
 
 @pytest.mark.gpu
-def test_gpu_evaluate_and_bench(exported):
+def test_gpu_evaluate_and_bench(mlp_exported):
     if not _has_provider("CUDAExecutionProvider"):
         pytest.skip("CUDAExecutionProvider is not available")
-    version = exported.resolve("mlp-digits")
+    version = mlp_exported.resolve("mlp-digits")
     from dlkit.bench import bench
     from dlkit.evaluation import evaluate
 

@@ -5,7 +5,6 @@ models that evaluate, predict and bench like any other; and the inputs it must r
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +28,6 @@ def tree(root: Path) -> list[str]:
 
 def ops(path: Path) -> set[str]:
     return {n.op_type for n in onnx.load(str(path)).graph.node}
-
-
-@pytest.fixture(scope="session")
-def exported_repo(trained_repo, tmp_path_factory) -> Path:
-    """The trained repository with every model exported to model.onnx (read-only)."""
-    from dlkit.export import export_onnx
-
-    root = tmp_path_factory.mktemp("exported") / "models"
-    shutil.copytree(trained_repo, root)
-    repo = ModelRepository(root)
-    for name in repo.names():
-        export_onnx(repo.resolve(name), exporter="torchscript")  # the fast tracer; dynamo is tested in test_export
-    return root
-
-
-@pytest.fixture
-def exported(exported_repo, tmp_path, monkeypatch) -> ModelRepository:
-    """A writable copy of ``exported_repo``, set as $DLKIT_REPO."""
-    root = tmp_path / "models"
-    shutil.copytree(exported_repo, root)
-    monkeypatch.setenv("DLKIT_REPO", str(root))
-    return ModelRepository(root)
 
 
 def check_table(out: dict, parent) -> dict:

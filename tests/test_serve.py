@@ -13,7 +13,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -51,23 +50,6 @@ RUNNER = (
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-def export(version) -> None:
-    """model.onnx for a version; the TorchScript exporter is several times faster than dynamo on CI."""
-    from dlkit.export import export_onnx
-
-    export_onnx(version, exporter="torchscript")
-
-
-@pytest.fixture(scope="module")
-def served_repo(trained_repo, tmp_path_factory) -> Path:
-    """A copy of the trained repository with every model exported to ONNX."""
-    root = tmp_path_factory.mktemp("serve") / "models"
-    shutil.copytree(trained_repo, root)
-    for version in ModelRepository(root).all_versions():
-        export(version)
-    return root
-
-
 class ServerProcess:
     """A `dlkit serve` subprocess on a free loopback port, its stderr collected line by line."""
 
@@ -112,27 +94,27 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def server(served_repo):
+def server(exported_repo):
     """Every model, a small batch limit and body limit, no token."""
-    srv = ServerProcess(served_repo, "--max-batch-size", str(MAX_BATCH), "--max-request-bytes", str(MAX_BYTES))
+    srv = ServerProcess(exported_repo, "--max-batch-size", str(MAX_BATCH), "--max-request-bytes", str(MAX_BYTES))
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def secured(served_repo):
+def secured(exported_repo):
     """One model behind a bearer token given through DLKIT_TOKEN, without dynamic batching."""
-    srv = ServerProcess(served_repo, "--models", "cnn-digits", "--no-batching", env={"DLKIT_TOKEN": TOKEN})
+    srv = ServerProcess(exported_repo, "--models", "cnn-digits", "--no-batching", env={"DLKIT_TOKEN": TOKEN})
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def offline(served_repo):
+def offline(exported_repo):
     """name -> inputs -> {output: array}, computed by onnxruntime in this process."""
     from dlkit.runtime import Session
 
-    sessions = {name: Session(ModelRepository(served_repo).resolve(name).onnx_path, "cpu") for name in MODELS}
+    sessions = {name: Session(ModelRepository(exported_repo).resolve(name).onnx_path, "cpu") for name in MODELS}
     return lambda name, x: sessions[name].run({"input": x})
 
 
