@@ -30,7 +30,7 @@ httpx = pytest.importorskip("httpx")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from dlkit.repository import ModelRepository  # noqa: E402
+from dlkit.store.repository import ModelRepository  # noqa: E402
 from dlkit.serve.batcher import DynamicBatcher, QueueFull  # noqa: E402
 from dlkit.serve.protocol import ProtocolError, TensorSpec, encode_infer_response, parse_infer_request  # noqa: E402
 
@@ -112,7 +112,7 @@ def secured(exported_repo):
 @pytest.fixture(scope="module")
 def offline(exported_repo):
     """name -> inputs -> {output: array}, computed by onnxruntime in this process."""
-    from dlkit.runtime import Session
+    from dlkit.infer.session import Session
 
     sessions = {name: Session(ModelRepository(exported_repo).resolve(name).onnx_path, "cpu") for name in MODELS}
     return lambda name, x: sessions[name].run({"input": x})
@@ -428,7 +428,7 @@ def _content_length(response: bytes) -> int:
 def test_cli_refuses_a_repository_without_onnx(repo):
     from click.testing import CliRunner
 
-    from dlkit.cli import cli
+    from dlkit.cli.group import cli
 
     result = CliRunner().invoke(cli, ["serve", "--repo", str(repo.root), "--port", "0"])
     assert result.exit_code == 2 and "no model in" in result.output and "dlkit export onnx" in result.output

@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..errors import DlkitError, InputError
-from ..repository import ModelRepository
+from ..store.repository import ModelRepository
 from .batcher import DynamicBatcher, QueueFull
 from .metrics import CONTENT_TYPE, Metrics
 from .models import ModelSet, ServedModel, load_models
