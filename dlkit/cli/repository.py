@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 from dlkit.cli.group import cli
+from dlkit.errors import DlkitError
 from dlkit.cli.options import json_option, open_repo, repo_option
 from dlkit.cli.output import console, emit, fmt_metric, table
 
@@ -42,9 +43,14 @@ def models_cmd(repo, as_json):
     r = open_repo(repo)
     items = []
     for v in r.all_versions():
-        meta = v.meta
+        try:
+            meta = v.meta
+        except DlkitError as exc:  # one broken version must not hide the others
+            click.echo(f"dlkit: skipping {v.ref}: {exc}", err=True)
+            items.append({"name": v.name, "version": v.version, "error": str(exc)})
+            continue
         items.append({"name": v.name, "version": v.version, "arch": meta.get("arch"), "method": meta.get("method"),
-                      "params": meta.get("params"), "metrics": meta.get("metrics", {}),
+                      "params": meta.get("params"), "metrics": m if isinstance(m := meta.get("metrics"), dict) else {},
                       "onnx": v.has_onnx(), "created": meta.get("created")})
 
     def human(_):
@@ -53,6 +59,7 @@ def models_cmd(repo, as_json):
             return
         rows = [[i["name"], i["version"], i["arch"], i["method"] or "", i["params"],
                  fmt_metric(i["metrics"].get("test_accuracy")), "yes" if i["onnx"] else "", i["created"]]
+                if "error" not in i else [i["name"], i["version"], "[red]unreadable[/red]", "", "", "", "", ""]
                 for i in items]
         console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
                                                       "test acc", "onnx", "created"], rows))

@@ -95,7 +95,7 @@ def _check_and_write(version, proto, reference, cases, tolerance) -> tuple[dict,
     those bytes, and move it in only when it passes; returns (parity, session)."""
     from dlkit.infer.session import Session
 
-    with atomic_path(version.onnx_path) as tmp:
+    with atomic_path(version.inside(version.onnx_path)) as tmp:
         tmp.write_bytes(proto.SerializeToString())
         # CPU on purpose: the check is about the export, not about a GPU's float behaviour.
         session = Session(tmp, "cpu")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dlkit.store.atomic import write_bytes
 from dlkit.errors import DlkitError
-from dlkit.store.repository import ModelVersion
+from dlkit.store.repository import ModelVersion, is_version
 
 
 
@@ -29,8 +29,8 @@ def write_triton_config(version: ModelVersion, max_batch_size: int = TRITON_MAX_
     record = version.meta["onnx"]
     folder = version.path.parent
     versions = []
-    for p in sorted(folder.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
-        if not (p.name.isdigit() and (p / "model.onnx").is_file()):
+    for p in sorted(folder.iterdir(), key=lambda p: int(p.name) if is_version(p.name) else -1):
+        if not (is_version(p.name) and (p / "model.onnx").is_file()):
             continue
         other = version if p == version.path else ModelVersion(version.name, int(p.name), p)
         try:
@@ -41,7 +41,7 @@ def write_triton_config(version: ModelVersion, max_batch_size: int = TRITON_MAX_
         if same:
             versions.append(int(p.name))
     text = triton_config(version.name, record["inputs"], record["outputs"], max_batch_size, versions)
-    path = folder / "config.pbtxt"
+    path = version.inside(folder / "config.pbtxt")
     write_bytes(path, text.encode())
     return path
 

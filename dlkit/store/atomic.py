@@ -105,6 +105,12 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # nested thousands deep: hostile, not a record dlkit wrote
+        raise InputError(f"{path}: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of 4301+ digits (int's str-conversion limit)
+        raise InputError(f"{path}: not usable JSON ({str(exc)[:120]})") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: a folder, not a JSON file") from None
 
 
 def json_default(obj: Any) -> Any:

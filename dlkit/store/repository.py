@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,7 +21,11 @@ from typing import Any
 from dlkit.store.atomic import fsync_dir, pid_alive, read_json, write_json
 from dlkit.errors import DlkitError, InputError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Used with fullmatch: "$" would accept a trailing newline, and str.isdigit() accepts "²" and
+# Arabic-Indic digits, which int() then rejects or reads as another number.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+VERSION_RE = re.compile(r"[1-9][0-9]{0,17}")  # canonical, ASCII, small enough for int() and JSON
+STAGE_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,10}")  # "<ms>-<pid>": the only entries cleanup deletes
 STAGING = ".staging"
 META = "meta.json"
 WEIGHTS = "model.safetensors"
@@ -34,11 +39,29 @@ def default_root() -> Path:
 
 def check_name(name: str) -> str:
     """A model name usable as a folder name and a URL segment."""
-    if not NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InputError(
             f"invalid model name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
     return name
+
+
+def is_version(text: str) -> bool:
+    """Whether a folder name or ref part is a version number (ASCII digits, no leading zero)."""
+    return VERSION_RE.fullmatch(text) is not None
+
+
+def check_inside(root: Path, path: Path) -> Path:
+    """``path`` with links resolved, refused (InputError) unless it stays inside ``root``.
+
+    The one check every read and write of a repository path goes through, so a symlinked
+    version folder, meta.json or staging folder cannot make dlkit touch files elsewhere.
+    """
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(path))
+    if real != real_root and real_root not in real.parents:
+        raise InputError(f"{path}: a link leading outside the repository {root} ({real}); refusing to use it")
+    return real
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -47,7 +70,7 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     check_name(name)
     if not sep:
         return name, None
-    if not version.isdigit() or int(version) < 1:
+    if not is_version(version):
         raise InputError(f"invalid version in {ref!r}: expected NAME or NAME:N with N >= 1")
     return name, int(version)
 
@@ -64,9 +87,19 @@ class ModelVersion:
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
+    @property
+    def root(self) -> Path:
+        """The repository this version lives in (``<root>/<name>/<version>``)."""
+        return self.path.parent.parent
+
+    def inside(self, path: Path) -> Path:
+        """``path`` (a file of this version), refused if a link takes it out of the repository."""
+        check_inside(self.root, path)
+        return path
+
     @cached_property
     def meta(self) -> dict[str, Any]:
-        meta = read_json(self.path / META)
+        meta = read_json(self.inside(self.path / META))
         if not isinstance(meta, dict):
             raise InputError(f"{self.path / META}: expected a JSON object")
         return meta
@@ -89,7 +122,7 @@ class ModelVersion:
         """Merge fields into meta.json (atomically)."""
         meta = dict(self.meta)
         meta.update(fields)
-        write_json(self.path / META, meta)
+        write_json(self.inside(self.path / META), meta)
         self.__dict__["meta"] = meta
 
 
@@ -152,21 +185,33 @@ class ModelRepository:
 
     # -- reading -------------------------------------------------------------------------------
     def names(self) -> list[str]:
+        """Models with at least one complete version (folders that leave the repository skipped)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        found = []
+        for p in self.root.iterdir():
+            try:
+                if NAME_RE.fullmatch(p.name) and p.is_dir() and self.versions(p.name):
+                    found.append(p.name)
+            except InputError:
+                continue  # resolve(NAME) says why; one bad folder must not hide the others
+        return sorted(found)
+
+    def model_folder(self, name: str) -> Path:
+        """``<root>/<name>``, the name checked first and the folder refused if it leaves the root."""
+        folder = self.root / check_name(name)
+        check_inside(self.root, folder)
+        return folder
 
     def versions(self, name: str) -> list[int]:
-        folder = self.root / name
+        folder = self.model_folder(name)
         if not folder.is_dir():
             return []
-        return sorted(
-            int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / META).is_file()
-        )
+        return sorted(int(p.name) for p in folder.iterdir() if is_version(p.name) and (p / META).is_file())
 
     def next_version(self, name: str) -> int:
-        folder = self.root / name
-        taken = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        folder = self.model_folder(name)
+        taken = [int(p.name) for p in folder.iterdir() if is_version(p.name)] if folder.is_dir() else []
         return max(taken, default=0) + 1
 
     def resolve(self, ref: str) -> ModelVersion:
@@ -188,40 +233,64 @@ class ModelRepository:
         return [ModelVersion(n, v, self.root / n / str(v)) for n in self.names() for v in self.versions(n)]
 
     # -- writing -------------------------------------------------------------------------------
+    def staging_folder(self, name: str, create: bool = False) -> Path | None:
+        """``<root>/<name>/.staging`` if it exists (or ``create``): a real folder inside the root.
+
+        ``lstat``, not ``stat``: a ``.staging`` that is a link (to anywhere) is refused rather
+        than followed, so cleanup can never delete what lies behind it.
+        """
+        folder = self.model_folder(name)
+        staging = folder / STAGING
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                staging.mkdir()
+            except FileExistsError:
+                pass
+        try:
+            mode = os.lstat(staging).st_mode
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISDIR(mode):
+            raise InputError(f"{staging}: not a real folder (a link or a file); refusing to stage or clean there")
+        check_inside(self.root, staging)
+        return staging
+
     def stage(self, name: str) -> StagedVersion:
         """A fresh staging folder for a new version of ``name``."""
         check_name(name)
         created_root = not self.root.exists()
-        staging = self.root / name / STAGING
-        staging.mkdir(parents=True, exist_ok=True)
+        staging = self.staging_folder(name, create=True)
+        assert staging is not None
         path = staging / f"{int(time.time() * 1000)}-{os.getpid()}"
         path.mkdir()
         _ACTIVE.add(path)
         return StagedVersion(self, name, path, created_root)
 
+    def _staged_runs(self, name: str) -> list[Path]:
+        """The run folders in ``name``'s staging area: real folders named like a run, nothing else."""
+        staging = self.staging_folder(name)
+        if staging is None:
+            return []
+        return [p for p in staging.iterdir()
+                if STAGE_RE.fullmatch(p.name) and stat.S_ISDIR(os.lstat(p).st_mode)]
+
     def interrupted(self, name: str, marker: str) -> list[StagedVersion]:
         """Staging folders of ``name`` left by runs that died, newest first, holding ``marker``."""
-        staging = self.root / name / STAGING
-        if not staging.is_dir():
-            return []
-        found = []
-        for path in staging.iterdir():
-            if path.is_dir() and (path / marker).is_file() and not _in_use(path):
-                found.append(path)
+        found = [p for p in self._staged_runs(name) if (p / marker).is_file() and not _in_use(p)]
         found.sort(key=lambda p: p.name, reverse=True)
         return [StagedVersion(self, name, p) for p in found]
 
     def clean_staging(self, name: str) -> list[Path]:
         """Remove staging folders of ``name`` whose process is gone; return what was removed."""
-        staging = self.root / name / STAGING
         removed = []
-        if staging.is_dir():
-            for path in staging.iterdir():
-                if not _in_use(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-            if not any(staging.iterdir()):
-                staging.rmdir()
+        for path in self._staged_runs(name):
+            if not _in_use(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        staging = self.staging_folder(name)
+        if staging is not None and not any(staging.iterdir()):
+            staging.rmdir()
         return removed
 
 

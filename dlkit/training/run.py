@@ -15,7 +15,7 @@ from dlkit.store.weights import save_tensors
 from dlkit.errors import InputError
 from dlkit.store.recipe import Recipe, check_options
 from dlkit.registry import ModelSpec
-from dlkit.store.repository import WEIGHTS, ModelRepository, ModelVersion
+from dlkit.store.repository import WEIGHTS, ModelRepository, ModelVersion, check_name
 
 RECIPE_FILE = "recipe.json"
 from dlkit.training.state import CHECKPOINT  # noqa: E402  (re-exported: trainers and tests use it)
@@ -92,7 +92,8 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
     registry = get_registry()
     spec = registry.model(recipe.arch)
     source = str(recipe.data.get("source", "digits"))
-    name = recipe.name or default_name(recipe.arch, source)
+    # Checked before anything touches <repo>/<name>/.staging: a name is a folder name, never a path.
+    name = check_name(recipe.name or default_name(recipe.arch, source))
     staged = None
     if resume:
         found = repo.interrupted(name, CHECKPOINT)
