@@ -8,6 +8,7 @@ that looks complete. Versions are integers that only grow; ``NAME`` means the la
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ STAGING = ".staging"
 META = "meta.json"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
+LOCK = ".lock"  # in each run folder, flock'ed by the process writing it: the liveness test
 
 
 def default_root() -> Path:
@@ -134,7 +136,21 @@ class StagedVersion:
         self.name = name
         self.path = path
         self.created_root = created_root  # staging made the repository folder: discard removes it
+        self._lock: int | None = None
         _ACTIVE.add(path)
+
+    def claim(self) -> "StagedVersion":
+        """Hold this folder's lock (to resume it); an InputError if another process holds it."""
+        if self._lock is None:
+            self._lock = _try_lock(self.path)
+            if self._lock is None:
+                raise InputError(f"{self.path}: another run is using this staging folder")
+        return self
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def commit(self, meta: dict[str, Any]) -> ModelVersion:
         """Write meta.json last, then rename the folder to the next free version number."""
@@ -151,6 +167,8 @@ class StagedVersion:
                     continue
                 raise
             fsync_dir(base)
+            (target / LOCK).unlink(missing_ok=True)  # published: out of staging, no lock needed
+            self._unlock()
             _ACTIVE.discard(self.path)
             self._cleanup_empty_staging()
             return ModelVersion(self.name, version, target)
@@ -159,11 +177,13 @@ class StagedVersion:
     def discard(self) -> None:
         """Remove the unfinished folder (bad input, or a failure before commit)."""
         shutil.rmtree(self.path, ignore_errors=True)
+        self._unlock()
         _ACTIVE.discard(self.path)
         self._cleanup_empty_staging()
 
     def release(self) -> None:
         """Leave the folder for ``--resume`` (the run failed after checkpointing)."""
+        self._unlock()
         _ACTIVE.discard(self.path)
 
     def _cleanup_empty_staging(self) -> None:
@@ -262,10 +282,17 @@ class ModelRepository:
         created_root = not self.root.exists()
         staging = self.staging_folder(name, create=True)
         assert staging is not None
-        path = staging / f"{int(time.time() * 1000)}-{os.getpid()}"
-        path.mkdir()
-        _ACTIVE.add(path)
-        return StagedVersion(self, name, path, created_root)
+        run = f"{int(time.time() * 1000)}-{os.getpid()}"
+        # Locked before it carries a run's name, so no other process ever sees it unlocked; the
+        # pending name matches no cleanup pattern.
+        pending = staging / f".{run}.new"
+        pending.mkdir()
+        lock = _try_lock(pending, create=True)
+        path = staging / run
+        os.rename(pending, path)
+        staged = StagedVersion(self, name, path, created_root)
+        staged._lock = lock
+        return staged
 
     def _staged_runs(self, name: str) -> list[Path]:
         """The run folders in ``name``'s staging area: real folders named like a run, nothing else."""
@@ -285,9 +312,14 @@ class ModelRepository:
         """Remove staging folders of ``name`` whose process is gone; return what was removed."""
         removed = []
         for path in self._staged_runs(name):
-            if not _in_use(path):
+            lock = None if _in_use(path) else _try_lock(path, create=True)
+            if lock is None:
+                continue
+            try:  # deleted while holding its lock, so a concurrent --resume cannot claim it meanwhile
                 shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
+            finally:
+                os.close(lock)
+            removed.append(path)
         staging = self.staging_folder(name)
         if staging is not None and not any(staging.iterdir()):
             staging.rmdir()
@@ -300,9 +332,36 @@ _ACTIVE: set[Path] = set()
 
 
 def _in_use(path: Path) -> bool:
-    pid = path.name.rpartition("-")[2]
+    """Whether a live process is writing the run folder ``path``.
+
+    The lock decides: a PID means nothing across PID namespaces (containers sharing a volume,
+    hosts on NFS) and may belong to an unrelated process after reuse. Only folders written
+    before locks existed (no lock file) fall back to the PID in their name.
+    """
     if path in _ACTIVE:
         return True
+    if (path / LOCK).is_file():
+        lock = _try_lock(path)
+        if lock is None:
+            return True
+        os.close(lock)
+        return False
+    pid = path.name.rpartition("-")[2]
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
     return pid_alive(int(pid))
+
+
+def _try_lock(path: Path, create: bool = False) -> int | None:
+    """An fd holding ``path/.lock`` exclusively, or None if another process holds it."""
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path / LOCK, flags, 0o644)
+    except FileNotFoundError:
+        return None  # the folder went away meanwhile
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # EWOULDBLOCK: held
+        os.close(fd)
+        return None
+    return fd

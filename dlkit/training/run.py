@@ -99,7 +99,7 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
         found = repo.interrupted(name, CHECKPOINT)
         if not found:
             raise InputError(f"--resume: no interrupted run of {name!r} in {repo.root}")
-        staged = found[0]
+        staged = found[0].claim()  # held from here, so no other run cleans it meanwhile
         stored = Recipe(**read_json(staged.path / RECIPE_FILE))
         if "epochs" in recipe.train:  # allow extending a run; everything else stays as started
             stored.train["epochs"] = recipe.train["epochs"]
