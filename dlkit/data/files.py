@@ -96,16 +96,13 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
     """
     path = Path(source)
     check_data_options(str(path), options, ("kind",))
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = {"x", "y"} - set(npz.files)
-            if missing:
-                raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(npz.files)})")
-            x, y = npz["x"], npz["y"]
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    from dlkit.data.arrays import npz_keys, read_npz
+
+    arrays = read_npz(path, ["x", "y"])  # sizes checked before anything is inflated
+    missing = {"x", "y"} - set(arrays)
+    if missing:
+        raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(npz_keys(path))})")
+    x, y = arrays["x"], arrays["y"]
     if x.dtype.kind not in "fiub":
         raise InputError(f"{path}: x has dtype {x.dtype}, expected numbers")
     if y.ndim != 1 or len(y) != len(x):
