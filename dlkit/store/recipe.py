@@ -55,6 +55,10 @@ def read_recipe(path: str | Path) -> Recipe:
         raise InputError(f"{path}: recipe file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: invalid TOML ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{path}: invalid TOML (nested too deeply)") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise InputError(f"{path}: not a readable recipe ({str(exc)[:120]})") from None
     allowed = {"arch", "name", "seed", *SECTIONS}
     unknown = set(doc) - allowed
     if unknown:
@@ -81,6 +85,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise InputError(f"--set value {text[:40]!r}...: nested too deeply") from None
 
 
 def apply_sets(recipe: Recipe, sets: list[str], model_keys: set[str], train_keys: set[str]) -> None:
