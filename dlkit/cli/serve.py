@@ -32,10 +32,15 @@ from dlkit.cli.options import open_repo, repo_option
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="onnxruntime intra-op threads per model; raise it for large models on many cores.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
+@click.option("--third-party-plugins", is_flag=True, envvar="DLKIT_SERVE_PLUGINS", show_envvar=True,
+              help="Also load third-party plugins (default: dlkit's built-ins only).")
 def serve_cmd(repo, host, port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,
-              token, max_request_bytes, threads, access_log):
+              token, max_request_bytes, threads, access_log, third_party_plugins):
     """Serve the repository's ONNX models over the Open Inference Protocol (KServe v2) until Ctrl+C."""
+    from dlkit.plugins import get_plugins
     from dlkit.serve import serve
+
+    get_plugins(builtin_only=not third_party_plugins)  # the server needs no third-party code
 
     refs = [m.strip() for m in models.split(",") if m.strip()] if models else None
     serve(open_repo(repo), host=host, port=port, token=token, log_access=access_log, models=refs, provider=provider,
@@ -43,4 +48,4 @@ def serve_cmd(repo, host, port, models, provider, max_batch_size, max_queue_dela
           max_request_bytes=max_request_bytes, batching=not no_batching, threads=threads)
 
 
-
+serve_cmd.builtin_plugins_only = True  # the group does not load plugin commands for it
