@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dlkit import __version__
-from dlkit.store.atomic import read_json, write_json
-from dlkit.store.weights import save_tensors
 from dlkit.errors import InputError
-from dlkit.store.recipe import Recipe, check_options
 from dlkit.registry import ModelSpec
+from dlkit.store.atomic import read_json, write_json
+from dlkit.store.derive import library_versions
+from dlkit.store.recipe import Recipe, check_options
 from dlkit.store.repository import WEIGHTS, ModelRepository, ModelVersion
+from dlkit.store.weights import save_tensors
+from dlkit.training.build import count_params
+from dlkit.training.state import CHECKPOINT
 
 RECIPE_FILE = "recipe.json"
-from dlkit.training.state import CHECKPOINT  # noqa: E402  (re-exported: trainers and tests use it)
 
 
 @dataclass
@@ -55,12 +55,27 @@ def default_name(arch: str, data_source: str) -> str:
     return f"{arch}-{stem}".lower().replace(" ", "-")
 
 
-def library_versions() -> dict:
-    import numpy
-    import torch
+def classifier_metrics(model: Any, data: Any) -> dict:
+    """A trained classifier's scores as meta.json and ``--json`` report them."""
+    from dlkit.training.supervised import evaluate_arrays
 
-    return {"dlkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__}
+    test = evaluate_arrays(model, data.x_test, data.y_test)
+    val = evaluate_arrays(model, data.x_val, data.y_val)
+    return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val["accuracy"]}
+
+
+def trained_meta(spec: ModelSpec, trainer: str, hparams: dict, config: dict, seed: int, data: Any,
+                 model: Any, metrics: dict) -> dict:
+    """meta.json of a freshly trained model: ``train``'s and the distillation student's alike."""
+    return {
+        "arch": spec.name, "plugin": spec.plugin, "task": spec.task, "trainer": trainer,
+        "hparams": hparams, "train": config, "seed": seed,
+        "input_spec": data.input_spec, "labels": data.labels, "num_classes": data.num_classes,
+        "data": data.describe(), "metrics": metrics, "params": count_params(model),
+        "parent": None, "method": None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(),
+    }
 
 
 def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool = False,
@@ -113,7 +128,7 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
         raise InputError(f"--epochs must be at least 1, got {config['epochs']}")
     data_options = {k: v for k, v in recipe.data.items() if k not in ("source", "seed")}
     from dlkit.data.load import load_dataset
-    from dlkit.training.build import build_model, check_compatible, count_params
+    from dlkit.training.build import build_model, check_compatible
 
     dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
 
@@ -139,21 +154,10 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
         metrics = dict(trainer.fit(run) or {})
         model = run.model.cpu().eval()
         if spec.task == "classification":
-            from dlkit.training.supervised import evaluate_arrays
-
-            test = evaluate_arrays(model, dataset.x_test, dataset.y_test)
-            val = evaluate_arrays(model, dataset.x_val, dataset.y_val)
-            metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"], val_accuracy=val["accuracy"])
+            metrics.update(classifier_metrics(model, dataset))
         save_tensors(staged.path / WEIGHTS, model.state_dict())
-        meta = {
-            "arch": spec.name, "plugin": spec.plugin, "task": spec.task, "trainer": spec.trainer,
-            "hparams": hparams, "train": config, "seed": recipe.seed,
-            "input_spec": dataset.input_spec, "labels": dataset.labels, "num_classes": dataset.num_classes,
-            "data": dataset.describe(), "metrics": metrics, "params": count_params(model), "world_size": world,
-            "parent": None, "method": None, "recipe": recipe.as_dict(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": library_versions(),
-        }
+        meta = trained_meta(spec, spec.trainer, hparams, config, recipe.seed, dataset, model, metrics)
+        meta.update(world_size=world, recipe=recipe.as_dict())
         for leftover in (CHECKPOINT, RECIPE_FILE):
             (staged.path / leftover).unlink(missing_ok=True)
         for torn in staged.path.glob(".*.tmp"):  # a write killed mid-way, before a --resume
