@@ -302,9 +302,10 @@ class ModelRepository:
         return [p for p in staging.iterdir()
                 if STAGE_RE.fullmatch(p.name) and stat.S_ISDIR(os.lstat(p).st_mode)]
 
-    def interrupted(self, name: str, marker: str) -> list[StagedVersion]:
-        """Staging folders of ``name`` left by runs that died, newest first, holding ``marker``."""
-        found = [p for p in self._staged_runs(name) if (p / marker).is_file() and not _in_use(p)]
+    def interrupted(self, name: str, marker: str, held_too: bool = False) -> list[StagedVersion]:
+        """Staging folders of ``name`` left by runs that died, newest first, holding ``marker``
+        (``held_too``: also those a live process holds, for the other ranks of a resumed run)."""
+        found = [p for p in self._staged_runs(name) if (p / marker).is_file() and (held_too or not _in_use(p))]
         found.sort(key=lambda p: p.name, reverse=True)
         return [StagedVersion(self, name, p) for p in found]
 

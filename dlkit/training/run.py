@@ -154,10 +154,13 @@ class _Prepared:
 
 def _resumed_recipe(repo: ModelRepository, name: str, recipe: Recipe) -> tuple[Any, Recipe]:
     """The interrupted run to continue and the recipe it started with (``--epochs`` may extend it)."""
-    found = repo.interrupted(name, CHECKPOINT)
+    from dlkit.training.distributed import rank_and_world
+
+    writer = rank_and_world()[0] == 0  # under torchrun the other ranks read the folder rank 0 holds
+    found = repo.interrupted(name, CHECKPOINT, held_too=not writer)
     if not found:
         raise InputError(f"--resume: no interrupted run of {name!r} in {repo.root}")
-    staged = found[0].claim()  # held from here, so no other run cleans it meanwhile
+    staged = found[0].claim() if writer else found[0]  # held from here: no other run cleans it meanwhile
     stored = Recipe(**read_json(staged.path / RECIPE_FILE))
     if "epochs" in recipe.train:  # allow extending a run; everything else stays as started
         stored.train["epochs"] = recipe.train["epochs"]
