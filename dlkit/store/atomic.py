@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -10,7 +11,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from dlkit.errors import InputError
+from dlkit.errors import DlkitError, InputError
+
+# OS errors that mean "this disk or folder cannot take the write": one line, not a traceback.
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+
+def disk_error(path: Path, exc: OSError) -> DlkitError:
+    """The one-line error for a write to ``path`` the disk refused."""
+    return DlkitError(f"cannot write {path}: {DISK_ERRORS[exc.errno]} (nothing was published)")
 
 
 
@@ -22,25 +33,78 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any error the temporary file is removed and ``path`` keeps its previous content.
     """
     path = Path(path)
+    tmp_path = _temporary(path)
+    try:
+        yield tmp_path
+        _settle(tmp_path, path)
+        os.replace(tmp_path, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise disk_error(path, exc) from None
+        raise
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_together(files: list[tuple[Path, bytes | Path]]) -> None:
+    """Publish several files as one step: (path, bytes) writes them, (path, temporary) moves a
+    file already written beside ``path`` (by :func:`temporary_beside`) in.
+
+    Every temporary is complete and fsynced before the first rename, so a full disk publishes
+    none of them; the renames then follow the order given (put the record first: a crash
+    between renames leaves a record without its file, never a file without its record).
+    """
+    temps: dict[Path, Path] = {path: data for path, data in files if isinstance(data, Path)}  # removed on failure
+    current = files[0][0]  # the file being written, for the error message
+    try:
+        for current, data in files:
+            if not isinstance(data, Path):
+                temps[current] = _temporary(current)
+                temps[current].write_bytes(data)
+        ordered = [(temps[path], path) for path, _ in files]
+        for tmp, current in ordered:
+            _settle(tmp, current)
+        for tmp, current in ordered:
+            os.replace(tmp, current)
+        for folder in {path.parent for _, path in ordered}:
+            fsync_dir(folder)
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise disk_error(current, exc) from None
+        raise
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def temporary_beside(path: str | os.PathLike) -> Path:
+    """An empty temporary next to ``path``, named so a later write removes it if its writer dies."""
+    try:
+        return _temporary(Path(path))
+    except OSError as exc:
+        if exc.errno in DISK_ERRORS:
+            raise disk_error(Path(path), exc) from None
+        raise
+
+
+def _temporary(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     # The writer's pid is in the name, so a later write can tell a killed writer's leftover
     # from a file another live process is still writing.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp makes 0600, and some writers (safetensors) replace the file with a 0600 one of
-        # their own: set the mode last, so artifacts read like any file the user creates.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        fsync_dir(path.parent)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    return Path(tmp)
+
+
+def _settle(tmp: Path, path: Path) -> None:
+    # mkstemp makes 0600, and some writers (safetensors) replace the file with a 0600 one of
+    # their own: set the mode last, so artifacts read like any file the user creates.
+    os.chmod(tmp, 0o666 & ~_umask())
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -93,7 +157,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write pretty JSON."""
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n").encode())
+    write_bytes(path, json_bytes(obj))
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Pretty JSON as dlkit stores it."""
+    return (json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n").encode()
 
 
 def read_json(path: str | os.PathLike) -> Any:
