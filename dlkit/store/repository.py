@@ -14,10 +14,11 @@ import re
 import shutil
 import stat
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dlkit.store.atomic import fsync_dir, pid_alive, read_json, write_json
 from dlkit.errors import DlkitError, InputError
@@ -282,25 +283,42 @@ class ModelRepository:
         created_root = not self.root.exists()
         staging = self.staging_folder(name, create=True)
         assert staging is not None
-        run = f"{int(time.time() * 1000)}-{os.getpid()}"
-        # Locked before it carries a run's name, so no other process ever sees it unlocked; the
-        # pending name matches no cleanup pattern.
-        pending = staging / f".{run}.new"
-        pending.mkdir()
-        lock = _try_lock(pending, create=True)
-        path = staging / run
-        os.rename(pending, path)
+        path, lock = _new_run(staging)
         staged = StagedVersion(self, name, path, created_root)
         staged._lock = lock
         return staged
 
+    @contextmanager
+    def workspace(self, kind: str) -> Iterator[Path]:
+        """A scratch folder for one command's intermediate files, ``<root>/.staging/<kind>/<run>``.
+
+        Locked while in use and removed afterwards; folders that killed runs of the same kind
+        left are removed when the next one starts, so nothing piles up in ``$TMPDIR``.
+        """
+        area = self.root / STAGING / check_name(kind)
+        area.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root / STAGING, area):
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise InputError(f"{folder}: not a real folder (a link or a file); refusing to work there")
+        check_inside(self.root, area)
+        for stale in _runs_in(area):
+            _remove_if_stale(stale)
+        path, lock = _new_run(area)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(lock)
+            for folder in (area, area.parent):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
     def _staged_runs(self, name: str) -> list[Path]:
         """The run folders in ``name``'s staging area: real folders named like a run, nothing else."""
         staging = self.staging_folder(name)
-        if staging is None:
-            return []
-        return [p for p in staging.iterdir()
-                if STAGE_RE.fullmatch(p.name) and stat.S_ISDIR(os.lstat(p).st_mode)]
+        return [] if staging is None else _runs_in(staging)
 
     def interrupted(self, name: str, marker: str, held_too: bool = False) -> list[StagedVersion]:
         """Staging folders of ``name`` left by runs that died, newest first, holding ``marker``
@@ -313,14 +331,8 @@ class ModelRepository:
         """Remove staging folders of ``name`` whose process is gone; return what was removed."""
         removed = []
         for path in self._staged_runs(name):
-            lock = None if _in_use(path) else _try_lock(path, create=True)
-            if lock is None:
-                continue
-            try:  # deleted while holding its lock, so a concurrent --resume cannot claim it meanwhile
-                shutil.rmtree(path, ignore_errors=True)
-            finally:
-                os.close(lock)
-            removed.append(path)
+            if _remove_if_stale(path):
+                removed.append(path)
         staging = self.staging_folder(name)
         if staging is not None and not any(staging.iterdir()):
             staging.rmdir()
@@ -330,6 +342,37 @@ class ModelRepository:
 # Staging folders this process is writing right now (a pid check alone cannot tell them
 # from ones an earlier, failed call in the same process left behind).
 _ACTIVE: set[Path] = set()
+
+
+def _runs_in(staging: Path) -> list[Path]:
+    """The run folders in a staging area: real folders named like a run, nothing else."""
+    return [p for p in staging.iterdir() if STAGE_RE.fullmatch(p.name) and stat.S_ISDIR(os.lstat(p).st_mode)]
+
+
+def _new_run(staging: Path) -> tuple[Path, int]:
+    """A new run folder in ``staging`` and the fd holding its lock."""
+    run = f"{int(time.time() * 1000)}-{os.getpid()}"
+    # Locked before it carries a run's name, so no other process ever sees it unlocked; the
+    # pending name matches no cleanup pattern.
+    pending = staging / f".{run}.new"
+    pending.mkdir()
+    lock = _try_lock(pending, create=True)
+    assert lock is not None  # a folder made just now
+    path = staging / run
+    os.rename(pending, path)
+    return path, lock
+
+
+def _remove_if_stale(path: Path) -> bool:
+    """Delete the run folder ``path`` unless a live process holds it; whether it was deleted."""
+    lock = None if _in_use(path) else _try_lock(path, create=True)
+    if lock is None:
+        return False
+    try:  # deleted while holding its lock, so a concurrent --resume cannot claim it meanwhile
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(lock)
+    return True
 
 
 def _in_use(path: Path) -> bool:
