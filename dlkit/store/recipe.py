@@ -28,6 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SECTIONS = ("model", "train", "data")
+MAX_SEED = 2**32 - 1  # what every generator dlkit seeds accepts (numpy's legacy ones stop here)
 
 
 @dataclass
@@ -40,6 +41,15 @@ class Recipe:
     data: dict[str, Any] = field(default_factory=lambda: {"source": "digits"})
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, where: str = "recipe") -> "Recipe":
+        """Refuse values no run can use (InputError naming the field); returns the recipe."""
+        if self.name is not None and not isinstance(self.name, str):
+            raise InputError(f"{where}: name must be a string, got {self.name!r}")
+        check_seed(self.seed, f"{where}: seed")
+        if "seed" in self.data:
+            check_seed(self.data["seed"], f"{where}: data.seed")
+        return self
 
     def as_dict(self) -> dict:
         return {"arch": self.arch, "name": self.name, "seed": self.seed,
@@ -76,7 +86,15 @@ def read_recipe(path: str | Path) -> Recipe:
     if not isinstance(seed, int):
         raise InputError(f"{path}: seed must be an integer, got {seed!r}")
     return Recipe(arch=doc["arch"], name=doc.get("name"), seed=seed, data=dict(data),
-                  model=dict(doc.get("model", {})), train=dict(doc.get("train", {})))
+                  model=dict(doc.get("model", {})), train=dict(doc.get("train", {}))).check(str(path))
+
+
+def check_seed(value: Any, field: str) -> int:
+    """A seed: an integer from 0 to 2**32 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        shown = value if not isinstance(value, int) or abs(value) < 10**30 else f"{str(value)[:12]}..."
+        raise InputError(f"{field} must be an integer from 0 to {MAX_SEED}, got {shown!r}")
+    return value
 
 
 def parse_value(text: str) -> Any:

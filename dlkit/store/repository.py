@@ -137,8 +137,7 @@ class StagedVersion:
         self.name = name
         self.path = path
         self.created_root = created_root  # staging made the repository folder: discard removes it
-        self._lock: int | None = None
-        _ACTIVE.add(path)
+        self._lock: int | None = None  # held by stage() and claim(); merely listing a folder holds nothing
 
     def claim(self) -> "StagedVersion":
         """Hold this folder's lock (to resume it); an InputError if another process holds it."""
@@ -146,6 +145,7 @@ class StagedVersion:
             self._lock = _try_lock(self.path)
             if self._lock is None:
                 raise InputError(f"{self.path}: another run is using this staging folder")
+            _ACTIVE.add(self.path)
         return self
 
     def _unlock(self) -> None:
@@ -286,6 +286,7 @@ class ModelRepository:
         path, lock = _new_run(staging)
         staged = StagedVersion(self, name, path, created_root)
         staged._lock = lock
+        _ACTIVE.add(path)
         return staged
 
     @contextmanager

@@ -161,7 +161,10 @@ def _resumed_recipe(repo: ModelRepository, name: str, recipe: Recipe) -> tuple[A
     if not found:
         raise InputError(f"--resume: no interrupted run of {name!r} in {repo.root}")
     staged = found[0].claim() if writer else found[0]  # held from here: no other run cleans it meanwhile
-    stored = Recipe(**read_json(staged.path / RECIPE_FILE))
+    try:
+        stored = Recipe(**read_json(staged.path / RECIPE_FILE)).check(str(staged.path / RECIPE_FILE))
+    except TypeError as exc:  # keys a Recipe does not have: not a file dlkit wrote
+        raise InputError(f"{staged.path / RECIPE_FILE}: not a dlkit recipe ({exc})") from None
     if "epochs" in recipe.train:  # allow extending a run; everything else stays as started
         stored.train["epochs"] = recipe.train["epochs"]
     return staged, stored
@@ -199,6 +202,7 @@ def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
            callbacks: list | None) -> TrainResult | None:
     from dlkit.training.distributed import broadcast_text, rank_and_world
 
+    recipe.check()  # --seed and Python callers too, not only RECIPE.toml files
     # Checked before anything touches <repo>/<name>/.staging: a name is a folder name, never a path.
     name = check_name(recipe.name or default_name(recipe.arch, str(recipe.data.get("source", "digits"))))
     staged = None
