@@ -439,12 +439,14 @@ def providers_cmd(as_json):
 def serve_cmd(repo, host, port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,
               token, max_request_bytes, threads, access_log):
     """Serve the repository's ONNX models over the Open Inference Protocol (KServe v2) until Ctrl+C."""
-    from .serve import serve
+    from .serve import ServeSettings, serve
 
-    refs = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    serve(open_repo(repo), host=host, port=port, token=token, log_access=access_log, models=refs, provider=provider,
-          max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
-          max_request_bytes=max_request_bytes, batching=not no_batching, threads=threads)
+    refs = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
+    r = open_repo(repo)
+    serve(ServeSettings(repo=r.root, models=refs, host=host, port=port, token=token, log_access=access_log,
+                        provider=provider, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
+                        max_queue_size=max_queue_size, max_request_bytes=max_request_bytes,
+                        batching=not no_batching, threads=threads))
 
 
 

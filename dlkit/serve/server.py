@@ -11,7 +11,9 @@ import threading
 
 import uvicorn
 
+from ..repository import ModelRepository
 from .app import create_app
+from .settings import ServeSettings
 
 GRACE_SECONDS = 30
 
@@ -31,25 +33,29 @@ def bind_warning(host: str, token: str | None) -> str | None:
             "set --token (or DLKIT_TOKEN) and put TLS in front")
 
 
-def serve(repo, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
-          log_access: bool = True, **options) -> None:
+def serve(settings, **options) -> None:
     """Load the models, then serve them over HTTP until SIGINT/SIGTERM, finishing in-flight requests.
 
-    ``options`` are :func:`dlkit.serve.app.create_app`'s. ``port=0`` picks a free port; the
-    address is printed on stderr once the server listens.
+    ``settings`` is a :class:`ServeSettings`, or the repository (a path or ModelRepository) with
+    ServeSettings fields as keywords. ``port=0`` picks a free port; the address is printed on
+    stderr once the server listens.
     """
-    warning = bind_warning(host, token)
+    repo = None
+    if not isinstance(settings, ServeSettings):
+        repo = settings if isinstance(settings, ModelRepository) else None
+        settings = ServeSettings.of(settings, **options)
+    warning = bind_warning(settings.host, settings.token)
     if warning:
         print(f"dlkit serve: warning: {warning}", file=sys.stderr, flush=True)
-    app = create_app(repo, token=token, log_access=log_access, **options)
+    app = create_app(repo, settings=settings)
     logger = logging.getLogger("dlkit.access")
-    if log_access and not logger.handlers:
+    if settings.log_access and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=GRACE_SECONDS, server_header=False)
     server = _Server(config, names=[f"{m.name}:{m.version}" for m in app.state.models])
     server.run()
