@@ -436,8 +436,16 @@ def providers_cmd(as_json):
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="onnxruntime intra-op threads per model; raise it for large models on many cores.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="One JSON line per request on stderr.")
+@click.option("--max-inflight-bytes", type=click.IntRange(1), default=128 * 1024 * 1024, show_default=True,
+              help="Bytes of all request bodies being received at once; beyond it, 503.")
+@click.option("--max-connections", type=click.IntRange(1), default=1000, show_default=True,
+              help="Open connections before new requests get 503.")
+@click.option("--header-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a connection may take to send its request headers.")
+@click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds a request body may take to arrive (408 beyond).")
 def serve_cmd(repo, host, port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,
-              token, max_request_bytes, threads, access_log):
+              token, max_request_bytes, threads, access_log, **limits):
     """Serve the repository's ONNX models over the Open Inference Protocol (KServe v2) until Ctrl+C."""
     from .serve import ServeSettings, serve
 
@@ -446,7 +454,7 @@ def serve_cmd(repo, host, port, models, provider, max_batch_size, max_queue_dela
     serve(ServeSettings(repo=r.root, models=refs, host=host, port=port, token=token, log_access=access_log,
                         provider=provider, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
                         max_queue_size=max_queue_size, max_request_bytes=max_request_bytes,
-                        batching=not no_batching, threads=threads))
+                        batching=not no_batching, threads=threads, **limits))
 
 
 

@@ -9,6 +9,7 @@ tensor is allocated.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from .. import __version__
 from ..repository import ModelRepository
 from .dataplane import DataPlane
-from .http_io import Guard, error_response, json_response, read_body
+from .http_io import BodyReader, Guard, error_response, json_response
 from .metrics import CONTENT_TYPE
 from .protocol import ProtocolError, encode_infer_response, parse_infer_request
 from .settings import ServeSettings
@@ -38,6 +39,10 @@ INFER_OPENAPI = {"requestBody": {"required": True, "content": {"application/json
         "inputs": {"type": "array", "items": _TENSOR},
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
+
+
+# Bodies from this size are parsed in a worker thread, off the event loop.
+OFF_LOOP_BYTES = 256 * 1024
 
 
 def _path_param(name: str) -> dict:
@@ -96,15 +101,21 @@ def _server_routes(app: FastAPI, plane: DataPlane) -> None:
 
 
 def _model_routes(app: FastAPI, plane: DataPlane) -> None:
-    limit = plane.settings.max_request_bytes
+    s = plane.settings
+    bodies = BodyReader(s.max_request_bytes, s.max_inflight_bytes, s.body_timeout)
 
     async def infer(request: Request, name: str, version: str | None) -> Response:
         model = plane.model(name, version)
 
         async def receive():
-            body = await read_body(request, limit)
-            return parse_infer_request(body, request.headers.get("inference-header-content-length"),
-                                       model.inputs, model.outputs, model.max_batch_size)
+            with bodies.reserve(request, model.max_body_bytes):
+                body = await bodies.read(request)
+                args = (body, request.headers.get("inference-header-content-length"), model.inputs,
+                        model.outputs, model.max_batch_size)
+                if len(body) < OFF_LOOP_BYTES:
+                    return parse_infer_request(*args)
+                # Parsing megabytes of JSON takes long enough to stall every other connection.
+                return await asyncio.get_running_loop().run_in_executor(None, parse_infer_request, *args)
 
         def encode(req, outputs):
             return encode_infer_response(model.name, model.version, req.id, outputs, req.outputs)
@@ -148,6 +159,9 @@ def _error_handlers(app: FastAPI) -> None:
     """Every error is ``{"error": "..."}``."""
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, exc: ProtocolError):
+        if exc.status == 499:  # nobody is left to answer: one line, no traceback
+            logging.getLogger("dlkit.serve").warning("dlkit serve: %s (%s %s)", exc, request.method,
+                                                     request.url.path[:200])
         headers = {"retry-after": "1"} if exc.status == 503 else None
         return error_response(exc.status, str(exc), headers)
 

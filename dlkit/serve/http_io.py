@@ -6,13 +6,17 @@ Kept apart from the route table (``app``) so that it reads as what it is: the AS
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 import zlib
+from contextlib import contextmanager
+from typing import Iterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .metrics import Metrics
@@ -32,37 +36,92 @@ def json_response(obj, status: int = 200) -> Response:
     return Response(json.dumps(obj, separators=(",", ":")), status, media_type="application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it (or its decompressed form) passes ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
+class BodyReader:
+    """Reads request bodies within limits: per request, for all requests at once, and in time.
+
+    ``limit`` caps one body (also after decompression); ``inflight`` caps the bytes of every
+    body being received or parsed at once, so many large uploads cannot exhaust memory (503,
+    retry later); ``timeout`` bounds how long a body may take to arrive (408), so a stalled
+    upload does not hold its connection and its buffer forever.
+    """
+
+    def __init__(self, limit: int, inflight: int, timeout: float):
+        self.limit = limit
+        self.inflight = max(inflight, limit)
+        self.timeout = timeout
+        self.held = 0
+
+    @contextmanager
+    def reserve(self, request: Request, bound: int | None = None) -> Iterator[None]:
+        """Hold the declared body size against the in-flight cap while the body is in use.
+
+        ``bound`` is the largest body a valid request for the model can have: a larger declared
+        size is refused before a byte is read.
+        """
+        size = self._declared(request, bound)
+        if self.held + size > self.inflight:
+            raise ProtocolError(f"the server is receiving {self.held} request bytes already (cap "
+                                f"{self.inflight}, --max-inflight-bytes); retry later", 503)
+        self.held += size
+        try:
+            yield
+        finally:
+            self.held -= size
+
+    def _declared(self, request: Request, bound: int | None) -> int:
+        declared = request.headers.get("content-length")
+        if declared is None:
+            return self.limit  # chunked: it may grow up to the limit
+        if not re.fullmatch(r"[0-9]{1,15}", declared):
             raise ProtocolError(f"invalid Content-Length {declared[:40]!r}")
-        if int(declared) > limit:
-            raise ProtocolError(f"the request body of {declared} bytes exceeds the limit of {limit} bytes "
+        size = int(declared)
+        if size > self.limit:
+            raise ProtocolError(f"the request body of {declared} bytes exceeds the limit of {self.limit} bytes "
                                 "(--max-request-bytes)", 413)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(f"the request body exceeds the limit of {limit} bytes (--max-request-bytes)", 413)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise ProtocolError(f"unsupported Content-Encoding {encoding[:40]!r} (use gzip, deflate or none)")
-    inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ProtocolError(f"the {encoding} body does not decompress: {exc}") from None
-    if len(inflated) > limit or inflater.unconsumed_tail:
-        raise ProtocolError(f"the decompressed request body exceeds the limit of {limit} bytes "
-                            "(--max-request-bytes)", 413)
-    return inflated
+        encoded = request.headers.get("content-encoding", "identity").strip().lower() != "identity"
+        if bound is not None and size > bound and not encoded:
+            raise ProtocolError(f"the request body of {declared} bytes is larger than any valid request for this "
+                                f"model can be ({bound} bytes at its maximum batch size)", 413)
+        return size
+
+    async def read(self, request: Request) -> bytes:
+        """The body, decompressed; 413 past the limit, 408 past the deadline, 499 if the client left."""
+        try:
+            body = await asyncio.wait_for(self._receive(request), self.timeout)
+        except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
+            raise ProtocolError(f"the request body did not arrive within {self.timeout:g} s "
+                                "(--body-timeout)", 408) from None
+        except ClientDisconnect:
+            raise ProtocolError("the client disconnected before sending the whole request body", 499) from None
+        return self._inflate(request, body)
+
+    async def _receive(self, request: Request) -> bytes:
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.limit:
+                raise ProtocolError(f"the request body exceeds the limit of {self.limit} bytes "
+                                    "(--max-request-bytes)", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _inflate(self, request: Request, body: bytes) -> bytes:
+        limit = self.limit
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise ProtocolError(f"unsupported Content-Encoding {encoding[:40]!r} (use gzip, deflate or none)")
+        inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
+        try:
+            inflated = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"the {encoding} body does not decompress: {exc}") from None
+        if len(inflated) > limit or inflater.unconsumed_tail:
+            raise ProtocolError(f"the decompressed request body exceeds the limit of {limit} bytes "
+                                "(--max-request-bytes)", 413)
+        return inflated
 
 
 class Guard:
@@ -117,6 +176,6 @@ class Guard:
         access_log.info(json.dumps({
             "time": round(time.time(), 3), "client": f"{client[0]}:{client[1]}" if client else None,
             "method": scope["method"], "path": scope["path"], "status": status,
-            "ms": round(seconds * 1000, 3), "bytes_in": int(received) if received.isdigit() else None,
+            "ms": round(seconds * 1000, 3), "bytes_in": int(received) if received.isdigit() and len(received) < 19 else None,
             "bytes_out": sent,
         }, separators=(",", ":")))

@@ -56,9 +56,51 @@ def serve(settings, **options) -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=GRACE_SECONDS, server_header=False)
+                            timeout_graceful_shutdown=GRACE_SECONDS, server_header=False,
+                            http=_header_deadline_protocol(settings.header_timeout),
+                            limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive)
     server = _Server(config, names=[f"{m.name}:{m.version}" for m in app.state.models])
     server.run()
+
+
+def _header_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete
+    ``seconds`` after it opened (uvicorn's keep-alive timer starts only after a first response,
+    so idle or trickling connections would otherwise be held forever and starve the server)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _deadline = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+        def _expire(self):
+            self._deadline = None
+            if self.cycle is None or self.cycle.response_complete:  # still no complete request headers
+                self.timeout_keep_alive_handler()
+
+        def handle_events(self):
+            super().handle_events()
+            if self._deadline is not None and self.cycle is not None and not self.cycle.response_complete:
+                self._deadline.cancel()  # this request's headers are in
+                self._deadline = None
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if self._deadline is None and not self.transport.is_closing():
+                self._arm()  # the next request's headers get the same deadline
+
+        def connection_lost(self, exc):
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
 
 
 class _Server(uvicorn.Server):

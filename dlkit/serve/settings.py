@@ -35,11 +35,19 @@ class ServeSettings:
     max_request_bytes: int = 32 * MiB
     threads: int | None = 1
     log_access: bool = True
+    max_inflight_bytes: int = 128 * MiB  # every body being received or parsed at once (503 beyond)
+    max_connections: int = 1000  # open connections and tasks before uvicorn answers 503
+    header_timeout: float = 10.0  # seconds from connecting to the end of the request headers
+    body_timeout: float = 60.0  # seconds for a request body to arrive (408 beyond)
+    keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_request_bytes < 1 \
                 or self.max_queue_delay_ms < 0:
             raise InputError("max batch size, queue size and request bytes must be >= 1, the queue delay >= 0")
+        if min(self.header_timeout, self.body_timeout, self.keep_alive) <= 0 or self.max_connections < 1 \
+                or self.max_inflight_bytes < 1:
+            raise InputError("timeouts must be > 0, the connection and in-flight byte limits >= 1")
         if self.token is not None and not self.token.strip():
             raise InputError("--token must not be empty")
 
