@@ -29,8 +29,8 @@ STUDENT = ["lr=0.01", "dropout=0.0", "patience=0", "restore_best=false"]
 
 def teacher_for(seed: int, repo, quiet: bool):
     """The seed's CNN teacher (models/cnn.toml), trained once per repository."""
-    from dlkit.recipe import read_recipe
-    from dlkit.training import train
+    from dlkit.store.recipe import read_recipe
+    from dlkit.training.run import train
 
     name = f"cnn-digits-split{seed}"
     if repo.versions(name):
@@ -57,7 +57,7 @@ def main() -> None:
 
     import torch
 
-    from dlkit.repository import ModelRepository
+    from dlkit.store.repository import ModelRepository
     from dlkit_distill.distill import distill
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
@@ -89,8 +89,8 @@ def main() -> None:
 
 def latency_ratios(teacher, student, batch_sizes=(1, 64)) -> dict:
     """onnxruntime p50 latency, teacher / student, per batch size (both exported and timed here)."""
-    from dlkit.bench import bench
-    from dlkit.export import export_onnx
+    from dlkit.infer.bench import bench
+    from dlkit.export.onnx import export_onnx
 
     for version in (teacher, student):
         if not version.has_onnx():

@@ -41,10 +41,10 @@ def main() -> None:
 
     import torch
 
-    from dlkit.data import load_dataset
-    from dlkit.recipe import read_recipe
-    from dlkit.repository import ModelRepository
-    from dlkit.training import train
+    from dlkit.data.load import load_dataset
+    from dlkit.store.recipe import read_recipe
+    from dlkit.store.repository import ModelRepository
+    from dlkit.training.run import train
     from dlkit_gan import TRAIN_DEFAULTS
     from dlkit_gan.quality import obtain_judge
 

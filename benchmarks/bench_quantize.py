@@ -52,9 +52,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from dlkit.errors import DlkitError
-    from dlkit.recipe import read_recipe
-    from dlkit.repository import ModelRepository
-    from dlkit.training import train
+    from dlkit.store.recipe import read_recipe
+    from dlkit.store.repository import ModelRepository
+    from dlkit.training.run import train
     from dlkit_quantize.quantize import NoCandidateError, quantize
 
     tmp = None if args.repo else tempfile.TemporaryDirectory(prefix="bench-quantize-")
@@ -72,7 +72,7 @@ def main() -> None:
             print(f"{arch}: trained {name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         parent = repo.resolve(name)
         if not parent.has_onnx():
-            from dlkit.export import export_onnx
+            from dlkit.export.onnx import export_onnx
 
             export_onnx(parent)
         for old in repo.versions(f"{name}-int8"):  # a fresh quantization each run
@@ -100,8 +100,8 @@ def main() -> None:
 
 def remeasure(parent, child, seconds: float, threads: int | None) -> dict:
     """Test accuracy, size and latency of the parent and the chosen model, measured afresh."""
-    from dlkit.evaluation import evaluate, evaluation_data
-    from dlkit.runtime import Session
+    from dlkit.infer.evaluate import evaluate, evaluation_data
+    from dlkit.infer.session import Session
     from dlkit_quantize.measure import AccuracyCheck, size_on_disk, time_sessions
 
     acc = {k: evaluate(v, runtime="onnx", provider="cpu")["accuracy"] for k, v in (("float32", parent), ("int8", child))}

@@ -37,8 +37,8 @@ TARGETS = {1: 2.0, 64: 1.0}  # batch size -> minimum onnx speedup
 
 
 def train_models(repo, epochs: int) -> None:
-    from dlkit.recipe import read_recipe
-    from dlkit.training import train
+    from dlkit.store.recipe import read_recipe
+    from dlkit.training.run import train
 
     for name, (recipe_file, overrides) in MODELS.items():
         if repo.versions(name):
@@ -56,7 +56,7 @@ def train_models(repo, epochs: int) -> None:
 
 def export_all(repo) -> list[dict]:
     """Each exporter on each model (each check on the same inputs), then the default export kept."""
-    from dlkit.export import export_onnx
+    from dlkit.export.onnx import export_onnx
 
     rows = []
     for name in MODELS:
@@ -72,7 +72,7 @@ def export_all(repo) -> list[dict]:
 
 
 def bench_all(repo, threads: list[int], seconds: float) -> list[dict]:
-    from dlkit.bench import bench
+    from dlkit.infer.bench import bench
 
     rows = []
     for n in threads:
@@ -95,7 +95,7 @@ def predict_vs_import_torch(repo, runs: int) -> dict:
     import numpy as np
     from PIL import Image
 
-    from dlkit.data import load_dataset
+    from dlkit.data.load import load_dataset
 
     x, _ = load_dataset("digits").split("test")
     image = Path(tempfile.mkdtemp()) / "digit.png"
@@ -130,7 +130,7 @@ def main() -> None:
 
     import torch
 
-    from dlkit.repository import ModelRepository
+    from dlkit.store.repository import ModelRepository
 
     repo = ModelRepository(args.repo or Path(tempfile.mkdtemp()) / "models")
     train_models(repo, args.epochs)

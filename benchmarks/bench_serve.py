@@ -203,19 +203,19 @@ def side_by_side(servers: dict, concurrency: int, seconds: float, slice_seconds:
 # -- the repository -----------------------------------------------------------------------------------
 def prepare(repo_root: Path) -> None:
     """Train (briefly) and export whichever of the four digits models is missing."""
-    from dlkit.repository import ModelRepository
+    from dlkit.store.repository import ModelRepository
 
     repo = ModelRepository(repo_root)
     for name, (arch, hparams) in MODELS.items():
         if not repo.versions(name):
-            from dlkit.recipe import Recipe
-            from dlkit.training import train
+            from dlkit.store.recipe import Recipe
+            from dlkit.training.run import train
 
             print(f"training {name} (2 epochs) ...", file=sys.stderr)
             train(Recipe(arch=arch, name=name, model=dict(hparams), train={"epochs": 2}), repo, quiet=True)
         version = repo.resolve(name)
         if not version.has_onnx():
-            from dlkit.export import export_onnx
+            from dlkit.export.onnx import export_onnx
 
             print(f"exporting {name} ...", file=sys.stderr)
             export_onnx(version)

@@ -43,9 +43,9 @@ def cpu_seconds() -> float:
 
 # -- (a) the default recipes ------------------------------------------------------------------------
 def bench_recipes(seeds: list[int], epochs: int | None, repo_root: Path) -> list[dict]:
-    from dlkit.recipe import read_recipe
-    from dlkit.repository import ModelRepository
-    from dlkit.training import train
+    from dlkit.store.recipe import read_recipe
+    from dlkit.store.repository import ModelRepository
+    from dlkit.training.run import train
 
     repo = ModelRepository(repo_root)
     rows = []
@@ -159,12 +159,12 @@ class Lockstep:
 def bench_overhead(archs: list[str], repeats: int, epochs: int, work: Path) -> list[dict]:
     import torch
 
-    from dlkit.data import load_dataset
-    from dlkit.models import build_model
+    from dlkit.data.load import load_dataset
+    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
-    from dlkit.recipe import check_options, read_recipe
-    from dlkit.supervised import SupervisedTrainer
-    from dlkit.training import TrainRun
+    from dlkit.store.recipe import check_options, read_recipe
+    from dlkit.training.supervised import SupervisedTrainer
+    from dlkit.training.run import TrainRun
 
     registry = get_registry()
     defaults = registry.trainer("supervised").defaults

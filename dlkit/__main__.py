@@ -1,5 +1,5 @@
 """``python -m dlkit`` (and ``torchrun -m dlkit``) runs the CLI."""
 
-from .cli import main
+from dlkit.cli.group import main
 
 main()

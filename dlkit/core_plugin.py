@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from . import hookimpl, supervised
+from dlkit import hookimpl
+from dlkit.training import supervised
 
 
-def _data(attr: str):
-    """A loader from dlkit.data, imported on first call (it needs numpy; --help does not)."""
+def _data(path: str):
+    """A loader ``MODULE:ATTR`` of dlkit.data, imported on first call (it needs numpy; --help does not)."""
+    module, _, attr = path.partition(":")
 
     def load(source, options, seed):
-        return getattr(import_module("dlkit.data"), attr)(source, options, seed)
+        return getattr(import_module(f"dlkit.data.{module}"), attr)(source, options, seed)
 
-    load.__doc__ = f"dlkit.data.{attr}"
+    load.__doc__ = f"dlkit.data.{module}.{attr}"
     return load
 
 
@@ -28,12 +30,12 @@ def register_trainers(register):
 
 @hookimpl
 def register_datasets(register):
-    register("digits", _data("load_digits"), kind="image",
+    register("digits", _data("builtin:load_digits"), kind="image",
              description="UCI handwritten digits bundled with scikit-learn (1,797 8x8 images, 10 classes)")
-    register("blobs", _data("load_blobs"), kind="tabular", description="synthetic separable tabular data (tests)")
-    register("waves", _data("load_waves"), kind="sequence", description="synthetic sine sequences (tests)")
-    register("csv", _data("load_csv"), suffixes=(".csv",), kind="tabular",
+    register("blobs", _data("builtin:load_blobs"), kind="tabular", description="synthetic separable tabular data (tests)")
+    register("waves", _data("builtin:load_waves"), kind="sequence", description="synthetic sine sequences (tests)")
+    register("csv", _data("files:load_csv"), suffixes=(".csv",), kind="tabular",
              description="CSV of numeric features and a label column (data.target)")
-    register("npz", _data("load_npz"), suffixes=(".npz",), description="NumPy .npz with arrays x and y")
-    register("image-folder", _data("load_image_folder"), directory=True, kind="image",
+    register("npz", _data("files:load_npz"), suffixes=(".npz",), description="NumPy .npz with arrays x and y")
+    register("image-folder", _data("files:load_image_folder"), directory=True, kind="image",
              description="a folder with one sub-folder of images per class")

@@ -18,9 +18,9 @@ from importlib import metadata
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError
-from .registry import Registry, make_register
+from dlkit import hookspecs
+from dlkit.errors import PluginError
+from dlkit.registry import Registry, make_register
 
 ENTRY_POINT_GROUP = "dlkit"
 HOOK_KINDS = {
@@ -67,7 +67,7 @@ class Plugins:
 
     # -- loading ---------------------------------------------------------------------------
     def load(self) -> None:
-        from . import core_plugin  # the core's own registrations: supervised trainer, data sets
+        from dlkit import core_plugin  # the core's own registrations: supervised trainer, data sets
 
         allow = _env_list("DLKIT_PLUGINS")
         blocked = set(_env_list("DLKIT_DISABLE_PLUGINS") or ())

@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import InputError, PluginError
+from dlkit.errors import InputError, PluginError
 
 INPUT_KINDS = frozenset({"tabular", "image", "sequence", "noise"})
 TASKS = frozenset({"classification", "generation"})

@@ -55,7 +55,7 @@ def run_cli(*args: str, expect: int | None = 0) -> CliResult:
     """Run ``dlkit ARGS...`` in this process; fail unless it exits with ``expect`` (None: any code)."""
     from click.testing import CliRunner
 
-    from .cli import cli
+    from dlkit.cli.group import cli
 
     result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="dlkit")
     out = CliResult(list(map(str, args)), result.exit_code, result.stdout, result.stderr)
@@ -81,7 +81,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _repository(repo):
-    from .repository import ModelRepository
+    from dlkit.store.repository import ModelRepository
 
     return repo if isinstance(repo, ModelRepository) else ModelRepository(repo)
 
@@ -91,8 +91,8 @@ def check_dataset(name: str, options: dict | None = None, seed: int = 0):
     """Load a registered data set and check what every model relies on; returns the Dataset."""
     import numpy as np
 
-    from .data import load_dataset
-    from .registry import INPUT_KINDS
+    from dlkit.data.load import load_dataset
+    from dlkit.registry import INPUT_KINDS
 
     ds = load_dataset(name, dict(options or {}), seed)
     spec = ds.input_spec
@@ -117,10 +117,10 @@ def check_build(name: str, data: str | None = None, hparams: dict | None = None)
     """Build ``name`` for a data set and run a forward pass; returns (module, dataset)."""
     import torch
 
-    from .data import load_dataset
-    from .models import build_model, check_compatible
-    from .plugins import get_registry
-    from .recipe import check_options
+    from dlkit.data.load import load_dataset
+    from dlkit.training.build import build_model, check_compatible
+    from dlkit.plugins import get_registry
+    from dlkit.store.recipe import check_options
 
     spec = get_registry().model(name)
     ds = load_dataset(data or default_data(spec))
@@ -171,7 +171,7 @@ def check_weights_round_trip(module, rebuild, tmp_dir: str | Path) -> None:
     (a freshly built module), and require identical outputs and state."""
     import torch
 
-    from .checkpoint import load_weights, save_tensors
+    from dlkit.store.weights import load_weights, save_tensors
 
     path = Path(tmp_dir) / "round-trip.safetensors"
     save_tensors(path, module.state_dict())
@@ -184,7 +184,7 @@ def check_weights_round_trip(module, rebuild, tmp_dir: str | Path) -> None:
 
 def check_trained(version) -> None:
     """A stored classifier reloads from the repository with the metrics it was stored with."""
-    from .evaluation import evaluate
+    from dlkit.infer.evaluate import evaluate
 
     meta = version.meta
     assert version.has_weights(), f"{version.ref}: no model.safetensors"
@@ -209,9 +209,9 @@ def check_onnx(version, repo, samples: int = 64) -> None:
     import numpy as np
     import torch
 
-    from .evaluation import evaluation_data
-    from .models import load_model
-    from .runtime import Session
+    from dlkit.infer.evaluate import evaluation_data
+    from dlkit.training.build import load_model
+    from dlkit.infer.session import Session
 
     export_onnx(version, repo)
     assert version.has_onnx(), f"{version.ref}: export wrote no model.onnx"
@@ -251,10 +251,10 @@ def check_model(name: str, repo, *, data: str | None = None, hparams: dict | Non
     architecture's own trainer into ``repo``, the reloaded metrics, and ONNX export parity and
     onnxruntime predictions (``onnx``; by default whenever dlkit has ONNX export).
     """
-    from .models import build_model
-    from .plugins import get_registry
-    from .recipe import Recipe, check_options
-    from .training import train
+    from dlkit.training.build import build_model
+    from dlkit.plugins import get_registry
+    from dlkit.store.recipe import Recipe, check_options
+    from dlkit.training.run import train
 
     repo = _repository(repo)
     spec = get_registry().model(name)
@@ -280,8 +280,8 @@ def check_model(name: str, repo, *, data: str | None = None, hparams: dict | Non
 def check_compressor(name: str, source, repo, options: dict | None = None):
     """Run a registered compressor on ``source``: it writes a new version whose meta.json names
     its parent and method, and leaves the source untouched. Returns the new version."""
-    from .plugins import get_registry
-    from .repository import ModelVersion
+    from dlkit.plugins import get_registry
+    from dlkit.store.repository import ModelVersion
 
     repo = _repository(repo)
     before = _digest(source.path)
@@ -350,7 +350,7 @@ def pytest_configure(config) -> None:
 def pytest_generate_tests(metafunc) -> None:
     if "dlkit_model" not in metafunc.fixturenames:
         return
-    from .plugins import get_registry
+    from dlkit.plugins import get_registry
 
     marker = metafunc.definition.get_closest_marker("dlkit_plugin")
     plugins = set(marker.args) if marker else None
@@ -361,7 +361,7 @@ def pytest_generate_tests(metafunc) -> None:
 @pytest.fixture
 def dlkit_repo(tmp_path, monkeypatch):
     """An empty model repository, also set as ``$DLKIT_REPO``."""
-    from .repository import ModelRepository
+    from dlkit.store.repository import ModelRepository
 
     root = tmp_path / "dlkit-models"
     monkeypatch.setenv("DLKIT_REPO", str(root))
@@ -371,7 +371,7 @@ def dlkit_repo(tmp_path, monkeypatch):
 @pytest.fixture
 def dlkit_registry():
     """What the installed plugins registered."""
-    from .plugins import get_registry
+    from dlkit.plugins import get_registry
 
     return get_registry()
 

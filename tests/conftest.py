@@ -24,7 +24,7 @@ TRAINED = {
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
     """An empty model repository, also set as $DLKIT_REPO."""
-    from dlkit.repository import ModelRepository
+    from dlkit.store.repository import ModelRepository
 
     root = tmp_path / "models"
     monkeypatch.setenv("DLKIT_REPO", str(root))
@@ -34,9 +34,9 @@ def repo(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def trained_repo(tmp_path_factory) -> Path:
     """A repository holding each model of TRAINED, trained for 2 epochs on digits (read-only)."""
-    from dlkit.recipe import Recipe
-    from dlkit.repository import ModelRepository
-    from dlkit.training import train
+    from dlkit.store.recipe import Recipe
+    from dlkit.store.repository import ModelRepository
+    from dlkit.training.run import train
 
     root = tmp_path_factory.mktemp("trained") / "models"
     repo = ModelRepository(root)
@@ -47,7 +47,7 @@ def trained_repo(tmp_path_factory) -> Path:
 
 def writable_copy(source: Path, tmp_path: Path, monkeypatch):
     """A copy of a session repository that one test may change, set as $DLKIT_REPO."""
-    from dlkit.repository import ModelRepository
+    from dlkit.store.repository import ModelRepository
 
     root = tmp_path / "models"
     shutil.copytree(source, root)
@@ -57,8 +57,8 @@ def writable_copy(source: Path, tmp_path: Path, monkeypatch):
 
 def exported_copy(trained_repo: Path, tmp_path_factory, names: list[str] | None) -> Path:
     """The trained repository with ``names`` (default: every model) exported to model.onnx."""
-    from dlkit.export import export_onnx
-    from dlkit.repository import ModelRepository
+    from dlkit.export.onnx import export_onnx
+    from dlkit.store.repository import ModelRepository
 
     root = tmp_path_factory.mktemp("exported") / "models"
     shutil.copytree(trained_repo, root)

@@ -15,8 +15,8 @@ from dlkit.testing import run_cli
 def test_bench_reports_both_runtimes(mlp_exported_repo):
     import torch
 
-    from dlkit.bench import bench
-    from dlkit.repository import ModelRepository
+    from dlkit.infer.bench import bench
+    from dlkit.store.repository import ModelRepository
 
     threads_before = torch.get_num_threads()
     version = ModelRepository(mlp_exported_repo).resolve("mlp-digits")
@@ -54,7 +54,7 @@ def test_bench_cli(mlp_exported_repo, monkeypatch):
 def test_onnx_only_bench_needs_no_torch(mlp_exported_repo):
     code = """
 import json, sys
-from dlkit.cli import main
+from dlkit.cli.group import main
 try:
     main(["bench", "mlp-digits", "--runtimes", "onnx", "--batch-sizes", "1", "--seconds", "0.1", "--json"])
 except SystemExit as exc:

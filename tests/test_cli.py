@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dlkit.plugins import get_registry
-from dlkit.recipe import check_options, read_recipe
+from dlkit.store.recipe import check_options, read_recipe
 from dlkit.testing import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,9 +145,9 @@ def test_evaluate_on_another_csv_reads_it_like_the_training_file(repo, tmp_path)
     """--data OTHER.csv keeps the recorded data.target column (here the first, not the last)."""
     import numpy as np
 
-    from dlkit.evaluation import evaluate
-    from dlkit.recipe import Recipe
-    from dlkit.training import train
+    from dlkit.infer.evaluate import evaluate
+    from dlkit.store.recipe import Recipe
+    from dlkit.training.run import train
 
     rng = np.random.default_rng(0)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlkit.models import build_model
+from dlkit.training.build import build_model
 from dlkit.plugins import get_registry
-from dlkit.recipe import check_options
+from dlkit.store.recipe import check_options
 from dlkit.testing import DATA_FOR_KIND, check_build, check_train_step, check_weights_round_trip
 
 
@@ -53,7 +53,7 @@ def test_classifier_conforms(arch, data, tmp_path):
 
     hparams = check_options("model", {}, spec.defaults)
     check_weights_round_trip(module, lambda: build_model(spec, hparams, ds.input_spec, ds.num_classes), tmp_path)
-    from dlkit.checkpoint import load_weights
+    from dlkit.store.weights import load_weights
 
     torch.manual_seed(123)
     fresh = build_model(spec, hparams, ds.input_spec, ds.num_classes)

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from dlkit.checkpoint import load_tensors
-from dlkit.repository import ModelRepository
-from dlkit.runtime import Session
+from dlkit.store.weights import load_tensors
+from dlkit.store.repository import ModelRepository
+from dlkit.infer.session import Session
 
 TRAIN = ["train", "mlp", "--name", "crash", "--epochs", "8", "--set", "hidden=[256,256]", "--set", "patience=0"]
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlkit.data import load_dataset, split_stratified
+from dlkit.data.load import load_dataset
+from dlkit.data.dataset import split_stratified
 from dlkit.errors import InputError
-from dlkit.recipe import Recipe
+from dlkit.store.recipe import Recipe
 from dlkit.testing import check_dataset
-from dlkit.training import train
+from dlkit.training.run import train
 
 QUICK = {"epochs": 2, "batch_size": 16, "patience": 0, "lr": 0.01}
 
@@ -86,7 +87,7 @@ def test_csv_with_header_string_labels_and_target_by_name(tmp_path, repo):
     assert result.version.name == "mlp-flowers" and result.metrics["test_accuracy"] >= 0.9
     # The standardisation learnt from the training split travels with the weights: the stored
     # model takes raw feature values (here around 100) and evaluates to the same accuracy.
-    from dlkit.evaluation import evaluate
+    from dlkit.infer.evaluate import evaluate
 
     assert evaluate(result.version)["accuracy"] == pytest.approx(result.metrics["test_accuracy"])
     assert "standardize" in result.version.meta["input_spec"]["preprocessing"]

@@ -40,7 +40,7 @@ def test_loss_is_hintons_formula():
 
 # -- a real distillation through the command line -----------------------------------------------------
 def test_distill_cnn_into_mlp(trained):
-    from dlkit.evaluation import evaluate
+    from dlkit.infer.evaluate import evaluate
 
     teacher = trained.resolve("cnn-digits")
     result = dlkit("distill", "cnn-digits", "--student", "mlp", "--set", "hidden=[16]", "--epochs", "2",
@@ -99,8 +99,8 @@ def test_alpha_zero_is_the_baseline(trained):
 
 # -- a teacher that only has model.onnx -----------------------------------------------------------------
 def test_onnx_only_teacher(trained):
-    from dlkit.data import load_dataset
-    from dlkit.export import export_onnx
+    from dlkit.data.load import load_dataset
+    from dlkit.export.onnx import export_onnx
     from dlkit_distill.teacher import load_teacher
 
     teacher = trained.resolve("cnn-digits")
@@ -124,7 +124,7 @@ def test_onnx_only_teacher(trained):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, as a third party's
 def test_third_party_onnx_teacher(trained):
     """A graph dlkit did not write: its own input name, logits only, no params in meta.json."""
-    from dlkit.data import load_dataset
+    from dlkit.data.load import load_dataset
     from dlkit_distill.teacher import load_teacher
 
     teacher = trained.resolve("mlp-digits")
@@ -148,10 +148,10 @@ def test_third_party_onnx_teacher(trained):
 
 def test_trainer_is_registered(trained, tmp_path):
     """The ``distill`` trainer runs from a TrainRun like any trainer, teacher named in its config."""
-    from dlkit.data import load_dataset
-    from dlkit.models import build_model
+    from dlkit.data.load import load_dataset
+    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
-    from dlkit.training import TrainRun
+    from dlkit.training.run import TrainRun
 
     registry = get_registry()
     trainer = registry.trainer("distill")
@@ -175,8 +175,8 @@ def as_generator(repo):
 
 
 def blobs_teacher(repo):
-    from dlkit.recipe import Recipe
-    from dlkit.training import train
+    from dlkit.store.recipe import Recipe
+    from dlkit.training.run import train
 
     train(Recipe(arch="mlp", name="mlp-blobs", data={"source": "blobs"}, model={"hidden": [8]},
                  train={"epochs": 1}), repo, quiet=True)

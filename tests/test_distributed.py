@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
-from dlkit.checkpoint import load_tensors
-from dlkit.recipe import Recipe
-from dlkit.training import train
+from dlkit.store.weights import load_tensors
+from dlkit.store.recipe import Recipe
+from dlkit.training.run import train
 
 # No dropout and no batch norm: then the only difference between 1 and 2 processes is how the
 # final, uneven batch (1257 = 19 * 64 + 41 rows) is averaged, and float summation order.
@@ -43,10 +43,10 @@ def test_two_processes_match_one(repo):
 
 INTERRUPTED_RUN = """
 import sys
-from dlkit.callbacks import Callback
-from dlkit.recipe import Recipe
-from dlkit.repository import ModelRepository
-from dlkit.training import train
+from dlkit.training.callbacks import Callback
+from dlkit.store.recipe import Recipe
+from dlkit.store.repository import ModelRepository
+from dlkit.training.run import train
 
 class StopBefore2(Callback):  # a kill as epoch 2 starts: epoch 1 is checkpointed
     def on_epoch_start(self, trainer, epoch):

@@ -18,7 +18,7 @@ TOL = 1e-4
 def torch_logits(version, x: np.ndarray) -> np.ndarray:
     import torch
 
-    from dlkit.models import load_model
+    from dlkit.training.build import load_model
 
     module, _ = load_model(version)
     with torch.inference_mode():
@@ -28,8 +28,8 @@ def torch_logits(version, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", sorted(TRAINED))
 def test_export_matches_torch(trained, name):
     """Every trained classifier (LSTM and GRU included) exports within 1e-4 of torch at batch 1 and 37."""
-    from dlkit.evaluation import evaluate, evaluation_data
-    from dlkit.runtime import Session
+    from dlkit.infer.evaluate import evaluate, evaluation_data
+    from dlkit.infer.session import Session
 
     result = run_cli("export", "onnx", name, "--json")
     report = result.json()
@@ -66,7 +66,7 @@ def test_export_matches_torch(trained, name):
 
 def test_triton_config(trained):
     """config.pbtxt: onnxruntime platform, implicit batch dimension, the exported versions only."""
-    from dlkit.export import export_onnx
+    from dlkit.export.onnx import export_onnx
 
     version = trained.resolve("mlp-digits")
     report = export_onnx(version, exporter="torchscript")
@@ -100,11 +100,11 @@ def triton_model_config():
 
 def test_rnn_on_sequences_takes_any_length(repo):
     """An RNN trained on the waves sequences exports with dynamic batch *and* sequence length."""
-    from dlkit.export import export_onnx
-    from dlkit.predict import predict
-    from dlkit.recipe import Recipe
-    from dlkit.runtime import Session
-    from dlkit.training import train
+    from dlkit.export.onnx import export_onnx
+    from dlkit.infer.predict import predict
+    from dlkit.store.recipe import Recipe
+    from dlkit.infer.session import Session
+    from dlkit.training.run import train
 
     recipe = Recipe(arch="rnn", name="waves-gru", data={"source": "waves"},
                     model={"cell": "gru", "hidden": 8}, train={"epochs": 1, "patience": 0})
@@ -131,7 +131,7 @@ def test_old_opset_uses_the_tracer(trained):
 
 def test_parity_failure_writes_nothing(trained):
     """Above the tolerance the export fails with the number, and neither model.onnx nor meta changes."""
-    from dlkit.export import export_onnx
+    from dlkit.export.onnx import export_onnx
 
     version = trained.resolve("mlp-digits")
     meta_before = (version.path / "meta.json").read_bytes()
@@ -190,9 +190,9 @@ def baked_arch():
 
 def test_auto_falls_back_to_dynamo_when_the_trace_is_wrong(repo, baked_arch, capsys):
     """The tracer's graph fails parity at batch 37, so auto exports with dynamo instead."""
-    from dlkit.export import export_onnx
-    from dlkit.recipe import Recipe
-    from dlkit.training import train
+    from dlkit.export.onnx import export_onnx
+    from dlkit.store.recipe import Recipe
+    from dlkit.training.run import train
 
     version = train(Recipe(arch=baked_arch, name="baked", train={"epochs": 1}), repo, quiet=True).version
     report = export_onnx(version)

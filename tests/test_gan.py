@@ -16,10 +16,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dlkit.cli import cli
-from dlkit.recipe import Recipe
-from dlkit.repository import ModelRepository
-from dlkit.training import train
+from dlkit.cli.group import cli
+from dlkit.store.recipe import Recipe
+from dlkit.store.repository import ModelRepository
+from dlkit.training.run import train
 
 TINY = {"latent": 8, "g_widths": [16, 8], "d_widths": [8, 16], "embed": 4}
 FAST = {"epochs": 2, "batch_size": 64, "judge_epochs": 1, "samples": 200}
@@ -131,8 +131,8 @@ def test_train_records_quality_and_sample_grids(gan_repo):
 
 def test_resume_continues_to_the_same_weights(repo):
     """A run killed after epoch 1 and resumed ends where an uninterrupted run ends; the judge is reused."""
-    from dlkit.callbacks import Callback
-    from dlkit.checkpoint import load_tensors
+    from dlkit.training.callbacks import Callback
+    from dlkit.store.weights import load_tensors
 
     class Interrupt(Callback):
         def on_epoch_end(self, trainer, epoch, logs):
@@ -199,7 +199,7 @@ def test_export_is_the_generator_with_parity(gans):
     import onnx
     import onnxruntime as ort
 
-    from dlkit.models import load_model
+    from dlkit.training.build import load_model
 
     version = gans.resolve("gan-digits")
     model = onnx.load(str(version.onnx_path))
@@ -221,7 +221,7 @@ def test_export_is_the_generator_with_parity(gans):
 GENERATE = textwrap.dedent("""
     import json, sys
     import dlkit_gan  # the plugin module itself must not pull torch in
-    from dlkit.cli import main
+    from dlkit.cli.group import main
     try:
         main(sys.argv[1:])
     except SystemExit as exc:
@@ -242,7 +242,7 @@ def run_generate(*args: str, env_repo: Path) -> tuple[dict, dict]:
 def test_generate_runs_the_onnx_generator_without_torch(gans, tmp_path):
     from PIL import Image
 
-    from dlkit.models import load_model
+    from dlkit.training.build import load_model
 
     out, status = run_generate("gan-digits", "-n", "20", "--label", "3", "--seed", "7", "--out",
                                str(tmp_path / "grid.png"), "--npy", str(tmp_path / "x.npy"), env_repo=gans.root)

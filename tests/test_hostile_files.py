@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dlkit.checkpoint import load_tensors, read_json, save_tensors
+from dlkit.store.weights import load_tensors, save_tensors
+from dlkit.store.atomic import read_json
 from dlkit.errors import DlkitError, InputError
-from dlkit.runtime import Session
+from dlkit.infer.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,7 +210,7 @@ def test_fuzz_onnx(tmp_path_factory, tiny_onnx, edits):
 @FUZZ
 @given(edits=EDITS)
 def test_fuzz_npz_and_csv(tmp_path_factory, edits):
-    from dlkit.data import load_csv, load_npz
+    from dlkit.data.files import load_csv, load_npz
 
     tmp = tmp_path_factory.mktemp("fz")
     buf = io.BytesIO()
@@ -231,8 +232,8 @@ def test_fuzz_npz_and_csv(tmp_path_factory, edits):
 def test_fuzz_image_input(tmp_path_factory, mlp_exported_repo, edits):
     from PIL import Image
 
-    from dlkit.predict import predict
-    from dlkit.repository import ModelRepository
+    from dlkit.infer.predict import predict
+    from dlkit.store.repository import ModelRepository
 
     tmp = tmp_path_factory.mktemp("fz")
     buf = io.BytesIO()

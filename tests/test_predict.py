@@ -22,14 +22,14 @@ def _has_provider(name: str) -> bool:
 @pytest.fixture(scope="module")
 def digits():
     """Test-split digits, quantised to 8-bit pixels so an image file holds exactly the same values."""
-    from dlkit.data import load_dataset
+    from dlkit.data.load import load_dataset
 
     x, y = load_dataset("digits").split("test")
     return np.round(x[:6] * 255) / 255, y[:6]
 
 
 def onnx_labels(version, x: np.ndarray) -> list[str]:
-    from dlkit.runtime import Session
+    from dlkit.infer.session import Session
 
     probs = Session(version.onnx_path, "cpu").run({"input": x.astype(np.float32)})["probabilities"]
     return [str(i) for i in probs.argmax(1)]
@@ -106,9 +106,9 @@ def test_predict_imports_neither_torch_nor_sklearn(mlp_exported, tmp_path):
     Image.new("L", (8, 8)).save(tmp_path / "blank.png")
     code = f"""
 import json, sys
-from dlkit.predict import predict
-from dlkit.repository import ModelRepository
-from dlkit.cli import main
+from dlkit.infer.predict import predict
+from dlkit.store.repository import ModelRepository
+from dlkit.cli.group import main
 result = predict(ModelRepository({str(mlp_exported.root)!r}).resolve("mlp-digits"), [{str(tmp_path / "one.npy")!r}])
 try:
     main(["predict", "mlp-digits", {str(tmp_path / "blank.png")!r}, "--json"])
@@ -136,7 +136,7 @@ def test_unavailable_provider_falls_back_or_fails_when_strict(mlp_exported, tmp_
 
 
 def test_providers_command():
-    from dlkit.runtime import available_providers
+    from dlkit.infer.session import available_providers
 
     out = run_cli("providers", "--json").json()
     assert out["available"] == available_providers() and out["auto"][-1] == "CPUExecutionProvider"
@@ -167,8 +167,8 @@ def test_gpu_evaluate_and_bench(mlp_exported):
     if not _has_provider("CUDAExecutionProvider"):
         pytest.skip("CUDAExecutionProvider is not available")
     version = mlp_exported.resolve("mlp-digits")
-    from dlkit.bench import bench
-    from dlkit.evaluation import evaluate
+    from dlkit.infer.bench import bench
+    from dlkit.infer.evaluate import evaluate
 
     cuda = evaluate(version, runtime="onnx", provider="cuda")
     assert cuda["providers"][0] == "CUDAExecutionProvider"

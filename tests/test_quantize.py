@@ -12,8 +12,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from dlkit.cli import cli
-from dlkit.repository import ModelRepository
+from dlkit.cli.group import cli
+from dlkit.store.repository import ModelRepository
 
 FAST = ("--measure-seconds", "0.02", "--provider", "cpu")  # timing is measured, not asserted on
 
@@ -54,7 +54,7 @@ def check_table(out: dict, parent) -> dict:
 # -- the methods ---------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")  # fastapi's TestClient, not dlkit
 def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported, tmp_path):
-    from dlkit.evaluation import evaluate
+    from dlkit.infer.evaluate import evaluate
 
     parent = exported.resolve("mlp-digits")
     result = dlkit("quantize", "mlp-digits", "--method", "dynamic", "--tolerance", "100", *FAST, "--json")
@@ -81,7 +81,7 @@ def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported
     graph = ops(q.onnx_path)
     assert "MatMulInteger" in graph and not graph & {"Gemm", "BatchNormalization"}
     assert row["size_bytes"] == q.onnx_path.stat().st_size < 0.5 * parent.onnx_path.stat().st_size
-    from dlkit.runtime import Session
+    from dlkit.infer.session import Session
 
     props = Session(q.onnx_path, "cpu").metadata  # what predict and serve read without meta.json
     assert (props["model"], props["version"], props["method"]) == ("mlp-digits-int8", 1, "quantize-dynamic")
@@ -93,7 +93,7 @@ def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported
     assert evaluated.exit_code == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["runtime"] == "onnx"
     assert meta["metrics"]["test_accuracy"] == pytest.approx(row["test_accuracy"])
-    from dlkit.data import load_dataset
+    from dlkit.data.load import load_dataset
 
     x = load_dataset("digits", {}, 0).x_test[:3]
     np.save(tmp_path / "three.npy", x)
@@ -161,8 +161,8 @@ def test_dynamic_recurrent_models_through_the_compressor_api(exported, name, rec
 
 
 def test_fp16_keeps_float32_inputs_and_outputs(exported):
-    from dlkit.evaluation import evaluate
-    from dlkit.runtime import Session
+    from dlkit.infer.evaluate import evaluate
+    from dlkit.infer.session import Session
 
     result = dlkit("quantize", "cnn-digits", "--method", "fp16", "--tolerance", "100", *FAST, "--json")
     assert result.exit_code == 0, result.stderr
@@ -212,8 +212,8 @@ def linear_classifier(repo: ModelRepository, like: str) -> str:
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    from dlkit.checkpoint import write_bytes
-    from dlkit.data import load_dataset
+    from dlkit.store.atomic import write_bytes
+    from dlkit.data.load import load_dataset
 
     meta = repo.resolve(like).meta
     ds = load_dataset("digits", {}, meta["data"]["seed"])
@@ -261,7 +261,7 @@ def test_auto_writes_nothing_when_no_candidate_keeps_the_accuracy(exported):
 def test_lineage_records_the_whole_chain(exported):
     """A model made from another (here: the MLP republished as a distilled model of the CNN) keeps the
     chain when quantized."""
-    from dlkit.checkpoint import write_bytes
+    from dlkit.store.atomic import write_bytes
 
     mlp = exported.resolve("mlp-digits")
     staged = exported.stage("mlp-small")
@@ -282,10 +282,10 @@ def untrained_gan(repo: ModelRepository) -> str:
     longer than this whole file), its judge the repository's CNN; exported to ONNX."""
     import torch
 
-    from dlkit.checkpoint import save_tensors
-    from dlkit.data import load_dataset
-    from dlkit.export import export_onnx
-    from dlkit.models import build_model
+    from dlkit.store.weights import save_tensors
+    from dlkit.data.load import load_dataset
+    from dlkit.export.onnx import export_onnx
+    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
 
     spec = get_registry().model("gan")

@@ -15,7 +15,7 @@ HEAVY = ["torch", "onnx", "onnxruntime", "onnxscript", "sklearn", "numpy", "scip
 
 PROBE = """
 import json, sys
-from dlkit.cli import main
+from dlkit.cli.group import main
 try:
     main({args!r})
 except SystemExit as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlkit.repository import ModelRepository
+from dlkit.store.repository import ModelRepository
 from dlkit.testing import (BROKEN_PLUGINS, check_build, check_command, check_compressor, check_dataset,
                            check_trained, install_throwaway, run_cli)
 
@@ -101,7 +101,7 @@ def test_hook_register_trainers(tcn, dlkit_registry):
 
 
 def test_hook_register_compressors(tcn):
-    from dlkit.checkpoint import load_tensors
+    from dlkit.store.weights import load_tensors
 
     source = tcn.resolve("tcn-digits")
     pruned = check_compressor("prune", source, tcn, {"amount": 0.6, "scope": "layer", "name": "tcn-sparse"})
@@ -175,8 +175,8 @@ def serve_and_infer(repo: ModelRepository, name: str, x: np.ndarray) -> dict:
 def test_full_chain(tcn):
     """Every dlkit command works with a third-party architecture, with no change to dlkit:
     evaluate, export onnx, evaluate through onnxruntime, quantize, distill into it, serve."""
-    from dlkit.evaluation import evaluation_data
-    from dlkit.runtime import Session
+    from dlkit.infer.evaluate import evaluation_data
+    from dlkit.infer.session import Session
 
     lineage = {"name": "tcn-digits", "version": 1}
     torch_eval = run_cli("evaluate", "tcn-digits", "--json").json()

@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from dlkit.callbacks import Callback
-from dlkit.checkpoint import (BackgroundWriter, atomic_path, load_tensors, load_train_state, save_tensors,
-                              save_train_state, write_json)
+from dlkit.training.callbacks import Callback
+from dlkit.training.state import BackgroundWriter, load_train_state, save_train_state
+from dlkit.store.atomic import atomic_path, write_json
+from dlkit.store.weights import load_tensors, save_tensors
 from dlkit.errors import DlkitError, InputError
-from dlkit.recipe import Recipe
-from dlkit.repository import ModelRepository
-from dlkit.supervised import TrainingDiverged, evaluate_arrays, random_shift
+from dlkit.store.recipe import Recipe
+from dlkit.store.repository import ModelRepository
+from dlkit.training.supervised import TrainingDiverged, evaluate_arrays, random_shift
 from dlkit.testing import run_cli
-from dlkit.training import CHECKPOINT, train
+from dlkit.training.run import CHECKPOINT, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small CNN on digits that uses every source of randomness the trainer must restore on resume:
@@ -137,8 +138,8 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
     assert (result.metrics["epochs"], result.metrics["best_epoch"], result.metrics["stopped_early"]) == (3, 1, True)
     lines = metric_lines(result.version)
     assert len(lines) == 3
-    from dlkit.data import load_dataset
-    from dlkit.models import load_model
+    from dlkit.data.load import load_dataset
+    from dlkit.training.build import load_model
 
     model, _ = load_model(result.version)
     ds = load_dataset("blobs")

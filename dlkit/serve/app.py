@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from .. import __version__
-from ..repository import ModelRepository
+from ..store.repository import ModelRepository
 from .dataplane import DataPlane
 from .http_io import BodyReader, Guard, error_response, json_response
 from .metrics import CONTENT_TYPE

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from .. import __version__
 from ..errors import DlkitError
-from ..repository import ModelRepository
+from ..store.repository import ModelRepository
 from .batcher import DynamicBatcher, QueueFull
 from .metrics import Metrics
 from .model_set import ModelSet, ServedModel, load_models

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DlkitError, InputError
-from ..repository import ModelRepository, ModelVersion, parse_ref
+from ..store.repository import ModelRepository, ModelVersion, parse_ref
 from .batcher import DynamicBatcher
 from .metrics import ModelMetrics
 from .protocol import ProtocolError, TensorSpec, spec_from_runtime
@@ -34,7 +34,7 @@ class ServedModel:
     name: str
     version: int
     path: Path
-    session: object  # dlkit.runtime.Session
+    session: object  # dlkit.infer.session.Session
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch_size: int | None  # None: the graph has no dynamic batch dimension
@@ -139,8 +139,8 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
 def open_version(version: ModelVersion, provider: str = "auto", threads: int | None = None,
                  max_batch_size: int = 64) -> ServedModel:
     """One version's ONNX graph in an onnxruntime session, with its v2 signature."""
-    from ..onnx_files import check_external_data
-    from ..runtime import Session
+    from ..infer.onnx_files import check_external_data
+    from ..infer.session import Session
 
     check_external_data(version.onnx_path)
     session = Session(version.onnx_path, provider, threads=threads)

@@ -76,7 +76,7 @@ class InferRequest:
 
 
 def spec_from_runtime(info) -> TensorSpec:
-    """A :class:`TensorSpec` from a ``dlkit.runtime.TensorInfo``."""
+    """A :class:`TensorSpec` from a ``dlkit.infer.session.TensorInfo``."""
     v2 = NUMPY_TO_V2.get(str(info.dtype))
     if v2 is None:
         raise InputError(f"tensor {info.name!r} has type {info.dtype}, which dlkit serve does not support")

@@ -11,7 +11,7 @@ import threading
 
 import uvicorn
 
-from ..repository import ModelRepository
+from ..store.repository import ModelRepository
 from .app import create_app
 from .settings import ServeSettings
 

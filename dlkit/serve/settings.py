@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
-from ..repository import ModelRepository
+from ..store.repository import ModelRepository
 
 MiB = 1024 * 1024
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")

@@ -39,7 +39,7 @@ def register_compressors(register):
 def register_commands(cli):
     import click
 
-    from dlkit.cli import json_option, repo_option
+    from dlkit import json_option, repo_option
 
     from .trainer import ALPHA, TEMPERATURE
 
@@ -61,7 +61,8 @@ def register_commands(cli):
     @json_option
     def distill_cmd(teacher, student, sets, temperature, alpha, epochs, baseline, name, seed, data, repo, as_json):
         """Train a small STUDENT on the soft targets of TEACHER (a classifier in the repository)."""
-        from dlkit.cli import emit, open_repo
+        from dlkit import emit
+        from dlkit import open_repo
 
         from .distill import distill
 
@@ -74,7 +75,7 @@ def print_report(result: dict) -> None:
     """The report as a table, for people."""
     import click
 
-    from dlkit.cli import console, table
+    from dlkit import console, table
 
     r = result["report"]
     click.echo(f"distilled {r['teacher']['model']} -> {result['model']}:{result['version']} -> {result['path']}")

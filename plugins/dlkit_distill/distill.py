@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dlkit import InputError
-from dlkit.repository import ModelRepository, ModelVersion
+from dlkit import ModelRepository, ModelVersion
 
 OPTIONS = ("student", "sets", "temperature", "alpha", "epochs", "baseline", "name", "seed", "data", "quiet")
 
@@ -43,12 +43,12 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     import torch
 
     from dlkit import DlkitError
-    from dlkit.checkpoint import save_tensors
-    from dlkit.evaluation import evaluation_data
-    from dlkit.models import check_compatible, count_params
-    from dlkit.plugins import get_registry
-    from dlkit.recipe import Recipe, apply_sets, check_options
-    from dlkit.repository import WEIGHTS, check_name
+    from dlkit import save_tensors
+    from dlkit import evaluation_data
+    from dlkit import check_compatible, count_params
+    from dlkit import get_registry
+    from dlkit import Recipe, apply_sets, check_options
+    from dlkit import WEIGHTS, check_name
 
     from .teacher import check_teacher, load_teacher
     from .trainer import DEFAULTS, validate
@@ -130,7 +130,7 @@ def build_student(spec, hparams: dict, dataset, seed: int):
     """The student's initial weights: a function of the seed alone, so the baseline starts equal."""
     import torch
 
-    from dlkit.models import build_model
+    from dlkit import build_model
 
     torch.manual_seed(seed)
     return build_model(spec, hparams, dataset.input_spec, dataset.num_classes)
@@ -141,8 +141,8 @@ def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet:
     returns the trained model (CPU, eval mode) and its metrics."""
     from pathlib import Path
 
-    from dlkit.supervised import SupervisedTrainer, evaluate_arrays
-    from dlkit.training import CHECKPOINT, TrainRun
+    from dlkit import SupervisedTrainer, evaluate_arrays
+    from dlkit import CHECKPOINT, TrainRun
 
     from .trainer import DistillTrainer
 
@@ -160,7 +160,7 @@ def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet:
 
 def teacher_accuracy(teacher, dataset) -> float:
     """The teacher's accuracy on the student's test split, through the runtime that taught."""
-    from dlkit.evaluation import softmax_cross_entropy
+    from dlkit import softmax_cross_entropy
 
     logits = teacher.logits(dataset.x_test).cpu().numpy()
     return softmax_cross_entropy(logits, dataset.y_test)[0]
@@ -181,7 +181,7 @@ def summarise(report: dict) -> dict:
 
 def student_meta(spec, hparams, config, seed, dataset, metrics, params, source, teacher, report) -> dict:
     """meta.json of the student: what any trained model records, plus its lineage."""
-    from dlkit.training import library_versions
+    from dlkit import library_versions
 
     train = {k: v for k, v in config.items() if k != "teacher"}  # a path that moves with the repository
     return {

@@ -77,16 +77,16 @@ def check_teacher(version) -> None:
 
 def load_teacher(version) -> Teacher:
     """The teacher through torch when its weights and architecture are here, else onnxruntime."""
-    from dlkit.plugins import get_registry
+    from dlkit import get_registry
 
     check_teacher(version)
     installed = version.meta.get("arch") in get_registry().names("model")
     if version.has_weights() and (installed or not version.has_onnx()):
-        from dlkit.models import load_model
+        from dlkit import load_model
 
         module, _ = load_model(version)  # an uninstalled architecture is an InputError naming it
         return Teacher(version, module=module)
-    from dlkit.runtime import Session
+    from dlkit import Session
 
     return Teacher(version, session=Session(version.onnx_path, "cpu"))
 
@@ -95,7 +95,7 @@ def version_at(path: str):
     """The model version stored in folder ``path`` (``models/NAME/V``)."""
     from pathlib import Path
 
-    from dlkit.repository import META, ModelVersion
+    from dlkit import META, ModelVersion
 
     folder = Path(path)
     if not path or not (folder / META).is_file() or not folder.name.isdigit():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 from dlkit import InputError
-from dlkit.supervised import DEFAULTS as SUPERVISED_DEFAULTS
-from dlkit.supervised import SupervisedTrainer
-from dlkit.supervised import validate as validate_supervised
+from dlkit import SUPERVISED_DEFAULTS
+from dlkit import SupervisedTrainer
+from dlkit import validate_supervised
 
 # Chosen on benchmarks/bench_distill.py (digits, CNN teacher, MLP student 1/20 its size).
 TEMPERATURE = 4.0

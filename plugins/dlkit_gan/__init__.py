@@ -49,7 +49,7 @@ def export(module, meta):
     """The generator as an ONNX graph: ``noise`` (and ``label``) -> ``image`` in the data's range."""
     import torch
 
-    from dlkit.export import OnnxGraph
+    from dlkit import OnnxGraph
 
     from .model import generator_graph
 
@@ -90,7 +90,8 @@ def register_trainers(register):
 def register_commands(cli):
     import click
 
-    from dlkit.cli import emit, json_option, open_repo, repo_option
+    from dlkit import emit
+    from dlkit import json_option, open_repo, repo_option
 
     @cli.command("generate")
     @click.argument("ref")

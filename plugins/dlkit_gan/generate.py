@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlkit.errors import InputError
+from dlkit import InputError
 
 from .grid import class_rows, save_grid
 
@@ -47,7 +47,7 @@ def generate(version, n: int = 64, label: str | int | None = None, seed: int = 0
     index = parse_label(label, version) if label is not None else None
     if not version.has_onnx():
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
-    from dlkit.runtime import Session
+    from dlkit import Session
 
     session = Session(version.onnx_path, provider)
     inputs = {i.name: i for i in session.inputs}
@@ -79,7 +79,7 @@ def generate(version, n: int = 64, label: str | int | None = None, seed: int = 0
         save_grid(out, images, value_range, cols=per_row)
         result["out"] = str(Path(out))
     if npy:
-        from dlkit.checkpoint import atomic_path
+        from dlkit import atomic_path
 
         with atomic_path(npy) as tmp, open(tmp, "wb") as f:
             np.save(f, images)

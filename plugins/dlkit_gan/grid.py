@@ -46,7 +46,7 @@ def save_grid(path: str | Path, images: np.ndarray, value_range, rows: int | Non
     """Write a PNG grid atomically; returns the path."""
     from PIL import Image
 
-    from dlkit.checkpoint import atomic_path
+    from dlkit import atomic_path
 
     array = grid_array(images, value_range, rows, cols)
     path = Path(path)

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from dlkit.errors import InputError
+from dlkit import InputError
 
 CONFIDENCE = 0.9
 JUDGE_PREFIX = "gan-judge-"
@@ -49,8 +49,8 @@ def obtain_judge(ref: str, dataset, repo, seed: int, epochs: int, quiet: bool = 
         version = repo.resolve(f"{name}:{v}")
         if _same_data(version.meta, dataset):
             return version
-    from dlkit.recipe import Recipe
-    from dlkit.training import train
+    from dlkit import Recipe
+    from dlkit import train
 
     if not quiet:
         print(f"dlkit: training the judge classifier {name} for the quality metrics "
@@ -90,7 +90,7 @@ class Judge:
         import torch
         from torch import nn
 
-        from dlkit.models import load_model
+        from dlkit import load_model
 
         self.version = version
         self.module, _ = load_model(version)

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dlkit.callbacks import Callback, CurvePlot, MetricsLog, ProgressBar, truncate_metrics_log
-from dlkit.checkpoint import load_train_state, optimizer_from_flat, optimizer_to_flat, save_train_state
-from dlkit.errors import InputError
-from dlkit.supervised import TrainingDiverged, resolve_device
+from dlkit import Callback, CurvePlot, MetricsLog, ProgressBar, truncate_metrics_log
+from dlkit import load_train_state, optimizer_from_flat, optimizer_to_flat, save_train_state
+from dlkit import InputError
+from dlkit import TrainingDiverged, resolve_device
 
 from .grid import class_rows, save_grid
 
@@ -53,7 +53,7 @@ def validate(config: dict) -> None:
 
 def repository_of(run):
     """The repository a run is staged in (``<root>/<name>/.staging/<run>``)."""
-    from dlkit.repository import STAGING, ModelRepository
+    from dlkit import STAGING, ModelRepository
 
     if getattr(run, "repo", None) is not None:
         return run.repo

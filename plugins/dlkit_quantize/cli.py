@@ -8,7 +8,8 @@ import click
 
 
 def add_command(cli) -> None:
-    from dlkit.cli import emit, json_option, open_repo, repo_option
+    from dlkit import emit
+    from dlkit import json_option, open_repo, repo_option
 
     @cli.command("quantize")
     @click.argument("ref")

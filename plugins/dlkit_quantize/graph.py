@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlkit.errors import DlkitError
+from dlkit import DlkitError
 
 # Ops that only appear in a graph that is quantized already.
 QUANTIZED_OPS = frozenset({

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dlkit.errors import DlkitError, InputError
+from dlkit import DlkitError, InputError
 
 BATCH_SIZES = (1, 64)
 MIN_ROUNDS = 10
@@ -91,7 +91,7 @@ class AccuracyCheck:
 
     def measure(self, session) -> tuple[dict, np.ndarray]:
         """(accuracies and test loss, validation-split probabilities)."""
-        from dlkit.evaluation import onnx_logits, softmax_cross_entropy
+        from dlkit import onnx_logits, softmax_cross_entropy
 
         logits = onnx_logits(session, self.x_val)
         val, _ = softmax_cross_entropy(logits, self.y_val)

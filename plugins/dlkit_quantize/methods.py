@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dlkit.errors import InputError
+from dlkit import InputError
 
 from .graph import GraphInfo, gemm_to_matmul, quiet
 

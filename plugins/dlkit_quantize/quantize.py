@@ -23,8 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from dlkit import __version__
-from dlkit.errors import DlkitError, InputError
-from dlkit.repository import ModelRepository, ModelVersion, check_name
+from dlkit import DlkitError, InputError
+from dlkit import ModelRepository, ModelVersion, check_name
 
 from . import measure
 from .graph import inspect_graph, preprocess, set_metadata
@@ -95,7 +95,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     o = check_options(version, options)
     if not version.has_onnx():
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
-    from dlkit.onnx_files import check_external_data
+    from dlkit import check_external_data
 
     check_external_data(version.onnx_path)
     info = inspect_graph(version.onnx_path)
@@ -108,8 +108,8 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     task = version.meta.get("task", "classification")
     if task not in ("classification", "generation"):
         raise InputError(f"model {version.ref} is a {task} model; quantize handles classifiers and generators")
-    from dlkit.evaluation import evaluation_data
-    from dlkit.runtime import Session
+    from dlkit import evaluation_data
+    from dlkit import Session
 
     dataset = evaluation_data(version)
     parent_session = Session(version.onnx_path, o["provider"], threads=o["threads"])
@@ -313,7 +313,7 @@ def _write(repo: ModelRepository, name: str, onnx_file: Path, meta: dict, sessio
 
     import onnx
 
-    from dlkit.checkpoint import write_bytes
+    from dlkit import write_bytes
 
     data = onnx_file.read_bytes()
     opset = next((o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx")), None)
@@ -330,7 +330,7 @@ def _write(repo: ModelRepository, name: str, onnx_file: Path, meta: dict, sessio
         staged.discard()
         raise
     try:
-        from dlkit.export import write_triton_config
+        from dlkit import write_triton_config
 
         write_triton_config(version)
     except Exception as exc:  # the model is complete without it; Triton users are told why

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from serve_helpers import MAX_BATCH, MAX_BYTES, MODELS, ServerProcess
 
-from dlkit.repository import ModelRepository
+from dlkit.store.repository import ModelRepository
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def server(exported_repo):
 @pytest.fixture(scope="session")
 def offline(exported_repo):
     """name -> inputs -> {output: array}, computed by onnxruntime in this process."""
-    from dlkit.runtime import Session
+    from dlkit.infer.session import Session
 
     sessions = {name: Session(ModelRepository(exported_repo).resolve(name).onnx_path, "cpu") for name in MODELS}
     return lambda name, x: sessions[name].run({"input": x})

@@ -152,7 +152,7 @@ def _content_length(response: bytes) -> int:
 def test_cli_refuses_a_repository_without_onnx(repo):
     from click.testing import CliRunner
 
-    from dlkit.cli import cli
+    from dlkit.cli.group import cli
 
     result = CliRunner().invoke(cli, ["serve", "--repo", str(repo.root), "--port", "0"])
     assert result.exit_code == 2 and "no model in" in result.output and "dlkit export onnx" in result.output

@@ -45,7 +45,7 @@ def register_models(register):
 
 @hookimpl
 def register_trainers(register):
-    from dlkit.supervised import DEFAULTS  # light: the core has imported it already
+    from dlkit import SUPERVISED_DEFAULTS as DEFAULTS  # light: the core has imported it already
 
     register("focal", fit_focal, defaults={**DEFAULTS, "gamma": 2.0},
              description="the supervised loop with focal loss (gamma 0 is cross-entropy)")
@@ -66,7 +66,8 @@ def register_datasets(register):
 def register_commands(cli):
     import click
 
-    from dlkit.cli import emit, json_option, open_repo, repo_option
+    from dlkit import emit
+    from dlkit import json_option, open_repo, repo_option
 
     @cli.command("prune")
     @click.argument("ref")
@@ -79,7 +80,7 @@ def register_commands(cli):
     @json_option
     def prune_cmd(ref, amount, scope, name, repo, as_json):
         """Magnitude-prune a stored model into a new model (example plugin)."""
-        from dlkit.plugins import get_registry
+        from dlkit import get_registry
 
         repository = open_repo(repo)
         source = repository.resolve(ref)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from dlkit.data import Dataset, make_dataset, value_range
-from dlkit.errors import InputError
+from dlkit import Dataset, make_dataset, value_range
+from dlkit import InputError
 
 LABELS = ["rising", "falling", "steady"]
 

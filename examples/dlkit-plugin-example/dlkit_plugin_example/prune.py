@@ -6,9 +6,9 @@ compressed, and the same graph for ONNX export); the source version is never cha
 
 from datetime import datetime, timezone
 
-from dlkit.checkpoint import save_tensors
-from dlkit.errors import InputError
-from dlkit.repository import WEIGHTS, ModelRepository, ModelVersion, check_name
+from dlkit import save_tensors
+from dlkit import InputError
+from dlkit import WEIGHTS, ModelRepository, ModelVersion, check_name
 
 # What a pruned model keeps from its parent's meta.json (not metrics, files or lineage).
 INHERITED = ("arch", "plugin", "task", "trainer", "hparams", "train", "seed", "input_spec", "labels",
@@ -34,9 +34,9 @@ def prune_version(source: ModelVersion, options: dict, repo: ModelRepository) ->
     """Prune ``source`` by ``options["amount"]`` (0..1) and publish it as a new model."""
     import torch.nn.utils.prune as torch_prune
 
-    from dlkit.evaluation import evaluation_data
-    from dlkit.models import load_model
-    from dlkit.supervised import evaluate_arrays
+    from dlkit import evaluation_data
+    from dlkit import load_model
+    from dlkit import evaluate_arrays
 
     amount = options.get("amount", 0.5)
     scope = options.get("scope", "global")

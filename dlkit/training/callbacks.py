@@ -1,7 +1,9 @@
 """Trainer callbacks (Lightning-style): no-op hooks a trainer dispatches, and the built-in ones.
 
-Trainers call ``on_train_start``, ``on_epoch_start``, ``on_step_end``, ``on_epoch_end`` and
-``on_train_end`` on every callback in order; each callback keeps its own state.
+The epoch loop (:class:`dlkit.training.loop.EpochLoop`) calls ``on_train_start``,
+``on_epoch_start``, ``on_step_end``, ``on_epoch_end``, ``on_train_end`` and ``teardown`` on
+every callback in order. A callback keeps its own state, and takes part in checkpoints through
+:meth:`Callback.state_dict` / :meth:`Callback.load_state_dict`, so a resumed run continues it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ class Callback:
     def teardown(self, trainer: Any) -> None:
         """Always called last, also when training failed: release what the callback holds."""
 
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in a checkpoint (one per callback class)."""
+        return type(self).__qualname__
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state saved with each checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s state when a run resumes."""
+
 
 class MetricsLog(Callback):
     """Append each epoch's metrics as one JSON line to ``metrics.jsonl``.
@@ -40,10 +54,20 @@ class MetricsLog(Callback):
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.epoch = 0
 
     def on_epoch_end(self, trainer, epoch, logs):
         with open(self.path, "a") as f:
             f.write(json.dumps({"epoch": epoch, **logs}) + "\n")
+        self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        # Lines for epochs after the checkpoint will be written again.
+        self.epoch = int(state.get("epoch", 0))
+        truncate_metrics_log(self.path, self.epoch)
 
     def on_train_end(self, trainer, logs):
         if self.path.is_file():
@@ -52,7 +76,11 @@ class MetricsLog(Callback):
 
 
 def truncate_metrics_log(path: Path, epochs_done: int) -> None:
-    """On resume, drop lines for epochs after the last checkpoint (they will be redone)."""
+    """On resume, drop lines for epochs after the last checkpoint (they will be redone).
+
+    Rewritten atomically: a kill mid-rewrite leaves the old log, never a torn one."""
+    from dlkit.store.atomic import write_bytes
+
     if not path.is_file():
         return
     keep = []
@@ -62,7 +90,7 @@ def truncate_metrics_log(path: Path, epochs_done: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             break  # a torn last line from a kill mid-write
-    path.write_text("".join(line + "\n" for line in keep))
+    write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
 
 class CurvePlot(Callback):
@@ -75,6 +103,12 @@ class CurvePlot(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.history.append({"epoch": epoch, **logs})
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}  # the curves cover the whole run, not only a resumed part
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
 
     def on_train_end(self, trainer, logs):
         if self.history:
@@ -89,7 +123,7 @@ def plot_curves(history: list[dict], panels: list[tuple[str, list[str]]], path: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .checkpoint import atomic_path
+    from dlkit.store.atomic import atomic_path
 
     fig = Figure(figsize=(5 * len(panels), 3.5))
     FigureCanvasAgg(fig)

@@ -12,7 +12,7 @@ import mmap
 import os
 from pathlib import Path
 
-from .errors import InputError
+from dlkit.errors import InputError
 
 
 def check_external_data(path: str | os.PathLike) -> None:

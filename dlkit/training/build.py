@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .errors import InputError
-from .registry import ModelSpec
+from dlkit.errors import InputError
+from dlkit.registry import ModelSpec
 
 
 def check_compatible(spec: ModelSpec, input_spec: dict, data_name: str) -> None:
@@ -52,8 +52,8 @@ def count_params(module) -> int:
 
 def load_model(version, device: str = "cpu"):
     """A stored version as an eval-mode torch module, with its registry spec."""
-    from .checkpoint import load_weights
-    from .plugins import get_registry
+    from dlkit.store.weights import load_weights
+    from dlkit.plugins import get_registry
 
     meta = version.meta
     arch = meta.get("arch")

@@ -9,15 +9,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .checkpoint import read_json, save_tensors, write_json
-from .errors import InputError
-from .recipe import Recipe, check_options
-from .registry import ModelSpec
-from .repository import WEIGHTS, ModelRepository, ModelVersion
+from dlkit import __version__
+from dlkit.store.atomic import read_json, write_json
+from dlkit.store.weights import save_tensors
+from dlkit.errors import InputError
+from dlkit.store.recipe import Recipe, check_options
+from dlkit.registry import ModelSpec
+from dlkit.store.repository import WEIGHTS, ModelRepository, ModelVersion
 
 RECIPE_FILE = "recipe.json"
-CHECKPOINT = "checkpoint.safetensors"
+from dlkit.training.state import CHECKPOINT  # noqa: E402  (re-exported: trainers and tests use it)
 
 
 @dataclass
@@ -70,7 +71,7 @@ def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool =
     its first checkpoint leaves a staging folder that ``resume=True`` continues. Under torchrun
     every rank trains its shard and only rank 0 writes and returns the result (others: None).
     """
-    from .distributed import env_world_size, init_from_env, shutdown
+    from dlkit.training.distributed import env_world_size, init_from_env, shutdown
 
     started = False
     try:
@@ -84,8 +85,8 @@ def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool =
 
 def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet: bool,
            callbacks: list | None) -> TrainResult | None:
-    from .distributed import broadcast_text, rank_and_world
-    from .plugins import get_registry
+    from dlkit.training.distributed import broadcast_text, rank_and_world
+    from dlkit.plugins import get_registry
 
     repo = repo or ModelRepository()
     registry = get_registry()
@@ -111,8 +112,8 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
     if "epochs" in config and (not isinstance(config["epochs"], int) or config["epochs"] < 1):
         raise InputError(f"--epochs must be at least 1, got {config['epochs']}")
     data_options = {k: v for k, v in recipe.data.items() if k not in ("source", "seed")}
-    from .data import load_dataset
-    from .models import build_model, check_compatible, count_params
+    from dlkit.data.load import load_dataset
+    from dlkit.training.build import build_model, check_compatible, count_params
 
     dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
 
@@ -138,7 +139,7 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
         metrics = dict(trainer.fit(run) or {})
         model = run.model.cpu().eval()
         if spec.task == "classification":
-            from .supervised import evaluate_arrays
+            from dlkit.training.supervised import evaluate_arrays
 
             test = evaluate_arrays(model, dataset.x_test, dataset.y_test)
             val = evaluate_arrays(model, dataset.x_val, dataset.y_val)

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import InputError
-from .repository import ModelVersion
+from dlkit.errors import InputError
+from dlkit.store.repository import ModelVersion
 
 RUNTIMES = ("torch", "onnx")
 ROUNDS = 5  # turns each runtime takes per batch size
@@ -48,7 +48,7 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
     runners: dict[str, Any] = {}
     providers = session = graph = None
     if "onnx" in runtimes:
-        from .runtime import Session
+        from dlkit.infer.session import Session
 
         session = Session(version.onnx_path, provider, strict=strict, threads=threads, optimization=optimization)
         runners["onnx"] = session_runner(session)
@@ -57,7 +57,8 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
     if "torch" in runtimes:
         import torch
 
-        from .export import export_graph, torch_runner
+        from dlkit.export.graph import export_graph
+        from dlkit.export.parity import torch_runner
 
         graph = export_graph(version)
         runners["torch"] = torch_runner(graph)  # runs under torch.inference_mode()
@@ -105,7 +106,7 @@ def bench_inputs(meta: dict, batch: int, *, session=None, graph=None) -> dict[st
     sampler (``OnnxGraph.random_inputs``) when torch is loaded anyway, else drawn from the ONNX
     inputs: standard normal floats, zero integers (class 0 of a conditional generator).
     """
-    from .export import random_in_range
+    from dlkit.data.random_inputs import random_in_range
 
     rng = np.random.default_rng(batch)
     if meta.get("task", "classification") == "classification":

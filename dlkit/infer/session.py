@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DlkitError, InputError
-from .onnx_files import check_external_data
+from dlkit.errors import DlkitError, InputError
+from dlkit.infer.onnx_files import check_external_data
 
 ALIASES = {
     "cpu": "CPUExecutionProvider",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from dlkit.errors import InputError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -11,46 +11,24 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .data import is_number
-from .errors import InputError
-from .repository import ModelVersion
+from dlkit.data.dataset import is_number
+from dlkit.errors import InputError
+from dlkit.store.repository import ModelVersion
+from dlkit.store.meta import input_preprocessing
+
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIXES = (".npy", ".npz")
 
 
-def input_preprocessing(input_spec: dict) -> dict:
-    """What a client does to raw data before feeding the graph (stored in the ONNX metadata).
-
-    Images: convert to ``mode``, resize to ``width`` x ``height`` (bilinear), scale pixels
-    linearly from 0..255 to ``range``, lay out as ``layout``. Tabular inputs that the model
-    standardises do so inside the graph: feed raw values.
-    """
-    kind = input_spec.get("kind")
-    note = input_spec.get("preprocessing")
-    out: dict[str, Any] = {"kind": kind, "dtype": input_spec.get("dtype", "float32")}
-    if kind == "image":
-        channels, height, width = input_spec["shape"]
-        out["image"] = {"mode": {1: "L", 3: "RGB"}.get(channels), "width": width, "height": height,
-                        "range": list(input_spec.get("range") or [0.0, 1.0]),
-                        "layout": input_spec.get("layout", "NCHW"), "resample": "bilinear"}
-    if isinstance(note, dict) and "standardize" in note:
-        out["note"] = "standardisation is inside the graph: feed raw feature values"
-    elif note:
-        out["note"] = str(note)
-    if input_spec.get("features"):
-        out["features"] = list(input_spec["features"])
-    return out
-
-
 def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", top_k: int = 3, *,
             strict: bool = False, threads: int | None = None, optimization: str = "all") -> dict:
     """Classify each input file with ``version``'s model.onnx; one prediction per sample."""
-    from .runtime import Session
+    from dlkit.infer.session import Session
 
     if not inputs:
         raise InputError("predict: give at least one input file")

@@ -17,8 +17,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import fsync_dir, pid_alive, read_json, write_json
-from .errors import DlkitError, InputError
+from dlkit.store.atomic import fsync_dir, pid_alive, read_json, write_json
+from dlkit.errors import DlkitError, InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGING = ".staging"

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .callbacks import Callback, CurvePlot, MetricsLog, ProgressBar, truncate_metrics_log
-from .checkpoint import (BackgroundWriter, load_train_state, optimizer_from_flat, optimizer_to_flat,
-                         pack_train_state, write_train_state)
-from .distributed import all_reduce_sum
-from .errors import DlkitError, InputError
+from dlkit.training.callbacks import Callback, CurvePlot, MetricsLog, ProgressBar, truncate_metrics_log
+from dlkit.training.state import BackgroundWriter, load_train_state, optimizer_from_flat, optimizer_to_flat, pack_train_state, write_train_state
+from dlkit.training.distributed import all_reduce_sum
+from dlkit.errors import DlkitError, InputError
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -136,7 +135,7 @@ class SupervisedTrainer:
     def __init__(self, run):
         import torch
 
-        from .distributed import local_device, rank_and_world
+        from dlkit.training.distributed import local_device, rank_and_world
 
         self.run = run
         self.config = config = run.config

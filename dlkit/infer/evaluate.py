@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .repository import ModelVersion
+from dlkit.errors import InputError
+from dlkit.store.repository import ModelVersion
 
 
 def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -30,7 +30,7 @@ def onnx_logits(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 def evaluation_data(version: ModelVersion, data: str | None = None):
     """The data set recorded in meta.json (the same split), or another source given by the user."""
-    from .data import load_dataset
+    from dlkit.data.load import load_dataset
 
     recorded = version.meta.get("data") or {}
     if data:
@@ -61,14 +61,14 @@ def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = N
     if runtime == "torch":
         import torch
 
-        from .models import load_model
+        from dlkit.training.build import load_model
 
         module, _ = load_model(version)
         with torch.inference_mode():
             logits = np.concatenate([module(torch.from_numpy(x[i:i + 512])).numpy() for i in range(0, len(x), 512)])
         providers = ["torch"]
     elif runtime == "onnx":
-        from .runtime import Session
+        from dlkit.infer.session import Session
 
         if not version.has_onnx():
             raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")

@@ -1,0 +1,80 @@
+"""The ``dlkit`` click group: plugin commands, one-line errors and exit codes, ``main``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from dlkit import __version__
+from dlkit.errors import DlkitError
+
+
+
+DEBUG = False
+
+class DlkitGroup(click.Group):
+    """Adds plugin commands on first look-up, and turns dlkit's errors into one red line and an
+    exit code (tracebacks only with --debug)."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self, ctx) -> None:
+        if DlkitGroup._plugins_added:
+            return
+        DlkitGroup._plugins_added = True
+        from dlkit.plugins import get_plugins
+
+        try:
+            get_plugins().add_commands(self)
+        except DlkitError as exc:  # DLKIT_STRICT_PLUGINS=1
+            if DEBUG:
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+    def list_commands(self, ctx):
+        self._add_plugin_commands(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._add_plugin_commands(ctx)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DlkitError as exc:
+            if DEBUG:
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if DEBUG:
+                raise
+            click.secho("interrupted", fg="red", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=DlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dlkit")
+def cli():
+    """dlkit: train, compress, export and serve neural networks.
+
+    Models live in a repository (./models by default): NAME is the latest version of a model,
+    NAME:V a fixed one. Add --json to any command for machine-readable output.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; ``--debug`` may stand anywhere on the line."""
+    global DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        args.remove("--debug")
+        DEBUG = True
+    DEBUG = DEBUG or os.environ.get("DLKIT_DEBUG", "") not in ("", "0")
+    cli.main(args=args, prog_name="dlkit")
+
+

@@ -1,0 +1,79 @@
+"""Looking around: ``dlkit plugins``, ``models`` and ``show``."""
+
+from __future__ import annotations
+
+
+import click
+from dlkit.cli.group import cli
+from dlkit.cli.options import json_option, open_repo, repo_option
+from dlkit.cli.output import console, emit, fmt_metric, table
+
+
+
+
+# -- plugins and the repository ----------------------------------------------------------------
+@cli.command("plugins")
+@json_option
+def plugins_cmd(as_json):
+    """List installed plugins, their versions and what each registered."""
+    from dlkit.plugins import get_plugins
+
+    infos = [i.as_dict() for i in get_plugins().infos.values()]
+
+    def human(_):
+        rows = []
+        for i in infos:
+            what = "; ".join(f"{k}: {', '.join(v)}" for k, v in i["registered"].items())
+            if i["error"]:
+                what = f"[red]{i['error']}[/red]"
+            hooks = ", ".join(h.removeprefix("register_") for h in i["hooks"])
+            rows.append([i["name"], i["distribution"] or "", i["version"] or "",
+                         "built-in" if i["builtin"] else "third-party", hooks, what])
+        console().print(table("Plugins", ["plugin", "distribution", "version", "kind", "hooks", "registers"], rows))
+
+    emit({"plugins": infos}, as_json, human)
+
+
+@cli.command("models")
+@repo_option
+@json_option
+def models_cmd(repo, as_json):
+    """List the models in the repository with their versions and key metrics."""
+    r = open_repo(repo)
+    items = []
+    for v in r.all_versions():
+        meta = v.meta
+        items.append({"name": v.name, "version": v.version, "arch": meta.get("arch"), "method": meta.get("method"),
+                      "params": meta.get("params"), "metrics": meta.get("metrics", {}),
+                      "onnx": v.has_onnx(), "created": meta.get("created")})
+
+    def human(_):
+        if not items:
+            click.echo(f"no models in {r.root} yet: try `dlkit train cnn`")
+            return
+        rows = [[i["name"], i["version"], i["arch"], i["method"] or "", i["params"],
+                 fmt_metric(i["metrics"].get("test_accuracy")), "yes" if i["onnx"] else "", i["created"]]
+                for i in items]
+        console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
+                                                      "test acc", "onnx", "created"], rows))
+
+    emit({"repository": str(r.root), "models": items}, as_json, human)
+
+
+@cli.command("show")
+@click.argument("ref")
+@repo_option
+@json_option
+def show_cmd(ref, repo, as_json):
+    """Show one version's meta.json (NAME or NAME:V)."""
+    v = open_repo(repo).resolve(ref)
+    meta = {**v.meta, "path": str(v.path), "files": sorted(p.name for p in v.path.iterdir())}
+
+    def human(m):
+        from rich.pretty import Pretty
+
+        console().print(Pretty(m, expand_all=False))
+
+    emit(meta, as_json, human)
+
+

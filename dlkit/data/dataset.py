@@ -1,0 +1,123 @@
+"""The in-memory Dataset of numpy splits, deterministic stratified splitting, and option checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlkit.errors import InputError
+
+
+
+@dataclass
+class Dataset:
+    """A data set split three ways, with what a model needs to know about its inputs."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    input_spec: dict
+    labels: list[str]
+    source: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def kind(self) -> str:
+        return self.input_spec["kind"]
+
+    def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """``train``, ``val`` or ``test`` as (x, y)."""
+        if which not in ("train", "val", "test"):
+            raise InputError(f"unknown split {which!r}: expected train, val or test")
+        return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
+
+    def describe(self) -> dict:
+        """What meta.json records: how to load the same data again, and its sizes."""
+        return {
+            **self.source,
+            "sizes": {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)},
+        }
+
+
+def check_finite(ds: Dataset, source: str) -> None:
+    for part in ("train", "val", "test"):
+        x, _ = ds.split(part)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            idx = np.argwhere(~np.isfinite(x))[0]
+            raise InputError(f"{source}: non-finite value (NaN or inf) in the {part} split at {tuple(int(i) for i in idx)}")
+
+
+def split_stratified(x: np.ndarray, y: np.ndarray, seed: int, val: float = 0.1, test: float = 0.2,
+                     name: str = "data") -> tuple[np.ndarray, ...]:
+    """Split into train/val/test keeping class proportions, deterministic for ``seed``."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for cls in np.unique(y):
+        idx = np.flatnonzero(y == cls)
+        rng.shuffle(idx)
+        n_test = int(round(len(idx) * test))
+        n_val = int(round(len(idx) * val))
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test:n_test + n_val])
+        parts[0].append(idx[n_test + n_val:])
+    out = []
+    for chunks in parts:
+        idx = np.concatenate(chunks) if chunks else np.array([], dtype=int)
+        rng.shuffle(idx)
+        out += [x[idx], y[idx]]
+    if min(len(out[1]), len(out[3]), len(out[5])) == 0:
+        raise InputError(f"{name}: too few samples ({len(y)}) to split into train, validation and test")
+    return tuple(out)
+
+
+def make_dataset(name: str, x: np.ndarray, y: np.ndarray, labels: list[str], input_spec: dict,
+                 seed: int, options: dict) -> Dataset:
+    """Split arrays into a :class:`Dataset` (``options`` may set ``val`` and ``test`` fractions)."""
+    if len(np.unique(y)) < 2:
+        raise InputError(f"{name}: needs at least 2 classes, found {len(np.unique(y))}")
+    val = _fraction(options, "val", 0.1)
+    test = _fraction(options, "test", 0.2)
+    parts = split_stratified(x, y.astype(np.int64), seed, val, test, name)
+    return Dataset(name, *parts, input_spec=input_spec, labels=labels)
+
+
+def check_data_options(name: str, options: dict, known: tuple[str, ...] = ()) -> None:
+    """Refuse a ``data.KEY`` the loader does not read (a misspelt ``data.target`` would otherwise
+    be ignored silently); ``val`` and ``test`` are read by every loader."""
+    allowed = {*known, "val", "test"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InputError(f"{name}: unknown data option data.{unknown[0]} (known: {', '.join(sorted(allowed))})")
+
+
+def _fraction(options: dict, key: str, default: float) -> float:
+    value = options.get(key, default)
+    if not isinstance(value, (int, float)) or not 0 < value < 0.5:
+        raise InputError(f"data.{key} must be a fraction between 0 and 0.5, got {value!r}")
+    return float(value)
+
+
+def value_range(x: np.ndarray) -> list[float]:
+    return [float(np.min(x)), float(np.max(x))] if x.size else [0.0, 0.0]
+
+
+def is_number(cell: str) -> bool:
+    """Whether a CSV cell parses as a float."""
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _sorted_labels(values: list) -> list[str]:
+    labels = sorted({str(v) for v in values}, key=lambda s: (not is_number(s), float(s) if is_number(s) else 0, s))
+    return labels

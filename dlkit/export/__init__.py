@@ -1,0 +1,1 @@
+"""Export: torch -> ONNX checked against torch (parity), and Triton's config.pbtxt."""

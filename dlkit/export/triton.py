@@ -1,0 +1,70 @@
+"""Triton Inference Server's config.pbtxt for a model folder, so Triton can serve the same repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from dlkit.store.atomic import write_bytes
+from dlkit.errors import DlkitError
+from dlkit.store.repository import ModelVersion
+
+
+
+TRITON_MAX_BATCH = 64
+TRITON_TYPES = {
+    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32", "int16": "TYPE_INT16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
+}
+
+
+# -- Triton ---------------------------------------------------------------------------------------
+def write_triton_config(version: ModelVersion, max_batch_size: int = TRITON_MAX_BATCH) -> Path:
+    """Write ``<repo>/<name>/config.pbtxt`` for Triton's onnxruntime backend; returns its path.
+
+    The batch dimension is implicit (``max_batch_size`` > 0), so ``dims`` leave it out and
+    other dynamic axes are -1. Triton loads the versions listed under ``version_policy``:
+    those that have a model.onnx with the same inputs and outputs as this one.
+    """
+    record = version.meta["onnx"]
+    folder = version.path.parent
+    versions = []
+    for p in sorted(folder.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
+        if not (p.name.isdigit() and (p / "model.onnx").is_file()):
+            continue
+        other = version if p == version.path else ModelVersion(version.name, int(p.name), p)
+        try:
+            same = {k: other.meta.get("onnx", {}).get(k) for k in ("inputs", "outputs")} == \
+                   {k: record[k] for k in ("inputs", "outputs")}
+        except DlkitError:
+            same = False
+        if same:
+            versions.append(int(p.name))
+    text = triton_config(version.name, record["inputs"], record["outputs"], max_batch_size, versions)
+    path = folder / "config.pbtxt"
+    write_bytes(path, text.encode())
+    return path
+
+
+def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
+                  versions: list[int]) -> str:
+    """A Triton model configuration (protobuf text format) for an onnxruntime model."""
+
+    def tensors(kind: str, items: list[dict]) -> str:
+        blocks = []
+        for t in items:
+            dtype = TRITON_TYPES.get(t["dtype"])
+            if dtype is None:
+                raise DlkitError(f"config.pbtxt: {kind} {t['name']!r} has dtype {t['dtype']}, which Triton cannot take")
+            dims = ", ".join("-1" if d is None else str(d) for d in t["shape"][1:])
+            # A tensor of one value per sample (shape [batch]) is dims [1] reshaped to [] for Triton.
+            shape = f"dims: [ {dims} ]" if dims else "dims: [ 1 ]\n    reshape: { shape: [ ] }"
+            blocks.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {dtype}\n    {shape}\n  }}')
+        return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
+
+    listed = ", ".join(map(str, versions))
+    return (f'# Written by dlkit export onnx: serve this folder with Triton Inference Server too.\n'
+            f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
+            f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}\n"
+            + tensors("input", inputs) + tensors("output", outputs)
+            + "dynamic_batching { }\n")

@@ -1,0 +1,1 @@
+"""Training: the ``train()`` API, the supervised trainer, callbacks, resume state, distributed runs."""
