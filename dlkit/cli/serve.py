@@ -16,6 +16,8 @@ from dlkit.cli.options import open_repo, repo_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (warns off loopback without a token).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port (0: any free one; the address is printed on stderr).")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+              help="Port of the KServe v2 gRPC endpoint (0: off).")
 @click.option("--models", help="Comma-separated NAME or NAME:V to serve (default: every model with a model.onnx).")
 @click.option("--provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda, tensorrt.")
 @click.option("--max-batch-size", type=click.IntRange(1), default=64, show_default=True,
@@ -40,14 +42,14 @@ from dlkit.cli.options import open_repo, repo_option
               help="Seconds a connection may take to send its request headers.")
 @click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds a request body may take to arrive (408 beyond).")
-def serve_cmd(repo, host, port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,
+def serve_cmd(repo, host, port, grpc_port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,
               token, max_request_bytes, threads, access_log, **limits):
     """Serve the repository's ONNX models over the Open Inference Protocol (KServe v2) until Ctrl+C."""
     from dlkit.serve import ServeSettings, serve
 
     refs = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
     r = open_repo(repo)
-    serve(ServeSettings(repo=r.root, models=refs, host=host, port=port, token=token, log_access=access_log,
+    serve(ServeSettings(repo=r.root, models=refs, host=host, port=port, grpc_port=grpc_port, token=token, log_access=access_log,
                         provider=provider, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
                         max_queue_size=max_queue_size, max_request_bytes=max_request_bytes,
                         batching=not no_batching, threads=threads, **limits))

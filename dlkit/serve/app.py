@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -41,6 +42,7 @@ INFER_OPENAPI = {"requestBody": {"required": True, "content": {"application/json
             "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
 
 
+GRPC_GRACE_SECONDS = 30
 # Bodies from this size are parsed in a worker thread, off the event loop.
 OFF_LOOP_BYTES = 256 * 1024
 
@@ -63,9 +65,18 @@ def create_app(repo=None, models: list[str] | None = None, *, settings: ServeSet
     @asynccontextmanager
     async def lifespan(app):
         await plane.start()
+        grpc_server = None
+        if settings.grpc_port:
+            from .grpc_service import start_grpc  # grpcio loads only when the port is on
+
+            grpc_server = await start_grpc(plane, settings.host, settings.grpc_port)
+            print(f"dlkit serve: gRPC (KServe v2) on {settings.host}:{settings.grpc_port}", file=sys.stderr,
+                  flush=True)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(GRPC_GRACE_SECONDS)  # answers the calls it has accepted
             await plane.stop()  # in-flight requests have finished when uvicorn gets here
 
     app = FastAPI(title="dlkit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,

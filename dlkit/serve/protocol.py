@@ -98,6 +98,13 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
         raise ProtocolError("malformed JSON in the request body: nested too deeply") from None
     except ValueError as exc:  # integers beyond Python's 4300-digit conversion limit
         raise ProtocolError(f"malformed JSON in the request body: {str(exc)[:200]}") from None
+    return parse_infer_doc(doc, tail, inputs, outputs, max_batch_size)
+
+
+def parse_infer_doc(doc: Any, tail: memoryview | bytes, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                    max_batch_size: int | None = None) -> InferRequest:
+    """Validate a decoded v2 request (any transport) whose binary tensors, in order, fill ``tail``."""
+    tail = memoryview(tail)
     if not isinstance(doc, dict):
         raise ProtocolError(f"the request body must be a JSON object, received {_kind(doc)}")
     request_id = doc.get("id")

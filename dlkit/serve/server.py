@@ -6,11 +6,13 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 import threading
 
 import uvicorn
 
+from ..errors import InputError
 from ..store.repository import ModelRepository
 from .app import create_app
 from .settings import ServeSettings
@@ -48,6 +50,8 @@ def serve(settings, **options) -> None:
     if warning:
         print(f"dlkit serve: warning: {warning}", file=sys.stderr, flush=True)
     app = create_app(repo, settings=settings)
+    if settings.grpc_port:
+        _check_free(settings.host, settings.grpc_port, "--grpc-port")
     logger = logging.getLogger("dlkit.access")
     if settings.log_access and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -58,9 +62,19 @@ def serve(settings, **options) -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=GRACE_SECONDS, server_header=False,
                             http=_header_deadline_protocol(settings.header_timeout),
-                            limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive)
+                            limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive,
+                            loop="asyncio")  # grpc.aio shares this loop
     server = _Server(config, names=[f"{m.name}:{m.version}" for m in app.state.models])
     server.run()
+
+
+def _check_free(host: str, port: int, option: str) -> None:
+    """A one-line error now rather than a failed start-up later when ``port`` is taken."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port} ({option}): {exc.strerror or exc}") from None
 
 
 def _header_deadline_protocol(seconds: float):

@@ -26,6 +26,7 @@ class ServeSettings:
     models: tuple[str, ...] | None = None  # NAME or NAME:V; None: every exported model
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 0  # 0: no gRPC (the CLI's default is 8001, like Triton)
     provider: str = "auto"
     max_batch_size: int = 64
     max_queue_delay_ms: float = 2.0

@@ -35,7 +35,8 @@ class ServerProcess:
 
     def __init__(self, repo: Path, *args: str, env: dict | None = None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, "serve", "--repo", str(repo), "--port", "0", "--threads", "1", *args],
+            [sys.executable, "-c", RUNNER, "serve", "--repo", str(repo), "--port", "0", "--threads", "1",
+             *(() if "--grpc-port" in args else ("--grpc-port", "0")), *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
