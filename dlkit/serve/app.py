@@ -96,15 +96,20 @@ def _server_routes(app: FastAPI, plane: DataPlane) -> None:
     async def server_metadata():
         return json_response(plane.server_metadata())
 
-    @app.get("/v2/health/live", summary="Liveness")
+    @app.api_route("/v2/health/live", methods=["GET", "HEAD"], summary="Liveness")
     async def live():
         return json_response({"live": plane.live()})
 
-    @app.get("/v2/health/ready", summary="Readiness: every model loaded and the server not stopping")
+    @app.api_route("/v2/health/ready", methods=["GET", "HEAD"],
+                   summary="Readiness: every model loaded and the server not stopping")
     async def server_ready():
         if not plane.ready():
             return json_response({"ready": False, "error": "the server is not ready"}, 503)
         return json_response({"ready": True})
+
+    @app.get("/v2/models/stats", summary="Statistics of every model (Triton's statistics extension)")
+    async def all_statistics():
+        return json_response(plane.statistics())
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus():
@@ -142,6 +147,8 @@ def _model_routes(app: FastAPI, plane: DataPlane) -> None:
                           summary="Model readiness" + latest)
         app.add_api_route(base + "/config", _getter(plane.model_config), methods=["GET"],
                           summary="Model configuration (Triton's JSON form)" + latest)
+        app.add_api_route(base + "/stats", _getter(plane.statistics), methods=["GET"],
+                          summary="Model statistics (Triton's statistics extension)" + latest)
 
     # The infer endpoints take only the Request: FastAPI's per-parameter validation would cost
     # more than the rest of the routing, so the path parameters are read (and documented) by hand.

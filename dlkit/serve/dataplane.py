@@ -22,7 +22,7 @@ from .model_set import ModelSet, ServedModel, load_models
 from .protocol import InferRequest, ProtocolError
 from .settings import ServeSettings
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 T = TypeVar("T")
 
 
@@ -72,8 +72,7 @@ class DataPlane:
         stats = self.metrics.model(model.name, model.version, model.max_batch_size or 1)
 
         def on_batch(batch):
-            stats.batch_size.observe(batch.rows)
-            stats.compute_seconds.observe(batch.seconds)
+            stats.executed(batch.rows, batch.seconds)
 
         model.metrics = stats
         model.batcher = DynamicBatcher(
@@ -135,14 +134,24 @@ class DataPlane:
             outputs, queued = await model.batcher.infer(request.inputs, request.batch)
             response = encode(request, outputs)
         except ProtocolError as exc:
-            stats.failed(exc.status)
+            stats.failed(exc.status, time.perf_counter() - started)
             raise
         except QueueFull as exc:
-            stats.failed(503)
+            stats.failed(503, time.perf_counter() - started)
             raise Overloaded(f"model {model.name!r} is overloaded: {exc}; retry later") from None
         except DlkitError as exc:  # the runtime failed on input that passed validation
-            stats.failed(500)
+            stats.failed(500, time.perf_counter() - started)
             raise ProtocolError(str(exc), 500) from None
-        stats.queue_seconds.observe(queued)
-        stats.request_seconds.observe(time.perf_counter() - started)
+        stats.succeeded(request.batch, time.perf_counter() - started, queued)
         return response
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> dict:
+        """Triton's statistics extension: every served version, a model's, or one version's."""
+        if not name:
+            chosen = list(self.models)
+        elif version:
+            chosen = [self.models.get(name, version)]
+        else:
+            self.models.get(name)  # 404 for an unknown model
+            chosen = [self.models.get(name, str(v)) for v in self.models.versions(name)]
+        return {"model_stats": [m.metrics.triton_statistics(m.name, m.version) for m in chosen]}

@@ -65,6 +65,10 @@ class InferenceServicer:
         return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig(),
                                                                    ignore_unknown_fields=True))
 
+    async def ModelStatistics(self, request, context):
+        stats = self.plane.statistics(request.name or None, request.version or None)
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
     async def ModelInfer(self, request, context):
         model = self.plane.model(request.model_name, request.model_version or None)
 
@@ -154,7 +158,8 @@ RPCS = {"ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
         "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
-        "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse)}
+        "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+        "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse)}
 
 
 async def start_grpc(plane: DataPlane, host: str, port: int) -> grpc.aio.Server:
