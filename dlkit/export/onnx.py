@@ -111,7 +111,7 @@ def _check(tmp, proto, reference, cases, tolerance) -> tuple[dict, Any]:
     # CPU on purpose: the check is about the export, not about a GPU's float behaviour.
     session = Session(tmp, "cpu")
     parity = compare(reference, session.run, cases)
-    if parity["max_abs_diff"] > tolerance:
+    if parity["max_rel_diff"] > tolerance:
         raise ParityError(parity, tolerance)
     return parity, session
 
@@ -124,7 +124,8 @@ def _finish(version, tmp, session, parity, exporter, opset, tolerance, n_cases, 
     data = tmp.read_bytes()
     signature = {"inputs": [i.as_dict() for i in session.inputs], "outputs": [o.as_dict() for o in session.outputs]}
     record = {
-        "opset": opset, "exporter": exporter, "max_abs_diff": parity["max_abs_diff"], "tolerance": tolerance,
+        "opset": opset, "exporter": exporter, "max_abs_diff": parity["max_abs_diff"],
+        "max_rel_diff": parity["max_rel_diff"], "tolerance": tolerance,
         "checks": n_cases, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **signature,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"dlkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
@@ -207,6 +208,7 @@ def onnx_metadata(version: ModelVersion, graph: OnnxGraph) -> dict[str, str]:
         "dlkit_version": __version__, "model": version.name, "version": version.version,
         "arch": meta.get("arch"), "task": meta.get("task", "classification"), "labels": meta.get("labels"),
         "input_spec": spec, "preprocessing": input_preprocessing(spec) if spec else None,
+        "target_spec": meta.get("target_spec"),
         "parent": meta.get("parent"), "method": meta.get("method"),
         **graph.metadata,
     }
