@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from dlkit.data.streaming import STREAM_BYTES, RowArray, decoded_cache, default_workers
 from dlkit.errors import InputError
 from dlkit.data.dataset import (Dataset, _sorted_labels, check_data_options, is_number, make_dataset,
                                 make_regression_dataset, value_range)
@@ -135,12 +136,13 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
     """One sub-folder per class of PNG/JPEG images; grayscale unless any image has colour.
 
     Images are resized to ``data.size`` (``"28x28"``), default the most common size, and scaled
-    to [0, 1].
+    to [0, 1]. A folder whose float32 pixels would pass 2 GiB (or ``data.stream=true``) is decoded
+    once by worker processes into a cached uint8 file and streamed from it (dlkit.data.streaming).
     """
     from PIL import Image, UnidentifiedImageError
 
     root = Path(source)
-    check_data_options(str(root), options, ("size",))
+    check_data_options(str(root), options, ("size", "stream"))
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {c: sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
     files = {c: fs for c, fs in files.items() if fs}
@@ -148,17 +150,28 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
         raise InputError(
             f"{root}: an image folder needs one sub-folder per class with at least 2 classes, found {len(files)}"
         )
-    images, y = [], []
-    for label, (cls, paths) in enumerate(files.items()):
-        for p in paths:
-            try:
-                with Image.open(p) as im:
-                    im.load()
-                    images.append(im.copy())
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise InputError(f"{p}: cannot decode image ({exc})") from None
-            y.append(label)
-    color = any(im.mode not in ("L", "1", "I", "I;16", "LA") for im in images)
+    paths = [p for fs in files.values() for p in fs]
+    y = np.array([label for label, fs in enumerate(files.values()) for _ in fs])
+    stream = options.get("stream", "auto")
+    if stream not in ("auto", True, False):
+        raise InputError(f"{root}: data.stream must be auto, true or false, got {stream!r}")
+    if stream is not False:
+        size, mode = _folder_geometry(paths, options)
+        nbytes = len(paths) * (3 if mode == "RGB" else 1) * size[0] * size[1] * 4
+        if stream is True or nbytes > STREAM_BYTES:
+            # Too large for float32 arrays: decode once, in parallel, into a uint8 cache the
+            # splits read rows of (dlkit.data.streaming).
+            x = RowArray(decoded_cache(root, paths, size, mode, default_workers()), divisor=255.0)
+            return make_dataset(root.name, x, y, list(files), _image_spec(x.shape, mode, size), seed, options)
+    images = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                images.append(im.copy())
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{p}: cannot decode image ({exc})") from None
+    color = any(im.mode not in GRAY_MODES for im in images)
     if "size" in options:
         size = parse_size(options["size"])
     else:
@@ -173,9 +186,31 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
         a = np.asarray(im, dtype=np.float32) / 255.0
         arrays.append(a.transpose(2, 0, 1) if color else a[None])
     x = np.stack(arrays)
-    spec = {"kind": "image", "shape": list(x.shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
+    return make_dataset(root.name, x, y, list(files), _image_spec(x.shape, mode, size), seed, options)
+
+
+GRAY_MODES = ("L", "1", "I", "I;16", "LA")
+
+
+def _image_spec(shape: tuple, mode: str, size: tuple[int, int]) -> dict:
+    return {"kind": "image", "shape": list(shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
             "layout": "NCHW", "preprocessing": f"{mode} image resized to {size[0]}x{size[1]}, pixel / 255"}
-    return make_dataset(root.name, x, np.array(y), list(files), spec, seed, options)
+
+
+def _folder_geometry(paths: list[Path], options: dict) -> tuple[tuple[int, int], str]:
+    """(size, mode) the images will be decoded to, from their headers alone (no pixel decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes, color = [], False
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                sizes.append(im.size)
+                color = color or im.mode not in GRAY_MODES
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{p}: cannot decode image ({exc})") from None
+    size = parse_size(options["size"]) if "size" in options else max(set(sizes), key=sizes.count)
+    return size, "RGB" if color else "L"
 
 
 def parse_size(value: Any) -> tuple[int, int]:

@@ -31,6 +31,21 @@ def graph_outputs(session, x: np.ndarray, output: str, batch_size: int = 256) ->
 
 def evaluation_data(version: ModelVersion, data: str | None = None):
     """The data set recorded in meta.json (the same split), or another source given by the user."""
+    from dlkit.data.streaming import cache_dir
+
+    with cache_dir(version.path.parent.parent / ".cache"):  # the repository's, as when it trained
+        ds = _load(version, data)
+    expected = version.meta["input_spec"]
+    if list(ds.input_spec["shape"]) != list(expected["shape"]) and expected["kind"] != "sequence":
+        raise InputError(f"data {ds.name} has input shape {ds.input_spec['shape']}, model {version.ref} "
+                         f"expects {expected['shape']}")
+    if ds.labels != version.meta.get("labels"):
+        raise InputError(f"data {ds.name} has labels {ds.labels}, model {version.ref} has {version.meta.get('labels')}")
+    return ds
+
+
+def _load(version: ModelVersion, data: str | None):
+    """Load ``data``, or the data set meta.json records, with the options it was trained with."""
     from dlkit.data.load import load_dataset
 
     recorded = version.meta.get("data") or {}
@@ -43,12 +58,6 @@ def evaluation_data(version: ModelVersion, data: str | None = None):
         if "source" not in recorded:
             raise InputError(f"model {version.ref} records no data set; pass --data")
         ds = load_dataset(recorded["source"], recorded.get("options", {}), recorded.get("seed", 0))
-    expected = version.meta["input_spec"]
-    if list(ds.input_spec["shape"]) != list(expected["shape"]) and expected["kind"] != "sequence":
-        raise InputError(f"data {ds.name} has input shape {ds.input_spec['shape']}, model {version.ref} "
-                         f"expects {expected['shape']}")
-    if ds.labels != version.meta.get("labels"):
-        raise InputError(f"data {ds.name} has labels {ds.labels}, model {version.ref} has {version.meta.get('labels')}")
     return ds
 
 

@@ -172,11 +172,12 @@ def _resumed_recipe(repo: ModelRepository, name: str, recipe: Recipe) -> tuple[A
     return staged, stored
 
 
-def _prepare(recipe: Recipe) -> _Prepared:
+def _prepare(recipe: Recipe, repo: ModelRepository) -> _Prepared:
     """Check every option, load the data and build the model: all bad input is found here."""
     import torch
 
     from dlkit.data.load import load_dataset
+    from dlkit.data.streaming import cache_dir
     from dlkit.plugins import get_registry
     from dlkit.training.build import build_model, check_compatible
     from dlkit.training.distributed import rank_and_world
@@ -197,7 +198,8 @@ def _prepare(recipe: Recipe) -> _Prepared:
         check_task(spec, recipe.task)
         if registry.task(recipe.task).target_dtype == "float32":
             data_options["targets"] = "values"
-    dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
+    with cache_dir(repo.root / ".cache"):  # decoded data too large for memory is cached in the repository
+        dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
     check_compatible(spec, dataset.input_spec, source)
     task = recipe.task or task_for(spec, dataset, registry)
     torch.manual_seed(recipe.seed)
@@ -232,7 +234,7 @@ def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
     staged = None
     if resume:
         staged, recipe = _resumed_recipe(repo, name, recipe)
-    p = _prepare(recipe)
+    p = _prepare(recipe, repo)
     if rank_and_world()[0] > 0:  # only rank 0 writes; the others train their shard in rank 0's folder
         workdir = Path(broadcast_text(""))
         p.trainer.fit(TrainRun(model=p.model, spec=p.spec, data=p.dataset, config=p.config, seed=recipe.seed,
