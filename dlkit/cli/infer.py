@@ -95,10 +95,13 @@ def bench_cmd(ref, batch_sizes, runtimes, seconds, provider, strict_provider, th
         rows = [[x["batch_size"], x["runtime"], f"{x['p50_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['p99_ms']:.3f}",
                  f"{x['throughput']:,.0f}", f"{speed[x['batch_size']]:.2f}x" if x["runtime"] == "onnx" and speed else ""]
                 for x in r["results"]]
-        title = (f"{r['model']}:{r['version']}, {r['threads']} threads"
+        threads = ", ".join(f"{k} {v}" for k, v in r["thread_counts"].items())
+        title = (f"{r['model']}:{r['version']}, threads: {threads}"
                  + (f", onnxruntime on {r['providers'][0]}" if r["providers"] else ""))
         console().print(table(title, ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "samples/s",
                                       "onnx speedup (torch p50 / onnx p50)"], rows))
+        if r["speedup_note"]:
+            click.secho(r["speedup_note"], fg="yellow", err=True)
 
     emit(result, as_json, human)
 

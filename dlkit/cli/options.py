@@ -30,7 +30,9 @@ provider_option = click.option(
 strict_provider_option = click.option(
     "--strict-provider", is_flag=True, help="Fail instead of falling back to CPU when the provider is unavailable.")
 threads_option = click.option(
-    "--threads", type=click.IntRange(min=1), help="Intra-op threads (default: the runtime's own choice).")
+    "--threads", type=click.IntRange(min=1),
+    help="Compute threads for torch and onnxruntime (default: $DLKIT_THREADS, else the CPUs this process may "
+         "use, shared among --nproc processes).")
 optimization_option = click.option(
     "--optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True,
     help="onnxruntime graph optimization level.")

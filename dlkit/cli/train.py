@@ -6,7 +6,7 @@ import sys
 
 import click
 from dlkit.cli.group import cli
-from dlkit.cli.options import json_option, open_repo, repo_option
+from dlkit.cli.options import json_option, open_repo, repo_option, threads_option
 from dlkit.cli.output import emit, fmt_metric
 
 
@@ -27,10 +27,12 @@ from dlkit.cli.output import emit, fmt_metric
 @click.option("--resume", is_flag=True, help="Continue the interrupted run of this model name.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on GPU).")
+@threads_option
 @repo_option
 @json_option
 @click.pass_context
-def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, device, resume, nproc, repo, as_json):
+def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, device, resume, nproc, threads, repo,
+              as_json):
     """Train ARCH (mlp, cnn, rnn...) or a RECIPE.toml; CLI flags override the recipe.
 
     For several machines, start `torchrun --nproc-per-node N ... -m dlkit train ...` on each.
@@ -58,7 +60,7 @@ def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, devic
         recipe.name = name
     if seed is not None:
         recipe.seed = seed
-    result = train(recipe, open_repo(repo), resume=resume, quiet=False)
+    result = train(recipe, open_repo(repo), resume=resume, quiet=False, threads=threads)
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
 
@@ -93,15 +95,16 @@ def _without_option(args: list[str], option: str) -> list[str]:
 @click.option("--data", help="Evaluate on another data set or file (default: the model's own).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option("--provider", default="auto", show_default=True, help="onnxruntime provider (--runtime onnx).")
+@threads_option
 @repo_option
 @json_option
-def evaluate_cmd(ref, runtime, data, split, provider, repo, as_json):
+def evaluate_cmd(ref, runtime, data, split, provider, threads, repo, as_json):
     """Accuracy and loss of a classifier on its data set's test split."""
     from dlkit.infer.evaluate import evaluate
 
     version = open_repo(repo).resolve(ref)
     runtime = runtime or ("torch" if version.has_weights() or not version.has_onnx() else "onnx")
-    result = evaluate(version, runtime=runtime, data=data, split=split, provider=provider)
+    result = evaluate(version, runtime=runtime, data=data, split=split, provider=provider, threads=threads)
 
     def human(r):
         click.echo(f"{r['model']}:{r['version']} on {r['data']} ({r['split']}, {r['samples']} samples, "

@@ -52,8 +52,12 @@ def evaluation_data(version: ModelVersion, data: str | None = None):
 
 
 def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = None, split: str = "test",
-             provider: str = "auto") -> dict:
-    """Accuracy and loss of ``version`` on a split of its data set."""
+             provider: str = "auto", threads: int | None = None) -> dict:
+    """Accuracy and loss of ``version`` on a split of its data set, on ``threads`` compute threads
+    (default :func:`dlkit.training.threads.resolve_threads`)."""
+    from dlkit.training.threads import use_threads
+
+    threads = use_threads(threads)
     if version.meta.get("task", "classification") != "classification":
         raise InputError(f"model {version.ref} is a {version.meta.get('task')} model; evaluate needs a classifier")
     ds = evaluation_data(version, data)
@@ -72,11 +76,12 @@ def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = N
 
         if not version.has_onnx():
             raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
-        session = Session(version.onnx_path, provider)
+        session = Session(version.onnx_path, provider, threads=threads)
         logits = onnx_logits(session, x)
         providers = session.providers
     else:
         raise InputError(f"unknown runtime {runtime!r}: expected torch or onnx")
     acc, loss = softmax_cross_entropy(logits, y)
     return {"model": version.name, "version": version.version, "runtime": runtime, "providers": providers,
-            "data": ds.name, "split": split, "samples": int(len(y)), "accuracy": acc, "loss": loss}
+            "data": ds.name, "split": split, "samples": int(len(y)), "accuracy": acc, "loss": loss,
+            "threads": threads}

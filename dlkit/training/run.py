@@ -64,13 +64,18 @@ def library_versions() -> dict:
 
 
 def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool = False,
-          quiet: bool = False, callbacks: list | None = None) -> TrainResult | None:
+          quiet: bool = False, callbacks: list | None = None, threads: int | None = None) -> TrainResult | None:
     """Train ``recipe`` and publish the result as the next version of its model name.
 
     Bad input raises :class:`InputError` before anything is written. A run that fails after
     its first checkpoint leaves a staging folder that ``resume=True`` continues. Under torchrun
     every rank trains its shard and only rank 0 writes and returns the result (others: None).
+    ``threads``: torch's compute threads (default :func:`dlkit.training.threads.resolve_threads`),
+    set before torch starts.
     """
+    from dlkit.training.threads import use_threads
+
+    use_threads(threads)
     from dlkit.training.distributed import env_world_size, init_from_env, shutdown
 
     started = False
@@ -150,6 +155,7 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
             "hparams": hparams, "train": config, "seed": recipe.seed,
             "input_spec": dataset.input_spec, "labels": dataset.labels, "num_classes": dataset.num_classes,
             "data": dataset.describe(), "metrics": metrics, "params": count_params(model), "world_size": world,
+            "threads": torch.get_num_threads(),
             "parent": None, "method": None, "recipe": recipe.as_dict(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": library_versions(),

@@ -9,7 +9,7 @@ import click
 
 def add_command(cli) -> None:
     from dlkit import emit
-    from dlkit import json_option, open_repo, repo_option
+    from dlkit import json_option, open_repo, repo_option, threads_option
 
     @cli.command("quantize")
     @click.argument("ref")
@@ -31,9 +31,7 @@ def add_command(cli) -> None:
     @click.option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,LSTM).")
     @click.option("--measure-seconds", type=float, default=2.0, show_default=True,
                   help="Seconds of timing per batch size (more: steadier latencies).")
-    @click.option("--threads", type=int,
-                  help="onnxruntime intra-op threads while measuring (default: the runtime's own choice; 1 gives "
-                       "steadier timings on a busy machine).")
+    @threads_option
     @repo_option
     @json_option
     def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
@@ -41,6 +39,9 @@ def add_command(cli) -> None:
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
         from .quantize import NoCandidateError, quantize
 
+        from dlkit import use_threads
+
+        threads = use_threads(threads)
         r = open_repo(repo)
         version = r.resolve(ref)
         options = {"method": method, "calibration_samples": calibration_samples, "calibrate": calibrate,
