@@ -34,8 +34,8 @@ def register_datasets(register):
              description="UCI handwritten digits bundled with scikit-learn (1,797 8x8 images, 10 classes)")
     register("blobs", _data("builtin:load_blobs"), kind="tabular", description="synthetic separable tabular data (tests)")
     register("waves", _data("builtin:load_waves"), kind="sequence", description="synthetic sine sequences (tests)")
-    register("csv", _data("files:load_csv"), suffixes=(".csv",), kind="tabular",
-             description="CSV of numeric features and a label column (data.target)")
+    register("csv", _data("files:load_csv"), suffixes=(".csv", ".tsv"), kind="tabular",
+             description="CSV/TSV of numeric features and a label column (data.target, data.missing)")
     register("npz", _data("files:load_npz"), suffixes=(".npz",), description="NumPy .npz with arrays x and y")
     register("image-folder", _data("files:load_image_folder"), directory=True, kind="image",
              description="a folder with one sub-folder of images per class")

@@ -68,7 +68,8 @@ def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, devic
         m = res["metrics"]
         shown = "  ".join(f"{k} {fmt_metric(m[k])}" for k in ("test_accuracy", "val_accuracy", "test_loss",
                                                               "train_seconds") if k in m)
-        click.echo(f"trained {res['model']}:{res['version']} ({res['params']:,} parameters) -> {res['path']}")
+        target = f", {res['target']}" if res.get("target") else ""
+        click.echo(f"trained {res['model']}:{res['version']} ({res['params']:,} parameters{target}) -> {res['path']}")
         if shown:
             click.echo(f"  {shown}")
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dlkit.errors import InputError
-from dlkit.data.dataset import Dataset, _sorted_labels, check_data_options, is_number, make_dataset, value_range
+from dlkit.data.dataset import Dataset, _sorted_labels, check_data_options, make_dataset, value_range
 
 
 
@@ -19,67 +17,32 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 # -- user files ------------------------------------------------------------------------------------
 def load_csv(source: str, options: dict, seed: int) -> Dataset:
-    """Numeric features and one label column (``data.target``, default the last); header detected.
+    """Numeric features and one target column (see :mod:`dlkit.data.csv_table` for how the file
+    is read and the target chosen); ``data.missing`` = error (default), drop or mean.
 
     Features are standardised with the training split's mean and standard deviation, recorded
     in the input spec so the exported graph accepts raw feature values.
     """
+    from dlkit.data.csv_table import check_target, features_and_labels, read_table, target_column
+
     path = Path(source)
-    check_data_options(str(path), options, ("target",))
-    try:
-        with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f)]
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text CSV file") from None
-    rows = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
-    if not rows:
-        raise InputError(f"{path}: empty CSV file")
-    first = rows[0][1]
-    # A header is a first row with a word where the next row has a number (as csv.Sniffer
-    # judges it): a header-less file with string labels ("5.1,3.5,setosa") keeps its first row.
-    if len(rows) > 1:
-        has_header = any(not is_number(a) and is_number(b) for a, b in zip(first, rows[1][1]))
-    else:
-        has_header = not all(is_number(c) for c in first)
-    header = [c.strip() for c in first] if has_header else [f"column {i + 1}" for i in range(len(first))]
-    body = rows[1:] if has_header else rows
-    target = options.get("target")
-    if target is None:
-        t = len(header) - 1
-    elif isinstance(target, int) or str(target).lstrip("-").isdigit():
-        t = int(target)
-        if not -len(header) <= t < len(header):
-            raise InputError(f"{path}: data.target={target} is out of range ({len(header)} columns)")
-        t %= len(header)
-    elif target in header:
-        t = header.index(target)
-    else:
-        raise InputError(f"{path}: data.target={target!r} is not a column (columns: {', '.join(header)})")
-    feats, labels = [], []
-    for line, row in body:
-        if len(row) != len(header):
-            raise InputError(f"{path}:{line}: expected {len(header)} columns, found {len(row)}")
-        values = []
-        for col, cell in enumerate(row):
-            if col == t:
-                continue
-            try:
-                values.append(float(cell))
-            except ValueError:
-                raise InputError(
-                    f"{path}:{line}: column {col + 1} ({header[col]!r}) is not a number: {cell.strip()!r}"
-                ) from None
-            if not math.isfinite(values[-1]):
-                raise InputError(f"{path}:{line}: column {col + 1} ({header[col]!r}) is {cell.strip()!r}")
-        feats.append(values)
-        labels.append(row[t].strip())
+    check_data_options(str(path), options, ("target", "missing"))
+    table = read_table(path)
+    t = target_column(table, options.get("target"))
+    feats, labels = features_and_labels(table, t, str(options.get("missing", "error")),
+                                        chosen=options.get("target") is not None)
     if not feats:
         raise InputError(f"{path}: no data rows")
+    target = table.header[t]
+    check_target(path, target, labels)
     x = np.asarray(feats, dtype=np.float32)
     names = _sorted_labels(labels)
     y = np.array([names.index(v) for v in labels])
+    if table.class_names and len(table.class_names) == len(names) and names == [str(i) for i in range(len(names))]:
+        names = table.class_names  # sklearn's file: class i is the i-th name of its first line
     spec = {"kind": "tabular", "shape": [x.shape[1]], "dtype": "float32", "range": value_range(x),
-            "features": [h for i, h in enumerate(header) if i != t]}
+            "features": [h for i, h in enumerate(table.header) if i != t], "target": target,
+            "rows": len(labels)}
     ds = make_dataset(path.name, x, y, names, spec, seed, options)
     mean = ds.x_train.mean(axis=0)
     std = ds.x_train.std(axis=0)

@@ -44,10 +44,14 @@ class TrainResult:
     version: ModelVersion
     metrics: dict
     params: int
+    target: str | None = None  # which column of a table was learnt, e.g. "target: species, 3 classes, ..."
 
     def as_dict(self) -> dict:
-        return {"model": self.version.name, "version": self.version.version,
-                "path": str(self.version.path), "params": self.params, "metrics": self.metrics}
+        out = {"model": self.version.name, "version": self.version.version,
+               "path": str(self.version.path), "params": self.params, "metrics": self.metrics}
+        if self.target:
+            out["target"] = self.target
+        return out
 
 
 def default_name(arch: str, data_source: str) -> str:
@@ -123,6 +127,11 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
     dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
 
     check_compatible(spec, dataset.input_spec, source)
+    from dlkit.data.csv_table import target_summary
+
+    target = target_summary(dataset.input_spec, dataset.num_classes)
+    if target and rank == 0 and not quiet:
+        print(f"dlkit: {target}", file=sys.stderr)  # the column chosen is never a silent guess
     import torch
 
     torch.manual_seed(recipe.seed)
@@ -175,4 +184,4 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
         else:
             staged.discard()
         raise
-    return TrainResult(version, metrics, meta["params"])
+    return TrainResult(version, metrics, meta["params"], target)
