@@ -91,12 +91,16 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
     """One sub-folder per class of PNG/JPEG images; grayscale unless any image has colour.
 
     Images are resized to ``data.size`` (``"28x28"``), default the most common size, and scaled
-    to [0, 1].
+    to [0, 1]; ``data.invert=true`` takes their negative (dark drawings on white paper, to match
+    light-on-dark data), and the model's preprocessing records it so ``predict`` does the same.
     """
     from PIL import Image, UnidentifiedImageError
 
     root = Path(source)
-    check_data_options(str(root), options, ("size",))
+    check_data_options(str(root), options, ("size", "invert"))
+    invert = options.get("invert", False)
+    if not isinstance(invert, bool):
+        raise InputError(f"data.invert must be true or false, got {invert!r}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {c: sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
     files = {c: fs for c, fs in files.items() if fs}
@@ -127,10 +131,13 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
         if im.size != size:
             im = im.resize(size, Image.BILINEAR)
         a = np.asarray(im, dtype=np.float32) / 255.0
+        a = 1.0 - a if invert else a
         arrays.append(a.transpose(2, 0, 1) if color else a[None])
     x = np.stack(arrays)
     spec = {"kind": "image", "shape": list(x.shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
-            "layout": "NCHW", "preprocessing": f"{mode} image resized to {size[0]}x{size[1]}, pixel / 255"}
+            "layout": "NCHW", "invert": invert,
+            "preprocessing": f"{mode} image resized to {size[0]}x{size[1]}, "
+                             f"{'1 - pixel / 255' if invert else 'pixel / 255'}"}
     return make_dataset(root.name, x, np.array(y), list(files), spec, seed, options)
 
 

@@ -26,8 +26,14 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 
 
 def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", top_k: int = 3, *,
-            strict: bool = False, threads: int | None = None, optimization: str = "all") -> dict:
-    """Classify each input file with ``version``'s model.onnx; one prediction per sample."""
+            strict: bool = False, threads: int | None = None, optimization: str = "all",
+            invert: bool = False) -> dict:
+    """Classify each input file with ``version``'s model.onnx; one prediction per sample.
+
+    ``invert``: read images as their negative (a black-on-white drawing for a model trained on
+    light-on-dark digits). A sample far outside the training inputs gets a ``warning``.
+    """
+    from dlkit.data.input_stats import expected_input, unusual_inputs
     from dlkit.infer.session import Session
 
     if not inputs:
@@ -38,6 +44,7 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
     session = Session(version.onnx_path, provider, strict=strict, threads=threads, optimization=optimization)
     info = model_info(session, version)
+    info["invert"] = invert
     if info["task"] != "classification":
         raise InputError(f"model {version.ref} is a {info['task']} model: predict needs a classifier")
     feed = session.inputs[0]
@@ -48,10 +55,10 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
         batch, labels = read_input(source, info, feed)
         out = session.run({feed.name: batch}, [wanted])[wanted]
         probs = out if wanted == "probabilities" else softmax(out)
-        for row, name in zip(probs, labels):
-            predictions.append(describe(name, row, info["labels"], top_k))
+        for row, name, unusual in zip(probs, labels, unusual_inputs(batch, info["input_spec"])):
+            predictions.append({**describe(name, row, info["labels"], top_k), "warning": unusual})
     return {"model": version.name, "version": version.version, "providers": session.providers,
-            "predictions": predictions}
+            "expects": expected_input(info["input_spec"]), "predictions": predictions}
 
 
 def model_info(session, version: ModelVersion) -> dict:
@@ -219,6 +226,8 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
     if image.size != size:
         image = image.resize(size, Image.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if bool(prep.get("invert")) != bool(info.get("invert")):  # trained on negatives xor --invert
+        pixels = 1.0 - pixels
     lo, hi = prep.get("range") or [0.0, 1.0]
     pixels = lo + (hi - lo) * pixels
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

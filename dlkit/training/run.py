@@ -127,6 +127,10 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
     dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
 
     check_compatible(spec, dataset.input_spec, source)
+    from dlkit.data.input_stats import input_stats
+
+    # What the inputs looked like, so that predict can warn about one that is nothing like them.
+    dataset.input_spec["stats"] = input_stats(dataset.x_train, dataset.kind)
     from dlkit.data.csv_table import target_summary
 
     target = target_summary(dataset.input_spec, dataset.num_classes)
