@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from dlkit import hookimpl
-from dlkit.training import supervised
+from dlkit.training import supervised_options
 
 
 def _data(path: str):
@@ -22,9 +22,16 @@ def _data(path: str):
     return load
 
 
+def _fit_supervised(run):
+    """The ``supervised`` trainer (imports torch on first call)."""
+    from dlkit.training.supervised import fit
+
+    return fit(run)
+
+
 @hookimpl
 def register_trainers(register):
-    register("supervised", supervised.fit, defaults=supervised.DEFAULTS, distributed=True,
+    register("supervised", _fit_supervised, defaults=supervised_options.DEFAULTS, distributed=True,
              description="minibatch cross-entropy training with early stopping")
 
 

@@ -20,7 +20,8 @@ from dlkit.store.weights import load_tensors, save_tensors
 from dlkit.errors import DlkitError, InputError
 from dlkit.store.recipe import Recipe
 from dlkit.store.repository import ModelRepository
-from dlkit.training.supervised import TrainingDiverged, evaluate_arrays, random_shift
+from dlkit.training.loop import TrainingDiverged
+from dlkit.training.supervised import evaluate_arrays, random_shift
 from dlkit.testing import run_cli
 from dlkit.training.run import CHECKPOINT, train
 

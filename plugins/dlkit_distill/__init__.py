@@ -24,7 +24,7 @@ def compress(source, options, repo):
 
 @hookimpl
 def register_trainers(register):
-    from .trainer import DEFAULTS
+    from .options import DEFAULTS
 
     register("distill", fit, defaults=DEFAULTS,
              description="supervised loop on alpha*T^2*KL(teacher/T || student/T) + (1-alpha)*CE")
@@ -41,7 +41,7 @@ def register_commands(cli):
 
     from dlkit import json_option, repo_option, threads_option
 
-    from .trainer import ALPHA, TEMPERATURE
+    from .options import ALPHA, TEMPERATURE
 
     @cli.command("distill")
     @click.argument("teacher", metavar="TEACHER[:V]")

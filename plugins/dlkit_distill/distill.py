@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from dlkit import InputError
 from dlkit import ModelRepository, ModelVersion
@@ -45,13 +44,13 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     from dlkit import DlkitError
     from dlkit import save_tensors
     from dlkit import evaluation_data
-    from dlkit import check_compatible, count_params
+    from dlkit import check_compatible, derive, trained_meta
     from dlkit import get_registry
-    from dlkit import Recipe, apply_sets, check_options
+    from dlkit import Recipe, check_options, recipe_from
     from dlkit import WEIGHTS, check_name
 
     from .teacher import check_teacher, load_teacher
-    from .trainer import DEFAULTS, validate
+    from .options import DEFAULTS, validate
 
     repo = repo or ModelRepository()
     source = repo.resolve(teacher) if isinstance(teacher, str) else teacher
@@ -60,14 +59,12 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     spec = registry.model(student)
     if spec.task != "classification":
         raise InputError(f"--student {student} is a {spec.task} architecture; the student must be a classifier")
-    train_keys = set(DEFAULTS) - {"teacher"}
-    recipe = Recipe(arch=student, seed=seed, data={})
-    apply_sets(recipe, list(sets), set(spec.defaults), train_keys)
+    trainer_defaults = {k: v for k, v in DEFAULTS.items() if k != "teacher"}
+    recipe = recipe_from(Recipe(arch=student, seed=seed, data={}), sets=sets, trainer_defaults=trainer_defaults,
+                         temperature=temperature, alpha=alpha, epochs=epochs)
     if recipe.data:
         # Another split would put samples the teacher trained on into the student's test set.
         raise InputError(f"--set data.{next(iter(recipe.data))}: distillation uses the teacher's data split")
-    flags = {"temperature": temperature, "alpha": alpha, "epochs": epochs}
-    recipe.train.update({k: v for k, v in flags.items() if v is not None})
     if "teacher" in recipe.train:
         raise InputError("--set teacher: the teacher is the TEACHER argument")
     hparams = check_options("model", recipe.model, spec.defaults)
@@ -99,11 +96,12 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
         raise InputError(f"student {student} outputs {student_outputs} values per sample, teacher "
                          f"{source.ref} outputs {teacher_outputs}; they must match")
 
-    staged = repo.stage(out_name)
-    try:
-        model, metrics = train_student(model, spec, dataset, config, seed, staged.path, quiet, mentor)
-        params = count_params(model)
-        save_tensors(staged.path / WEIGHTS, model.state_dict())
+    with derive(repo, source, "distill", out_name, inherit=()) as new:
+        model, metrics = train_student(model, spec, dataset, config, seed, new.path, quiet, mentor)
+        save_tensors(new.path / WEIGHTS, model.state_dict())
+        train = {k: v for k, v in config.items() if k != "teacher"}  # a path that moves with the repository
+        new.meta.update(trained_meta(spec, "distill", hparams, train, seed, dataset, model, metrics))
+        params = new.meta["params"]
         report = {
             "teacher": {"model": source.ref, "runtime": mentor.runtime, "params": mentor.params,
                         "test_accuracy": teacher_accuracy(mentor, dataset)},
@@ -118,12 +116,9 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
             report["baseline"] = {"arch": student, "params": params, "test_accuracy": base["test_accuracy"],
                                   "val_accuracy": base["val_accuracy"], "test_loss": base["test_loss"]}
         report.update(summarise(report))
-        meta = student_meta(spec, hparams, config, seed, dataset, metrics, params, source, mentor, report)
-        version = staged.commit(meta)
-    except BaseException:
-        staged.discard()
-        raise
-    return DistillResult(version)
+        new.meta["distill"] = {"teacher": {"name": source.name, "version": source.version, "runtime": mentor.runtime},
+                               "temperature": config["temperature"], "alpha": config["alpha"], "report": report}
+    return DistillResult(new.version)
 
 
 def build_student(spec, hparams: dict, dataset, seed: int):
@@ -141,7 +136,7 @@ def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet:
     returns the trained model (CPU, eval mode) and its metrics."""
     from pathlib import Path
 
-    from dlkit import SupervisedTrainer, evaluate_arrays
+    from dlkit import SupervisedTrainer, classifier_metrics
     from dlkit import CHECKPOINT, TrainRun
 
     from .trainer import DistillTrainer
@@ -152,9 +147,7 @@ def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet:
     metrics = dict(trainer.fit())
     (Path(workdir) / CHECKPOINT).unlink(missing_ok=True)  # resume is not offered: the run is short
     model = run.model.cpu().eval()
-    test = evaluate_arrays(model, dataset.x_test, dataset.y_test)
-    val = evaluate_arrays(model, dataset.x_val, dataset.y_val)
-    metrics.update(test_accuracy=test["accuracy"], test_loss=test["loss"], val_accuracy=val["accuracy"])
+    metrics.update(classifier_metrics(model, dataset))
     return model, metrics
 
 
@@ -177,24 +170,6 @@ def summarise(report: dict) -> dict:
         if gap > 0:
             recovered = (student["test_accuracy"] - base["test_accuracy"]) / gap
     return {"param_ratio": ratio, "gap": gap, "gap_recovered": recovered}
-
-
-def student_meta(spec, hparams, config, seed, dataset, metrics, params, source, teacher, report) -> dict:
-    """meta.json of the student: what any trained model records, plus its lineage."""
-    from dlkit import library_versions
-
-    train = {k: v for k, v in config.items() if k != "teacher"}  # a path that moves with the repository
-    return {
-        "arch": spec.name, "plugin": spec.plugin, "task": spec.task, "trainer": "distill",
-        "hparams": hparams, "train": train, "seed": seed,
-        "input_spec": dataset.input_spec, "labels": dataset.labels, "num_classes": dataset.num_classes,
-        "data": dataset.describe(), "metrics": metrics, "params": params,
-        "parent": {"name": source.name, "version": source.version}, "method": "distill",
-        "distill": {"teacher": {"name": source.name, "version": source.version, "runtime": teacher.runtime},
-                    "temperature": config["temperature"], "alpha": config["alpha"], "report": report},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": library_versions(),
-    }
 
 
 def compress(source: ModelVersion, options: dict, repo: ModelRepository) -> ModelVersion:

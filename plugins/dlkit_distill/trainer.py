@@ -3,31 +3,13 @@ metrics.jsonl) with Hinton et al.'s soft-target loss in place of plain cross-ent
 
 from __future__ import annotations
 
-import math
+import torch.nn.functional as F
 
-from dlkit import InputError
-from dlkit import SUPERVISED_DEFAULTS
 from dlkit import SupervisedTrainer
-from dlkit import validate_supervised
 
-# Chosen on benchmarks/bench_distill.py (digits, CNN teacher, MLP student 1/20 its size).
-TEMPERATURE = 4.0
-ALPHA = 0.9
-DEFAULTS = {
-    **SUPERVISED_DEFAULTS,
-    "temperature": TEMPERATURE,  # softens both distributions; T^2 keeps the soft gradients' scale
-    "alpha": ALPHA,  # weight of the soft-target term; 1 - alpha goes to the labels
-    "teacher": "",  # the teacher's version folder (models/NAME/V)
-}
+from .options import ALPHA, DEFAULTS, TEMPERATURE, validate
 
-
-def check_distill_options(temperature, alpha) -> None:
-    """Refuse a temperature or weight no run could use, naming the option."""
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-        raise InputError(f"temperature must be a number > 0, got {temperature!r}")
-    if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise InputError(f"alpha must be between 0 and 1, got {alpha!r}")
-
+__all__ = ["ALPHA", "DEFAULTS", "TEMPERATURE", "DistillTrainer", "distillation_loss", "fit", "validate"]
 
 def distillation_loss(student, teacher, labels, temperature: float, alpha: float, label_smoothing: float = 0.0):
     """``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``.
@@ -35,8 +17,6 @@ def distillation_loss(student, teacher, labels, temperature: float, alpha: float
     The T^2 factor keeps the soft term's gradients at the scale of the hard term's as T changes
     (Hinton, Vinyals and Dean, 2015, section 2).
     """
-    import torch.nn.functional as F
-
     hard = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
     if alpha == 0:
         return hard
@@ -69,11 +49,6 @@ class DistillTrainer(SupervisedTrainer):
         else:
             teacher = self.teacher.logits(xb)
         return distillation_loss(out, teacher, yb, cfg["temperature"], cfg["alpha"], cfg["label_smoothing"])
-
-
-def validate(config: dict) -> None:
-    validate_supervised(config)
-    check_distill_options(config["temperature"], config["alpha"])
 
 
 def fit(run) -> dict:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-from dlkit import Callback, CurvePlot, MetricsLog, ProgressBar, truncate_metrics_log
-from dlkit import load_train_state, optimizer_from_flat, optimizer_to_flat, save_train_state
-from dlkit import InputError
-from dlkit import TrainingDiverged, resolve_device
+import torch
+import torch.nn.functional as F
+
+from dlkit import Callback, CurvePlot, EpochLoop, InputError, MetricsLog, ProgressBar, TrainingDiverged, resolve_device
 
 from .grid import class_rows, save_grid
 
-CHECKPOINT = "checkpoint.safetensors"
 SAMPLES = "samples.png"
 EPOCH_GRIDS = "epochs"  # per-epoch grids: <version>/epochs/epoch-0001.png
 GRID_SAMPLES = 64  # unconditional grids: 8 x 8
@@ -72,22 +68,26 @@ class LiveLosses(ProgressBar):
             self.progress.update(self.task, status=f"d_loss {logs['d_loss']:.3f}  g_loss {logs['g_loss']:.3f}")
 
 
-class GanTrainer:
-    """Two networks, two Adam optimizers, alternating minibatch updates."""
+class GanTrainer(EpochLoop):
+    """Two networks, two Adam optimizers, alternating minibatch updates, on dlkit's epoch loop."""
 
     def __init__(self, run):
-        import torch
-
-        self.run = run
-        self.config = cfg = run.config
-        self.device = resolve_device(cfg["device"])
-        self.model = run.model.to(self.device)
-        self.workdir = Path(run.workdir)
+        cfg = run.config
+        workdir = Path(run.workdir)
+        steps = max(1, len(run.data.y_train) // cfg["batch_size"])
+        callbacks: list[Callback] = [
+            MetricsLog(workdir / "metrics.jsonl"),
+            CurvePlot(workdir / "curves.png", [("loss", ["d_loss", "g_loss"]),
+                                               ("discriminator score", ["d_real", "d_fake"])]),
+        ]
+        if not run.quiet:
+            callbacks.insert(0, LiveLosses(cfg["epochs"], steps, ["d_loss", "g_loss", "d_real", "d_fake", "seconds"]))
+        super().__init__(run, callbacks)
+        self.steps = steps
         betas = (cfg["beta1"], cfg["beta2"])
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg["lr"], betas=betas)
         self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=cfg["d_lr"] or cfg["lr"], betas=betas)
-        self.epoch = 0
-        self.seconds = 0.0
+        self.optimizers = {"optim_g": self.opt_g, "optim_d": self.opt_d}
         self.low_d_steps = 0  # consecutive steps with the discriminator's loss near its floor
         # An exponential moving average of the generator's weights (buffers copied): the
         # averaged generator is what gets sampled, saved and exported; it smooths out the
@@ -96,14 +96,6 @@ class GanTrainer:
         self.params = [n for n, _ in generator.named_parameters()]
         self.ema_state = {k: v.detach().clone() for k, v in generator.state_dict().items()} if cfg["ema"] else None
         self.ema_updates = 0
-        self.steps = max(1, len(run.data.y_train) // cfg["batch_size"])
-        self.curves = CurvePlot(self.workdir / "curves.png",
-                                [("loss", ["d_loss", "g_loss"]), ("discriminator score", ["d_real", "d_fake"])])
-        self.callbacks: list[Callback] = [MetricsLog(self.workdir / "metrics.jsonl"), self.curves]
-        if not run.quiet:
-            fields = ["d_loss", "g_loss", "d_real", "d_fake", "seconds"]
-            self.callbacks.insert(0, LiveLosses(cfg["epochs"], self.steps, fields))
-        self.callbacks += list(run.callbacks)
         # The same noise (and labels) every epoch, so the per-epoch grids show one sample evolving.
         g = torch.Generator().manual_seed(run.seed + 1)
         gan = self.model
@@ -116,11 +108,11 @@ class GanTrainer:
             self.grid_shape = (8, 8)
         n = self.grid_shape[0] * self.grid_shape[1]
         self.fixed_noise = torch.randn(n, gan.latent, generator=g).to(self.device)
+        self.floor = self.d_loss_floor()
+        self._data: tuple | None = None
 
     # -- losses ----------------------------------------------------------------------------------
     def d_loss(self, real_scores, fake_scores):
-        import torch.nn.functional as F
-
         if self.config["loss"] == "hinge":
             return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
         target = real_scores.new_full(real_scores.shape, 1.0 - self.config["label_smoothing"])
@@ -128,8 +120,6 @@ class GanTrainer:
                 + F.binary_cross_entropy_with_logits(fake_scores, fake_scores.new_zeros(fake_scores.shape)))
 
     def g_loss(self, fake_scores):
-        import torch.nn.functional as F
-
         if self.config["loss"] == "hinge":
             return -fake_scores.mean()
         # non-saturating: maximise log D(G(z)) rather than minimise log(1 - D(G(z)))
@@ -142,48 +132,18 @@ class GanTrainer:
             return 0.0
         return -(1 - s) * math.log(1 - s) - s * math.log(s)
 
-    # -- checkpoints -----------------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
-        import torch
+    # -- state beyond the loop's (model, optimizers and RNG are the loop's) -----------------------
+    def extra_state(self) -> tuple[dict, dict]:
+        tensors = {f"ema.{k}": v for k, v in (self.ema_state or {}).items()}
+        return tensors, {"low_d_steps": self.low_d_steps, "ema_updates": self.ema_updates}
 
-        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        g_tensors, g_state = optimizer_to_flat(self.opt_g, "optim_g")
-        d_tensors, d_state = optimizer_to_flat(self.opt_d, "optim_d")
-        tensors.update(g_tensors)
-        tensors.update(d_tensors)
-        if self.ema_state is not None:
-            tensors.update({f"ema.{k}": v for k, v in self.ema_state.items()})
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if self.device.startswith("cuda"):
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        state = {"epoch": self.epoch, "seconds": self.seconds, "low_d_steps": self.low_d_steps,
-                 "ema_updates": self.ema_updates,
-                 "optim_g": g_state, "optim_d": d_state}
-        save_train_state(self.workdir / CHECKPOINT, tensors, state)
-
-    def load_checkpoint(self) -> None:
-        import torch
-
-        tensors, state = load_train_state(self.workdir / CHECKPOINT)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer_from_flat(self.opt_g, "optim_g", tensors, state["optim_g"])
-        optimizer_from_flat(self.opt_d, "optim_d", tensors, state["optim_d"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and self.device.startswith("cuda"):
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    def load_extra_state(self, tensors: dict, state: dict) -> None:
         if self.ema_state is not None:
             self.ema_state = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
-        self.epoch, self.seconds, self.low_d_steps = state["epoch"], state["seconds"], state["low_d_steps"]
-        self.ema_updates = state["ema_updates"]
-        log = self.workdir / "metrics.jsonl"
-        truncate_metrics_log(log, self.epoch)
-        if log.is_file():  # the curves cover the whole run, not only the resumed part
-            self.curves.history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        self.low_d_steps, self.ema_updates = state["low_d_steps"], state["ema_updates"]
 
     # -- samples ---------------------------------------------------------------------------------
     def update_ema(self) -> None:
-        import torch
-
         # Warm-up: average over about the last third of the steps so far until that reaches
         # 1 / (1 - ema) steps, so that early grids do not show the random start.
         self.ema_updates += 1
@@ -197,8 +157,6 @@ class GanTrainer:
                     self.ema_state[key].copy_(value)
 
     def save_samples(self, path: Path) -> None:
-        import torch
-
         gan = self.model
         was_training = gan.training
         live = None
@@ -213,82 +171,69 @@ class GanTrainer:
         gan.train(was_training)
         save_grid(path, images, (gan.low, gan.high), *self.grid_shape)
 
-    # -- the loop --------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        import torch
+    # -- one epoch ---------------------------------------------------------------------------------
+    def _tensors(self) -> tuple:
+        if self._data is None:
+            data, gan = self.run.data, self.model
+            self._data = (gan.from_data_range(torch.as_tensor(data.x_train, dtype=torch.float32)).to(self.device),
+                          torch.as_tensor(data.y_train, dtype=torch.long).to(self.device))
+        return self._data
 
-        cfg, data, gan = self.config, self.run.data, self.model
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, gan = self.config, self.model
+        x, y = self._tensors()
+        n, bs = len(x), cfg["batch_size"]
+        gan.train()
+        order = torch.randperm(n).to(self.device)
+        sums = torch.zeros(4, device=self.device)  # d_loss, g_loss, d_real, d_fake
+        for step in range(self.steps):
+            idx = order[step * bs:(step + 1) * bs]
+            values = self.train_step(x[idx], y[idx] if gan.conditional else None)
+            d_value, g_value = (float(v) for v in values[:2].cpu())
+            self._check(epoch, step, d_value, g_value, self.floor)
+            sums += values
+            self.step_end(step, {"d_loss": d_value, "g_loss": g_value})
+        d_mean, g_mean, real_mean, fake_mean = (float(v) for v in (sums / self.steps).cpu())
+        if cfg["grid_every"] and epoch % cfg["grid_every"] == 0:
+            self.save_samples(self.workdir / EPOCH_GRIDS / f"epoch-{epoch:04d}.png")
+        return {"d_loss": d_mean, "g_loss": g_mean, "d_real": real_mean, "d_fake": fake_mean}
+
+    def train_step(self, real, real_labels):
+        """``d_steps`` discriminator updates, then one generator update; returns the four
+        statistics (d_loss, g_loss, mean real score, mean fake score) as one tensor."""
+        cfg, gan = self.config, self.model
         generator, discriminator = gan.generator, gan.discriminator
-        if self.run.resume and (self.workdir / CHECKPOINT).is_file():
-            self.load_checkpoint()
-        x = gan.from_data_range(torch.as_tensor(data.x_train, dtype=torch.float32)).to(self.device)
-        y = torch.as_tensor(data.y_train, dtype=torch.long).to(self.device)
-        n, bs, classes = len(x), cfg["batch_size"], gan.num_classes
-        cond = gan.conditional
-        floor = self.d_loss_floor()
-        logs: dict[str, Any] = {}
-        for cb in self.callbacks:
-            cb.on_train_start(self)
-        try:
-            for epoch in range(self.epoch + 1, cfg["epochs"] + 1):
-                self.epoch = epoch
-                started = time.perf_counter()
-                gan.train()
-                for cb in self.callbacks:
-                    cb.on_epoch_start(self, epoch)
-                order = torch.randperm(n).to(self.device)
-                sums = torch.zeros(4, device=self.device)  # d_loss, g_loss, d_real, d_fake
-                for step in range(self.steps):
-                    idx = order[step * bs:(step + 1) * bs]
-                    real, real_labels = x[idx], (y[idx] if cond else None)
-                    # discriminator: real images up, generated ones down
-                    for _ in range(cfg["d_steps"]):
-                        fake_labels = torch.randint(0, classes, (bs,), device=self.device) if cond else None
-                        with torch.no_grad():
-                            fake = generator(torch.randn(bs, gan.latent, device=self.device), fake_labels)
-                        real_scores = discriminator(real, real_labels)
-                        fake_scores = discriminator(fake, fake_labels)
-                        d_loss = self.d_loss(real_scores, fake_scores)
-                        self.opt_d.zero_grad(set_to_none=True)
-                        d_loss.backward()
-                        self.opt_d.step()
-                    # generator: make the discriminator call its images real
-                    fake_labels = torch.randint(0, classes, (bs,), device=self.device) if cond else None
-                    discriminator.requires_grad_(False)
-                    fake_scores = discriminator(generator(torch.randn(bs, gan.latent, device=self.device), fake_labels),
-                                                fake_labels)
-                    g_loss = self.g_loss(fake_scores)
-                    self.opt_g.zero_grad(set_to_none=True)
-                    g_loss.backward()
-                    self.opt_g.step()
-                    if self.ema_state is not None:
-                        self.update_ema()
-                    discriminator.requires_grad_(True)
-                    values = torch.stack([d_loss.detach(), g_loss.detach(), real_scores.detach().mean(),
-                                          fake_scores.detach().mean()])
-                    d_value, g_value = (float(v) for v in values[:2].cpu())
-                    self._check(epoch, step, d_value, g_value, floor)
-                    sums += values
-                    for cb in self.callbacks:
-                        cb.on_step_end(self, step, {"d_loss": d_value, "g_loss": g_value})
-                self.seconds += time.perf_counter() - started
-                d_mean, g_mean, real_mean, fake_mean = (float(v) for v in (sums / self.steps).cpu())
-                logs = {"d_loss": d_mean, "g_loss": g_mean, "d_real": real_mean, "d_fake": fake_mean,
-                        "seconds": round(self.seconds, 3)}
-                if cfg["grid_every"] and epoch % cfg["grid_every"] == 0:
-                    self.save_samples(self.workdir / EPOCH_GRIDS / f"epoch-{epoch:04d}.png")
-                for cb in self.callbacks:
-                    cb.on_epoch_end(self, epoch, logs)
-                self.save_checkpoint()
-            if self.ema_state is not None:  # from here on the generator is the averaged one
-                generator.load_state_dict(self.ema_state)
-            self.save_samples(self.workdir / SAMPLES)
-            for cb in self.callbacks:
-                cb.on_train_end(self, logs)
-        finally:
-            for cb in self.callbacks:
-                cb.teardown(self)
-        gan.eval()
+        bs, classes, cond = cfg["batch_size"], gan.num_classes, gan.conditional
+        # discriminator: real images up, generated ones down
+        for _ in range(cfg["d_steps"]):
+            fake_labels = torch.randint(0, classes, (bs,), device=self.device) if cond else None
+            with torch.no_grad():
+                fake = generator(torch.randn(bs, gan.latent, device=self.device), fake_labels)
+            real_scores = discriminator(real, real_labels)
+            fake_scores = discriminator(fake, fake_labels)
+            d_loss = self.d_loss(real_scores, fake_scores)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+        # generator: make the discriminator call its images real
+        fake_labels = torch.randint(0, classes, (bs,), device=self.device) if cond else None
+        discriminator.requires_grad_(False)
+        fake_scores = discriminator(generator(torch.randn(bs, gan.latent, device=self.device), fake_labels),
+                                    fake_labels)
+        g_loss = self.g_loss(fake_scores)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        if self.ema_state is not None:
+            self.update_ema()
+        discriminator.requires_grad_(True)
+        return torch.stack([d_loss.detach(), g_loss.detach(), real_scores.detach().mean(), fake_scores.detach().mean()])
+
+    def finish(self, logs: dict) -> dict:
+        if self.ema_state is not None:  # from here on the generator is the averaged one
+            self.model.generator.load_state_dict(self.ema_state)
+        self.save_samples(self.workdir / SAMPLES)
+        self.model.eval()
         return {"epochs": self.epoch, "train_seconds": round(self.seconds, 3),
                 "d_loss": logs.get("d_loss"), "g_loss": logs.get("g_loss"), "stopped_early": False,
                 "samples": SAMPLES}
@@ -314,8 +259,6 @@ class GanTrainer:
 
 def fit(run) -> dict:
     """Train ``run.model`` (a :class:`~dlkit_gan.model.GAN`) and measure its samples' quality."""
-    import torch
-
     from . import quality
 
     validate(run.config)

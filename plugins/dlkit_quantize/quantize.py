@@ -16,7 +16,6 @@ import math
 import platform
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -171,7 +170,8 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         out_name = o["name"] or f"{version.name}-{candidate.suffix}"
         check_name(out_name)
         meta = _meta(version, repo, candidate, o, tolerance, prep, calibration, check, chosen, report, sessions)
-        new = _write(repo, out_name, built[candidate.name], meta, sessions[candidate.name])
+        new = _write(repo, version, out_name, f"quantize-{candidate.method}", built[candidate.name], meta,
+                     sessions[candidate.name])
     report.update(model=new.name, version=new.version, path=str(new.path))
     return report
 
@@ -263,17 +263,15 @@ def _parent_ref(version: ModelVersion) -> str | None:
     return f"{parent['name']}:{parent['version']}" if isinstance(parent, dict) and parent.get("name") else None
 
 
+INHERITED = ("arch", "plugin", "task", "hparams", "input_spec", "labels", "num_classes", "data", "params")
+
+
 def _meta(version, repo, candidate, o, tolerance, prep, calibration, check, chosen, report, sessions) -> dict:
     import onnx
     import onnxruntime
 
-    parent = version.meta
-    keep = ("arch", "plugin", "task", "hparams", "input_spec", "labels", "num_classes", "data", "params")
     return {
-        **{k: parent[k] for k in keep if k in parent},
         "metrics": check.metrics(chosen),
-        "parent": {"name": version.name, "version": version.version},
-        "method": f"quantize-{candidate.method}",
         "lineage": lineage(version, repo),
         "quantization": {
             "method": candidate.method, "candidate": candidate.name, "options": candidate.options,
@@ -287,7 +285,6 @@ def _meta(version, repo, candidate, o, tolerance, prep, calibration, check, chos
                             "system": platform.system()},
         },
         "measurements": {"providers": report["providers"], "threads": o["threads"], "table": report["table"]},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"dlkit": __version__, "python": platform.python_version(), "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__},
     }
@@ -307,28 +304,26 @@ def _stamp(path: Path, parent: ModelVersion, repo: ModelRepository, name: str, c
     onnx.save(model, str(path))
 
 
-def _write(repo: ModelRepository, name: str, onnx_file: Path, meta: dict, session) -> ModelVersion:
-    """Stage model.onnx and meta.json, publish, write config.pbtxt."""
+def _write(repo: ModelRepository, parent: ModelVersion, name: str, method: str, onnx_file: Path, meta: dict,
+           session) -> ModelVersion:
+    """Publish model.onnx and meta.json as a model derived from ``parent``, then config.pbtxt."""
     import hashlib
 
     import onnx
 
-    from dlkit import write_bytes
+    from dlkit import derive, write_bytes
 
     data = onnx_file.read_bytes()
     opset = next((o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx")), None)
-    staged = repo.stage(name)
-    try:
-        write_bytes(staged.path / "model.onnx", data)
-        meta = {**meta, "onnx": {
+    # What a quantized model is stays its parent's; how it was trained ("trainer", "train") does not apply.
+    with derive(repo, parent, method, name, inherit=INHERITED) as new:
+        write_bytes(new.path / "model.onnx", data)
+        new.meta.update(meta, onnx={
             "opset": opset, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "inputs": [i.as_dict() for i in session.inputs], "outputs": [o.as_dict() for o in session.outputs],
             "source": "dlkit quantize",
-        }}
-        version = staged.commit(meta)
-    except BaseException:
-        staged.discard()
-        raise
+        })
+    version = new.version
     try:
         from dlkit import write_triton_config
 

@@ -4,15 +4,7 @@ The pruned weights are written as a new model (dense tensors with zeros: smaller
 compressed, and the same graph for ONNX export); the source version is never changed.
 """
 
-from datetime import datetime, timezone
-
-from dlkit import save_tensors
-from dlkit import InputError
-from dlkit import WEIGHTS, ModelRepository, ModelVersion, check_name
-
-# What a pruned model keeps from its parent's meta.json (not metrics, files or lineage).
-INHERITED = ("arch", "plugin", "task", "trainer", "hparams", "train", "seed", "input_spec", "labels",
-             "num_classes", "data", "params", "versions")
+from dlkit import WEIGHTS, InputError, ModelRepository, ModelVersion, check_name, derive, save_tensors
 
 
 def prunable(module):
@@ -47,8 +39,6 @@ def prune_version(source: ModelVersion, options: dict, repo: ModelRepository) ->
     if source.meta.get("task", "classification") != "classification":
         raise InputError(f"model {source.ref} is a {source.meta.get('task')} model; prune needs a classifier")
     name = check_name(options.get("name") or f"{source.name}-pruned")
-    if name == source.name:
-        raise InputError(f"--name {name!r} is the source model's name: a pruned model is a new model")
 
     module, _ = load_model(source)
     targets = prunable(module)
@@ -66,20 +56,12 @@ def prune_version(source: ModelVersion, options: dict, repo: ModelRepository) ->
     test = evaluate_arrays(module, data.x_test, data.y_test)
     val = evaluate_arrays(module, data.x_val, data.y_val)
 
-    meta = {key: source.meta[key] for key in INHERITED if key in source.meta}
-    meta.update(
-        parent={"name": source.name, "version": source.version},
-        method="prune",
-        compression={"amount": float(amount), "scope": scope, "layers": len(targets)},
-        sparsity=sparsity(targets),
-        metrics={"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val["accuracy"],
-                 "parent_test_accuracy": before["accuracy"]},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    staged = repo.stage(name)
-    try:
-        save_tensors(staged.path / WEIGHTS, module.state_dict())
-        return staged.commit(meta)
-    except BaseException:
-        staged.discard()
-        raise
+    with derive(repo, source, "prune", name) as new:  # keeps what the model is, adds the lineage
+        save_tensors(new.path / WEIGHTS, module.state_dict())
+        new.meta.update(
+            compression={"amount": float(amount), "scope": scope, "layers": len(targets)},
+            sparsity=sparsity(targets),
+            metrics={"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val["accuracy"],
+                     "parent_test_accuracy": before["accuracy"]},
+        )
+    return new.version
