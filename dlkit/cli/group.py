@@ -13,6 +13,7 @@ from dlkit.errors import DlkitError
 
 
 DEBUG = False
+ARGS: list[str] | None = None  # the command line main() ran, for messages that repeat it
 
 class DlkitGroup(click.Group):
     """Adds plugin commands on first look-up, and turns dlkit's errors into one red line and an
@@ -69,8 +70,9 @@ def cli():
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; ``--debug`` may stand anywhere on the line."""
-    global DEBUG
+    global ARGS, DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
+    ARGS = list(args)
     if "--debug" in args:
         args.remove("--debug")
         DEBUG = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from dlkit.cli import group
 from dlkit.cli.group import cli
 from dlkit.cli.options import json_option, open_repo, repo_option, threads_option
 from dlkit.cli.output import emit, fmt_metric
@@ -25,14 +26,15 @@ from dlkit.cli.output import emit, fmt_metric
               help="Override a model hyper-parameter (model.KEY), train option (train.KEY) or data option (data.KEY).")
 @click.option("--device", type=str, help="auto, cpu or cuda[:N].")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run of this model name.")
+@click.option("--restart", is_flag=True, help="Discard the interrupted run of this model name and start over.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on GPU).")
 @threads_option
 @repo_option
 @json_option
 @click.pass_context
-def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, device, resume, nproc, threads, repo,
-              as_json):
+def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, device, resume, restart, nproc, threads,
+              repo, as_json):
     """Train ARCH (mlp, cnn, rnn...) or a RECIPE.toml; CLI flags override the recipe.
 
     For several machines, start `torchrun --nproc-per-node N ... -m dlkit train ...` on each.
@@ -43,10 +45,18 @@ def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, devic
         args = [a for a in sys.argv[1:] if a != "--debug"]
         args = _without_option(args, "--nproc")
         ctx.exit(launch(nproc, args + ["--repo", repo]))
-    from dlkit.training.run import train
+    from dlkit.training.run import TrainingInterrupted, train
 
-    result = train(target, open_repo(repo), sets=sets, data=data, name=name, seed=seed, epochs=epochs,
-                   batch_size=batch_size, lr=lr, device=device, resume=resume, quiet=False, threads=threads)
+    try:
+        result = train(target, open_repo(repo), sets=sets, data=data, name=name, seed=seed, epochs=epochs,
+                       batch_size=batch_size, lr=lr, device=device, resume=resume, restart=restart, quiet=False,
+                       threads=threads)
+    except TrainingInterrupted as exc:
+        if group.DEBUG:
+            raise
+        click.secho(f"interrupted: the last checkpoint is kept in {exc.path}", fg="red", err=True)
+        click.echo(f"continue with: {resume_command(ctx)}", err=True)
+        ctx.exit(130)
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
 
@@ -60,6 +70,15 @@ def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, devic
             click.echo(f"  {shown}")
 
     emit(result.as_dict(), as_json, human)
+
+
+def resume_command(ctx) -> str:
+    """The command line that continues this run: the same one, with --resume and without --restart."""
+    import shlex
+
+    args = group.ARGS if group.ARGS is not None else [ctx.info_name, *sys.argv[1:]]
+    args = [a for a in args if a not in ("--restart", "--resume", "--debug")]
+    return shlex.join(["dlkit", *args, "--resume"])
 
 
 def _without_option(args: list[str], option: str) -> list[str]:

@@ -22,6 +22,14 @@ from dlkit.training.state import CHECKPOINT
 RECIPE_FILE = "recipe.json"
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run whose last checkpoint is kept: ``resume=True`` continues it."""
+
+    def __init__(self, name: str, path: Path):
+        super().__init__(f"training of {name!r} interrupted; its checkpoint is kept in {path}")
+        self.name, self.path = name, path
+
+
 @dataclass
 class TrainRun:
     """What a trainer's ``fit`` receives."""
@@ -117,8 +125,8 @@ def recipe_from(target: str | Recipe, *, sets: list[str] | tuple = (), data: str
 
 
 def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: list[str] | tuple = (),
-          resume: bool = False, quiet: bool = False, callbacks: list | None = None, threads: int | None = None,
-          **overrides: Any) -> TrainResult | None:
+          resume: bool = False, restart: bool = False, quiet: bool = False, callbacks: list | None = None,
+          threads: int | None = None, **overrides: Any) -> TrainResult | None:
     """Train ``recipe`` and publish the result as the next version of its model name.
 
     ``recipe`` is a :class:`Recipe`, a RECIPE.toml path or an architecture name; ``sets`` and
@@ -126,7 +134,9 @@ def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: li
     ``dlkit train``'s ``--set`` and flags do (:func:`recipe_from`). Bad input raises
     :class:`InputError` before anything is written. A run that fails after its first checkpoint
     leaves a staging folder that ``resume=True`` continues. Under torchrun every rank trains its
-    shard and only rank 0 writes and returns the result (others: None). ``threads``: torch's
+    shard and only rank 0 writes and returns the result (others: None). An interrupted run of the
+    same name is never discarded silently: without ``resume`` (continue it) or ``restart`` (discard
+    it) the call refuses; Ctrl-C after a checkpoint raises :class:`TrainingInterrupted`. ``threads``: torch's
     compute threads (default :func:`dlkit.training.threads.resolve_threads`), set before torch starts.
     """
     from dlkit.training.threads import use_threads
@@ -140,7 +150,8 @@ def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: li
     try:
         if env_world_size() > 1:
             started = init_from_env(str(recipe.train.get("device", "auto")))
-        return _train(recipe, repo or ModelRepository(), resume=resume, quiet=quiet, callbacks=callbacks)
+        return _train(recipe, repo or ModelRepository(), resume=resume, restart=restart, quiet=quiet,
+                      callbacks=callbacks)
     finally:
         if started:
             shutdown()
@@ -170,6 +181,14 @@ def _resumed_recipe(repo: ModelRepository, name: str, recipe: Recipe) -> tuple[A
     if "epochs" in recipe.train:  # allow extending a run; everything else stays as started
         stored.train["epochs"] = recipe.train["epochs"]
     return staged, stored
+
+
+def _refuse_to_discard(repo: ModelRepository, name: str) -> None:
+    """A fresh run must not delete an interrupted one of the same name without being told to."""
+    found = repo.interrupted(name, CHECKPOINT)
+    if found:
+        raise InputError(f"an interrupted run of {name!r} is kept in {found[0].path}: continue it with --resume, "
+                         f"or discard it and start over with --restart")
 
 
 def _prepare(recipe: Recipe) -> _Prepared:
@@ -203,15 +222,19 @@ def _prepare(recipe: Recipe) -> _Prepared:
     return _Prepared(recipe, spec, trainer, hparams, config, dataset, model, world)
 
 
-def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
+def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, restart: bool, quiet: bool,
            callbacks: list | None) -> TrainResult | None:
     from dlkit.data.csv_table import target_summary
     from dlkit.training.distributed import broadcast_text, rank_and_world
 
     name = recipe.name or default_name(recipe.arch, str(recipe.data.get("source", "digits")))
     staged = None
+    if resume and restart:
+        raise InputError("--resume continues the interrupted run and --restart discards it: give one")
     if resume:
         staged, recipe = _resumed_recipe(repo, name, recipe)
+    elif not restart:
+        _refuse_to_discard(repo, name)
     p = _prepare(recipe)
     target = target_summary(p.dataset.input_spec, p.dataset.num_classes)
     if target and rank_and_world()[0] == 0 and not quiet:
@@ -234,10 +257,12 @@ def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
     except InputError:
         staged.release() if resume else staged.discard()
         raise
-    except BaseException:
+    except BaseException as exc:
         # Keep what a later --resume can continue; drop a folder that holds nothing useful.
         if (staged.path / CHECKPOINT).is_file():
             staged.release()
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
+                raise TrainingInterrupted(name, staged.path) from exc
         else:
             staged.discard()
         raise
