@@ -51,11 +51,31 @@ class DlkitGroup(click.Group):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:  # the disk, the network, permissions: one line, not a traceback
+            if DEBUG:
+                raise
+            if isinstance(exc, BrokenPipeError):  # `dlkit models | head`: the reader left
+                ctx.exit(1)
+            click.secho(f"error: {describe_os_error(exc)}", fg="red", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             if DEBUG:
                 raise
             click.secho("interrupted", fg="red", err=True)
             ctx.exit(130)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``No space left on device: models/x/1/model.onnx (free some space and run it again)``."""
+    import errno
+
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    hint = {errno.ENOSPC: "free some space and run it again",
+            errno.EROFS: "the file system is read-only: use --repo on a writable one",
+            errno.EACCES: "no permission: use --repo on a folder you can write",
+            errno.EADDRINUSE: "the port is taken: choose another one"}.get(exc.errno)
+    return what + (f": {where}" if where else "") + (f" ({hint})" if hint else "")
 
 
 @click.group(cls=DlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

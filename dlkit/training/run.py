@@ -141,6 +141,8 @@ def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: li
     """
     from dlkit.training.threads import use_threads
 
+    repo = repo or ModelRepository()
+    repo.check_writable()  # a read-only repository is found before torch is imported, not after
     use_threads(threads)
     from dlkit.training.distributed import env_world_size, init_from_env, shutdown
 
