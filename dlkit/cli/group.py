@@ -80,12 +80,33 @@ def describe_os_error(exc: OSError) -> str:
 
 @click.group(cls=DlkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dlkit")
-def cli():
+@click.option("--repo", type=click.Path(file_okay=False), help="Model repository folder for the command "
+              "(as the command's own --repo; or $DLKIT_REPO).  [default: models]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (as the command's --json).")
+@click.option("--debug", is_flag=True, expose_value=False,
+              help="Show tracebacks (anywhere on the line; or $DLKIT_DEBUG=1).")
+@click.pass_context
+def cli(ctx, repo, as_json):
     """dlkit: train, compress, export and serve neural networks.
 
     Models live in a repository (./models by default): NAME is the latest version of a model,
     NAME:V a fixed one. Add --json to any command for machine-readable output.
     """
+    # --repo here is read by the commands' own --repo (dlkit.cli.options.repo_option).
+    if as_json:
+        ctx.default_map = _defaults_for(ctx.command, {"as_json": True})
+
+
+def _defaults_for(group: click.Group, values: dict) -> dict:
+    """A click default_map giving ``values`` to every command under ``group`` that takes them."""
+    out: dict = {}
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            out[name] = _defaults_for(command, values)
+        else:
+            names = {p.name for p in command.params}
+            out[name] = {k: v for k, v in values.items() if k in names}
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

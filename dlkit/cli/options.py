@@ -8,9 +8,19 @@ import click
 
 
 
+def _group_repo(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The command's own --repo first, then the group's (``dlkit --repo X models``), then
+    $DLKIT_REPO, then the default."""
+    if ctx.get_parameter_source(param.name) is not click.core.ParameterSource.COMMANDLINE:
+        group = ctx.find_root().params.get("repo")
+        if group is not None:
+            return group
+    return value
+
+
 repo_option = click.option(
     "--repo", type=click.Path(file_okay=False), envvar="DLKIT_REPO", default="models", show_default=True,
-    help="Model repository folder (or $DLKIT_REPO).",
+    callback=_group_repo, help="Model repository folder (or $DLKIT_REPO; also accepted before the command).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 

@@ -7,7 +7,7 @@ import sys
 import click
 from dlkit.cli import group
 from dlkit.cli.group import cli
-from dlkit.cli.options import json_option, open_repo, repo_option, threads_option
+from dlkit.cli.options import json_option, open_repo, provider_option, repo_option, threads_option
 from dlkit.cli.output import emit, fmt_metric
 
 
@@ -16,15 +16,17 @@ from dlkit.cli.output import emit, fmt_metric
 # -- training and evaluation ----------------------------------------------------------------------
 @cli.command("train")
 @click.argument("target")
-@click.option("--data", help="Data set name (digits) or a file/folder: .csv, .npz, image folder.")
-@click.option("--name", help="Model name in the repository (default ARCH-DATA).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--seed", type=int)
+@click.option("--data", help="Data set name or a file/folder: .csv, .tsv, .npz, image folder.  [default: digits]")
+@click.option("--name", help="Model name in the repository.  [default: ARCH-DATA]")
+@click.option("--epochs", type=int, help="Training epochs (train.epochs).  [default: the recipe's, else the "
+                                         "trainer's: see `dlkit show-arch ARCH`]")
+@click.option("--batch-size", type=int, help="Samples per step (train.batch_size).  [default: as --epochs]")
+@click.option("--lr", type=float, help="Learning rate (train.lr).  [default: as --epochs]")
+@click.option("--seed", type=int, help="Seed of the weights' initialisation and of the batches.  [default: 0]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a model hyper-parameter (model.KEY), train option (train.KEY) or data option (data.KEY).")
-@click.option("--device", type=str, help="auto, cpu or cuda[:N].")
+              help="Override a model hyper-parameter (model.KEY), train option (train.KEY) or data option "
+                   "(data.KEY, see docs/data.md); `dlkit show-arch ARCH` lists the keys.")
+@click.option("--device", type=str, help="auto, cpu or cuda[:N].  [default: auto]")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run of this model name.")
 @click.option("--restart", is_flag=True, help="Discard the interrupted run of this model name and start over.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -99,8 +101,9 @@ def _without_option(args: list[str], option: str) -> list[str]:
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]),
               help="Default: torch, or onnx for a model with only model.onnx (quantized models).")
 @click.option("--data", help="Evaluate on another data set or file (default: the model's own).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--provider", default="auto", show_default=True, help="onnxruntime provider (--runtime onnx).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="Which split of the data set to score.")
+@provider_option
 @threads_option
 @repo_option
 @json_option

@@ -55,7 +55,7 @@ def register_commands(cli):
     @click.option("--baseline", is_flag=True, help="Also train the student from scratch (same seed, "
                                                    "options, data) and report the gap recovered.")
     @click.option("--name", help="Name of the student model (default TEACHER-distilled-ARCH).")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the student's initialisation.")
     @click.option("--data", help="Train on another data set with the teacher's labels (default: the teacher's).")
     @threads_option
     @repo_option

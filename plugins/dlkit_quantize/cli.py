@@ -9,25 +9,26 @@ import click
 
 def add_command(cli) -> None:
     from dlkit import emit
-    from dlkit import json_option, open_repo, repo_option, threads_option
+    from dlkit import json_option, open_repo, provider_option, repo_option, threads_option
 
     @cli.command("quantize")
     @click.argument("ref")
-    @click.option("--method", default="auto", show_default=True,
+    @click.option("--method", type=click.Choice(["auto", "dynamic", "static", "fp16"]), default="auto", show_default=True,
                   help="auto (build candidates, measure, keep the fastest within --tolerance), dynamic, static or fp16.")
     @click.option("--calibration-samples", type=int, default=256, show_default=True,
                   help="Training-split samples that calibrate static quantization.")
-    @click.option("--calibrate", default="minmax", show_default=True, help="Calibration: minmax, entropy or percentile.")
+    @click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+                  show_default=True, help="Calibration of static quantization's activation ranges.")
     @click.option("--per-channel/--no-per-channel", default=None,
                   help="One scale per output channel of each weight, or one per tensor (default: per channel "
                        "for static, per tensor for dynamic; auto tries both for dynamic).")
-    @click.option("--format", "fmt", help="Static quantization form: qdq or qoperator (default qdq; auto tries both).")
+    @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]),
+                  help="Static quantization form (default qdq; --method auto tries both).")
     @click.option("--tolerance", type=float,
                   help="Quality loss allowed: validation accuracy points (default 0.5); for generators, percent "
                        "increase of the Frechet distance (default 10).")
     @click.option("--name", help="Name of the new model (default NAME-int8, or NAME-fp16).")
-    @click.option("--provider", default="auto", show_default=True,
-                  help="onnxruntime provider to measure on: auto, cpu, cuda, tensorrt...")
+    @provider_option
     @click.option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,LSTM).")
     @click.option("--measure-seconds", type=float, default=2.0, show_default=True,
                   help="Seconds of timing per batch size (more: steadier latencies).")
