@@ -197,7 +197,6 @@ def _prepare(recipe: Recipe) -> _Prepared:
     """Check every option, load the data and build the model: all bad input is found here."""
     import torch
 
-    from dlkit.data.input_stats import input_stats
     from dlkit.data.load import load_dataset
     from dlkit.plugins import get_registry
     from dlkit.training.build import build_model, check_compatible
@@ -217,8 +216,6 @@ def _prepare(recipe: Recipe) -> _Prepared:
     data_options = {k: v for k, v in recipe.data.items() if k not in ("source", "seed")}
     dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
     check_compatible(spec, dataset.input_spec, source)
-    # What the inputs looked like, so that predict can warn about one that is nothing like them.
-    dataset.input_spec["stats"] = input_stats(dataset.x_train, dataset.kind)
     torch.manual_seed(recipe.seed)
     model = build_model(spec, hparams, dataset.input_spec, dataset.num_classes)
     return _Prepared(recipe, spec, trainer, hparams, config, dataset, model, world)

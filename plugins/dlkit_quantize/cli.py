@@ -13,16 +13,18 @@ def add_command(cli) -> None:
 
     @cli.command("quantize")
     @click.argument("ref")
-    @click.option("--method", type=click.Choice(["auto", "dynamic", "static", "fp16"]), default="auto", show_default=True,
+    # Free text checked by quantize() (one line naming the value, as for every bad option), with
+    # the choices shown in help as click.Choice would.
+    @click.option("--method", metavar="[auto|dynamic|static|fp16]", default="auto", show_default=True,
                   help="auto (build candidates, measure, keep the fastest within --tolerance), dynamic, static or fp16.")
     @click.option("--calibration-samples", type=int, default=256, show_default=True,
                   help="Training-split samples that calibrate static quantization.")
-    @click.option("--calibrate", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+    @click.option("--calibrate", metavar="[minmax|entropy|percentile]", default="minmax",
                   show_default=True, help="Calibration of static quantization's activation ranges.")
     @click.option("--per-channel/--no-per-channel", default=None,
                   help="One scale per output channel of each weight, or one per tensor (default: per channel "
                        "for static, per tensor for dynamic; auto tries both for dynamic).")
-    @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]),
+    @click.option("--format", "fmt", metavar="[qdq|qoperator]",
                   help="Static quantization form (default qdq; --method auto tries both).")
     @click.option("--tolerance", type=float,
                   help="Quality loss allowed: validation accuracy points (default 0.5); for generators, percent "
