@@ -172,11 +172,12 @@ def check_target(path: Path, name: str, labels: list[str]) -> None:
     if len(labels) >= 10 and len(counts) > len(labels) / 2:
         raise InputError(f"{path}: target column {name!r} has {len(counts)} different values in {len(labels)} "
                          f"rows: it looks like a feature, not a class; name the class column with "
-                         f"--set data.target=COLUMN")
+                         f"--set data.target=COLUMN, or predict the numbers with --set task=regression")
     fractional = next((v for v in counts if is_number(v) and not float(v).is_integer()), None)
     if fractional is not None:
         raise InputError(f"{path}: target column {name!r} holds fractional numbers ({fractional}): it looks like "
-                         f"a feature, not a class; name the class column with --set data.target=COLUMN")
+                         f"a feature, not a class; name the class column with --set data.target=COLUMN, or "
+                         f"predict the numbers with --set task=regression")
     single = sorted(k for k, c in counts.items() if c == 1)
     if single:
         raise InputError(f"{path}: class {single[0]!r} of target {name!r} has only one row "
@@ -185,9 +186,11 @@ def check_target(path: Path, name: str, labels: list[str]) -> None:
                          f"--set data.target=COLUMN")
 
 
-def target_summary(input_spec: dict, num_classes: int) -> str | None:
-    """``target: species, 3 classes, 150 rows, 4 features`` for a table read from a file, else None."""
+def target_summary(input_spec: dict, num_classes: int | None) -> str | None:
+    """``target: species, 3 classes, 150 rows, 4 features`` (``numbers`` for a regression) for a
+    table read from a file, else None."""
     if "target" not in input_spec:
         return None
-    return (f"target: {input_spec['target']}, {num_classes} classes, {input_spec.get('rows', '?')} rows, "
+    what = "numbers" if num_classes is None else f"{num_classes} classes"
+    return (f"target: {input_spec['target']}, {what}, {input_spec.get('rows', '?')} rows, "
             f"{input_spec['shape'][0]} features")

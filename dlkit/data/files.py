@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from dlkit.errors import InputError
-from dlkit.data.dataset import Dataset, _sorted_labels, check_data_options, make_dataset, value_range
+from dlkit.data.dataset import (Dataset, _sorted_labels, check_data_options, make_dataset, make_regression_dataset,
+                                value_range)
 
 
 
@@ -34,21 +35,42 @@ def load_csv(source: str, options: dict, seed: int) -> Dataset:
     if not feats:
         raise InputError(f"{path}: no data rows")
     target = table.header[t]
-    check_target(path, target, labels)
     x = np.asarray(feats, dtype=np.float32)
+    features = [h for i, h in enumerate(table.header) if i != t]
+    if options.get("targets") == "values":  # --set task=regression: the target holds numbers
+        return _csv_regression(path, x, labels, target, features, seed, options)
+    check_target(path, target, labels)
     names = _sorted_labels(labels)
     y = np.array([names.index(v) for v in labels])
     if table.class_names and len(table.class_names) == len(names) and names == [str(i) for i in range(len(names))]:
         names = table.class_names  # sklearn's file: class i is the i-th name of its first line
     spec = {"kind": "tabular", "shape": [x.shape[1]], "dtype": "float32", "range": value_range(x),
-            "features": [h for i, h in enumerate(table.header) if i != t], "target": target,
+            "features": features, "target": target,
             "rows": len(labels)}
     ds = make_dataset(path.name, x, y, names, spec, seed, options)
+    _standardize(ds)
+    return ds
+
+
+def _csv_regression(path: Path, x: np.ndarray, cells: list[str], target: str, features: list[str], seed: int,
+                    options: dict) -> Dataset:
+    from dlkit.data.dataset import is_number
+
+    bad = next((c for c in cells if not is_number(c)), None)
+    if bad is not None:
+        raise InputError(f"{path}: target column {target!r} holds {bad!r}: regression needs numbers")
+    spec = {"kind": "tabular", "shape": [x.shape[1]], "dtype": "float32", "range": value_range(x),
+            "features": features, "target": target, "rows": len(cells)}
+    ds = make_regression_dataset(path.name, x, np.asarray(cells, dtype=np.float32), [target], spec, seed, options)
+    _standardize(ds)
+    return ds
+
+
+def _standardize(ds: Dataset) -> None:
     mean = ds.x_train.mean(axis=0)
     std = ds.x_train.std(axis=0)
     std[std == 0] = 1.0
     ds.input_spec["preprocessing"] = {"standardize": {"mean": mean.tolist(), "std": std.tolist()}}
-    return ds
 
 
 def load_npz(source: str, options: dict, seed: int) -> Dataset:
@@ -71,7 +93,8 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
     if x.dtype.kind not in "fiub":
         raise InputError(f"{path}: x has dtype {x.dtype}, expected numbers")
-    if y.ndim != 1 or len(y) != len(x):
+    regression = options.get("targets") == "values"
+    if (y.ndim != 1 and not (regression and y.ndim == 2)) or len(y) != len(x):
         raise InputError(f"{path}: y must have shape ({len(x)},), got {y.shape}")
     x = x.astype(np.float32)
     kind = options.get("kind") or {2: "tabular", 3: "sequence", 4: "image"}.get(x.ndim)
@@ -79,11 +102,16 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
         x = x[:, None]
     if kind is None or (kind == "image" and x.ndim != 4):
         raise InputError(f"{path}: x has shape {x.shape}; expected (N, F), (N, T, F) or (N, C, H, W)")
-    names = _sorted_labels(y.tolist())
-    y_idx = np.array([names.index(str(v)) for v in y.tolist()])
     spec = {"kind": kind, "shape": list(x.shape[1:]), "dtype": "float32", "range": value_range(x)}
     if kind == "image":
         spec["layout"] = "NCHW"
+    if regression:
+        if y.dtype.kind not in "fiub":
+            raise InputError(f"{path}: y has dtype {y.dtype}; regression needs numbers")
+        names = ["y"] if y.ndim == 1 else [f"y{i}" for i in range(y.shape[1])]
+        return make_regression_dataset(path.name, x, y, names, spec, seed, options)
+    names = _sorted_labels(y.tolist())
+    y_idx = np.array([names.index(str(v)) for v in y.tolist()])
     return make_dataset(path.name, x, y_idx, names, spec, seed, options)
 
 

@@ -156,6 +156,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
             "model": None, "version": None, "parent": {"name": version.name, "version": version.version},
             "method": o["method"], "chosen": chosen["candidate"] if chosen else None,
             "quality": check.kind, "drop_unit": check.unit, "tolerance": tolerance,
+            "quality_columns": [list(c) for c in check.columns],
             "providers": sessions[PARENT].providers, "threads": o["threads"], "table": rows,
         }
         if chosen is None:
