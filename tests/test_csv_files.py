@@ -106,3 +106,13 @@ def test_train_prints_the_target_it_chose(repo, tmp_path):
     out = run_cli("train", "mlp", "--data", path, "--epochs", "2", "--set", "model.hidden=[8]")
     assert "target: label, 3 classes, 150 rows, 4 features" in out.stderr
     assert "target: label, 3 classes, 150 rows, 4 features" in out.stdout.splitlines()[0]
+
+
+def test_a_numeric_target_is_read_as_numbers_under_task_regression(tmp_path):
+    path = iris(tmp_path / "iris.csv", header="species", names=False)  # species as 0, 1, 2: all numbers
+    with pytest.raises(InputError, match=r"'petal_width' holds fractional numbers.*--set task=regression"):
+        load_dataset(path, {"target": "petal_width"})
+    ds = load_dataset(path, {"target": "petal_width", "targets": "values"})
+    assert ds.targets == "values" and ds.input_spec["target"] == "petal_width"
+    with pytest.raises(InputError, match=r"target column 'species' holds 'setosa': regression needs numbers"):
+        load_dataset(iris(tmp_path / "named.csv", header="species"), {"target": "species", "targets": "values"})
