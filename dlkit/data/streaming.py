@@ -46,18 +46,20 @@ def current_cache_dir() -> Path:
 
 
 class RowArray:
-    """Rows ``index`` of a (memory-mapped) array, as float32 divided by ``divisor`` when read
-    (uint8 pixels / 255: the same values the in-memory path computes).
+    """Rows ``index`` of a (memory-mapped) array, as float32 divided by ``divisor`` (and taken
+    from 1 with ``invert``) when read: uint8 pixels / 255, the values the in-memory path computes.
 
     Supports what dlkit does with a split: ``len``, ``shape``, ``dtype``, ``x[i]``, ``x[a:b]`` and
     ``x[indices]`` (each returns a numpy array of just those rows), :meth:`take` (a lazy view of
     some rows) and ``np.asarray(x)`` (everything, for small splits).
     """
 
-    def __init__(self, base: np.ndarray, index: np.ndarray | None = None, divisor: float = 1.0):
+    def __init__(self, base: np.ndarray, index: np.ndarray | None = None, divisor: float = 1.0,
+                 invert: bool = False):
         self.base = base
         self.index = np.arange(len(base)) if index is None else np.asarray(index, dtype=np.int64)
         self.divisor = divisor
+        self.invert = invert  # 1 - value: dark drawings on white paper (data.invert)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -87,11 +89,13 @@ class RowArray:
         out[order] = self.base[rows[order]]
         if self.divisor != 1.0:
             out /= np.float32(self.divisor)
+        if self.invert:
+            np.subtract(np.float32(1.0), out, out=out)
         return out
 
     def take(self, rows: np.ndarray) -> RowArray:
         """A view of some of these rows (no data read)."""
-        return RowArray(self.base, self.index[np.asarray(rows, dtype=np.int64)], self.divisor)
+        return RowArray(self.base, self.index[np.asarray(rows, dtype=np.int64)], self.divisor, self.invert)
 
     def astype(self, dtype: Any) -> np.ndarray:
         return np.asarray(self, dtype=dtype)

@@ -62,10 +62,13 @@ def _load(version: ModelVersion, data: str | None):
 
 
 def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = None, split: str = "test",
-             provider: str = "auto") -> dict:
-    """The task's metrics of ``version`` on a split of its data set (or of ``data``)."""
+             provider: str = "auto", threads: int | None = None) -> dict:
+    """The task's metrics of ``version`` on a split of its data set (or of ``data``), on ``threads``
+    compute threads (default :func:`dlkit.training.threads.resolve_threads`)."""
     from dlkit.plugins import get_registry
+    from dlkit.training.threads import use_threads
 
+    threads = use_threads(threads)
     task = get_registry().task_of(version.meta)
     if task is None:
         raise InputError(f"model {version.ref} records no task: evaluate needs one (classification, regression...)")
@@ -83,11 +86,12 @@ def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = N
 
         if not version.has_onnx():
             raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
-        session = Session(version.onnx_path, provider)
+        session = Session(version.onnx_path, provider, threads=threads)
         outputs = graph_outputs(session, x, task.output)
         providers = session.providers
     else:
         raise InputError(f"unknown runtime {runtime!r}: expected torch or onnx")
     metrics = task.metrics(outputs, y)
     return {"model": version.name, "version": version.version, "runtime": runtime, "providers": providers,
-            "task": task.name, "data": ds.name, "split": split, "samples": int(len(y)), **metrics}
+            "task": task.name, "data": ds.name, "split": split, "samples": int(len(y)), **metrics,
+            "threads": threads}
