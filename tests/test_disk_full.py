@@ -67,7 +67,7 @@ def test_export_on_a_full_disk_publishes_nothing(trained_repo, mlp_exported_repo
         _leave_free(tiny_disk, pages)
         out = _dlkit(repo, "export", "onnx", "mlp-digits", "--exporter", "torchscript")
         assert out.returncode == 1, out.stderr
-        assert "no space left on the device" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert "No space left on device" in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert _published(version) == nothing, pages
     (tiny_disk / "filler").unlink()
@@ -77,7 +77,7 @@ def test_export_on_a_full_disk_publishes_nothing(trained_repo, mlp_exported_repo
     before = (version / "model.onnx").read_bytes()
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
     out = _dlkit(repo, "export", "onnx", "mlp-digits", "--exporter", "torchscript")
-    assert out.returncode == 1 and "read-only" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 1 and "Read-only file system" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert (version / "model.onnx").read_bytes() == before
 
 
@@ -86,5 +86,5 @@ def test_train_on_a_full_disk_is_one_line(tiny_disk):
     _leave_free(tiny_disk, 2)  # the staging folder and recipe fit, the weights do not
     out = _dlkit(repo, "train", "mlp", "--epochs", "1", "--set", "hidden=[64]")
     assert out.returncode == 1, out.stderr
-    assert "no space left on the device" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "No space left on device" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not any(p.name.isdigit() for p in (repo / "mlp-digits").iterdir()) if (repo / "mlp-digits").exists() else True

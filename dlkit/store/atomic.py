@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import os
@@ -11,20 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from dlkit.errors import DlkitError, InputError
-
-# OS errors that mean "this disk or folder cannot take the write": one line, not a traceback.
-DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-               errno.EPERM: "operation not permitted"}
-
-
-def disk_error(path: Path, exc: OSError) -> DlkitError:
-    """The one-line error for a write to ``path`` the disk refused."""
-    return DlkitError(f"cannot write {path}: {DISK_ERRORS[exc.errno]} (nothing was published)")
-
-
-
+from dlkit.errors import InputError
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -39,10 +25,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _settle(tmp_path, path)
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
-    except OSError as exc:
-        if exc.errno in DISK_ERRORS:
-            raise disk_error(path, exc) from None
-        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -57,23 +39,18 @@ def write_together(files: list[tuple[Path, bytes | Path]]) -> None:
     between renames leaves a record without its file, never a file without its record).
     """
     temps: dict[Path, Path] = {path: data for path, data in files if isinstance(data, Path)}  # removed on failure
-    current = files[0][0]  # the file being written, for the error message
     try:
-        for current, data in files:
+        for path, data in files:
             if not isinstance(data, Path):
-                temps[current] = _temporary(current)
-                temps[current].write_bytes(data)
+                temps[path] = _temporary(path)
+                temps[path].write_bytes(data)
         ordered = [(temps[path], path) for path, _ in files]
-        for tmp, current in ordered:
-            _settle(tmp, current)
-        for tmp, current in ordered:
-            os.replace(tmp, current)
+        for tmp, path in ordered:
+            _settle(tmp, path)
+        for tmp, path in ordered:
+            os.replace(tmp, path)
         for folder in {path.parent for _, path in ordered}:
             fsync_dir(folder)
-    except OSError as exc:
-        if exc.errno in DISK_ERRORS:
-            raise disk_error(current, exc) from None
-        raise
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
@@ -81,12 +58,7 @@ def write_together(files: list[tuple[Path, bytes | Path]]) -> None:
 
 def temporary_beside(path: str | os.PathLike) -> Path:
     """An empty temporary next to ``path``, named so a later write removes it if its writer dies."""
-    try:
-        return _temporary(Path(path))
-    except OSError as exc:
-        if exc.errno in DISK_ERRORS:
-            raise disk_error(Path(path), exc) from None
-        raise
+    return _temporary(Path(path))
 
 
 def _temporary(path: Path) -> Path:
