@@ -10,6 +10,7 @@ tensor is allocated.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -86,6 +87,7 @@ def create_app(repo=None, models: list[str] | None = None, *, settings: ServeSet
     app.state.metrics = plane.metrics
     _server_routes(app, plane)
     _model_routes(app, plane)
+    _repository_routes(app, plane)
     _error_handlers(app)
     app.add_middleware(Guard, token=settings.token, metrics=plane.metrics, log_access=settings.log_access)
     return app
@@ -162,6 +164,46 @@ def _model_routes(app: FastAPI, plane: DataPlane) -> None:
     async def infer_version(request: Request):
         params = request.path_params
         return await infer(request, params["name"], params["version"])
+
+
+def _repository_routes(app: FastAPI, plane: DataPlane) -> None:
+    """Triton's model repository extension: index, load, unload (see ``control``)."""
+    s = plane.settings
+    bodies = BodyReader(s.max_request_bytes, s.max_inflight_bytes, s.body_timeout)
+
+    async def body_of(request: Request) -> dict:
+        with bodies.reserve(request):
+            raw = await bodies.read(request)
+        if not raw.strip():
+            return {}
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ProtocolError("malformed JSON in the request body") from None
+        if not isinstance(doc, dict):
+            raise ProtocolError("the request body must be a JSON object")
+        return doc
+
+    @app.post("/v2/repository/index", summary="Every model of the repository and its state")
+    async def repository_index(request: Request):
+        ready = (await body_of(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise ProtocolError(f"'ready' must be true or false, received {ready!r}"[:200])
+        return json_response(plane.control.index(ready))
+
+    @app.post("/v2/repository/models/{name}/load", summary="Load or reload a model (explicit mode)",
+              openapi_extra={"parameters": [_path_param("name")]})
+    async def load(request: Request):
+        doc = await body_of(request)
+        await plane.control.load(request.path_params["name"], doc.get("parameters"))
+        return Response(status_code=200)
+
+    @app.post("/v2/repository/models/{name}/unload", summary="Unload a model (explicit mode)",
+              openapi_extra={"parameters": [_path_param("name")]})
+    async def unload(request: Request):
+        doc = await body_of(request)
+        await plane.control.unload(request.path_params["name"], doc.get("parameters"))
+        return Response(status_code=200)
 
 
 def _getter(call):

@@ -17,6 +17,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from .dataplane import DataPlane
+from .model_set import NotLoaded
 from .proto import kserve_v2_pb2 as pb
 from .protocol import NUMPY_TO_V2, ProtocolError, parse_infer_doc
 
@@ -68,6 +69,19 @@ class InferenceServicer:
     async def ModelStatistics(self, request, context):
         stats = self.plane.statistics(request.name or None, request.version or None)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request, context):
+        entries = self.plane.control.index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
+
+    async def RepositoryModelLoad(self, request, context):
+        params = {k: _param(v) for k, v in request.parameters.items()}
+        await self.plane.control.load(request.model_name, params)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self.plane.control.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request, context):
         model = self.plane.model(request.model_name, request.model_version or None)
@@ -138,6 +152,8 @@ def _handler(servicer: InferenceServicer, name: str, token: str | None):
                                 "this server requires the metadata 'authorization: Bearer <token>'")
         try:
             return await method(request, context)
+        except NotLoaded as exc:  # Triton: a model with no available version is UNAVAILABLE
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except ProtocolError as exc:
             await context.abort(STATUS.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
 
@@ -159,7 +175,10 @@ RPCS = {"ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
         "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
-        "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse)}
+        "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+        "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+        "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse)}
 
 
 async def start_grpc(plane: DataPlane, host: str, port: int) -> grpc.aio.Server:
