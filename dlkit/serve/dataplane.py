@@ -24,7 +24,7 @@ from .model_set import ModelSet, ServedModel, load_models
 from .protocol import InferRequest, ProtocolError
 from .settings import ServeSettings
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "classification"]
 RETIRE_POLL_SECONDS = 0.01
 T = TypeVar("T")
 
@@ -154,7 +154,7 @@ class DataPlane:
             with model.batcher.arriving():
                 request = await receive()
             outputs, queued = await model.batcher.infer(request.inputs, request.batch)
-            response = encode(request, outputs)
+            response = encode(request, model.classify(request.outputs, outputs))
         except ProtocolError as exc:
             stats.failed(exc.status, time.perf_counter() - started)
             raise

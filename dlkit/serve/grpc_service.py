@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from .dataplane import DataPlane
 from .model_set import NotLoaded
 from .proto import kserve_v2_pb2 as pb
-from .protocol import NUMPY_TO_V2, ProtocolError, parse_infer_doc
+from .protocol import NUMPY_TO_V2, ProtocolError, parse_infer_doc, tensor_bytes
 
 SERVICE = "inference.GRPCInferenceService"  # the spec's name: what clients call
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
@@ -136,7 +136,9 @@ def infer_response(name: str, version: int, req, outputs: dict[str, np.ndarray])
         datatype = NUMPY_TO_V2[array.dtype.name]
         tensor = response.outputs.add(name=want.name, datatype=datatype, shape=array.shape)
         if want.binary:
-            response.raw_output_contents.append(np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes())
+            response.raw_output_contents.append(tensor_bytes(array))
+        elif datatype == "BYTES":
+            tensor.contents.bytes_contents.extend(v.encode() if isinstance(v, str) else bytes(v) for v in array.ravel())
         else:
             getattr(tensor.contents, CONTENTS[datatype]).extend(array.ravel().tolist())
     return response

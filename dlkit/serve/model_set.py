@@ -7,6 +7,7 @@ and a version, which are looked up among what was loaded.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -41,6 +42,7 @@ class ServedModel:
     batcher: DynamicBatcher | None = None
     metrics: ModelMetrics | None = None
     max_body_bytes: int | None = None  # no valid request is larger; None: not bounded by the signature
+    labels: dict[str, list[str]] | None = None  # output name -> class labels (the task's score outputs)
     fingerprint: tuple = ()  # model.onnx's (mtime_ns, size) when opened: a reload re-opens only changed files
     active: int = 0  # requests between look-up and answer: an unload waits for them
 
@@ -48,10 +50,27 @@ class ServedModel:
         """One runtime call (in a worker thread)."""
         return self.session.run(feeds)
 
+    def classify(self, requested, outputs: dict) -> dict:
+        """Triton's classification extension on the outputs that ask for it."""
+        wanted = [w for w in requested if w.classification]
+        if not wanted:
+            return outputs
+        from .strings import classify
+
+        outputs = dict(outputs)
+        for want in wanted:
+            labels = (self.labels or {}).get(want.name)
+            outputs[want.name] = classify(outputs[want.name], want.classification, labels,
+                                          self.max_batch_size is not None)
+        return outputs
+
     def metadata(self, versions: list[int]) -> dict:
         """The v2 model metadata response."""
-        return {"name": self.name, "versions": [str(v) for v in versions], "platform": PLATFORM,
+        meta = {"name": self.name, "versions": [str(v) for v in versions], "platform": PLATFORM,
                 "inputs": [s.as_dict() for s in self.inputs], "outputs": [s.as_dict() for s in self.outputs]}
+        if self.labels:  # the labels, and which outputs they index (not in the spec's schema: an addition)
+            meta["parameters"] = {"labels": next(iter(self.labels.values())), "label_outputs": list(self.labels)}
+        return meta
 
     def config(self, max_queue_delay_ms: float, batching: bool) -> dict:
         """The model's configuration in Triton's JSON form (``GET .../config``)."""
@@ -64,6 +83,9 @@ class ServedModel:
         config = {"name": self.name, "platform": PLATFORM, "backend": "onnxruntime",
                   "max_batch_size": self.max_batch_size or 0,
                   "input": [tensor(s) for s in self.inputs], "output": [tensor(s) for s in self.outputs]}
+        if self.labels:  # Triton names a label file per output; the labels themselves travel here
+            config["parameters"] = {"labels": {"string_value": json.dumps(next(iter(self.labels.values())))},
+                                    "label_outputs": {"string_value": ",".join(self.labels)}}
         if self.max_batch_size and batching:
             config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_ms * 1000)}
         return config
@@ -176,7 +198,25 @@ def open_version(version: ModelVersion, provider: str = "auto", threads: int | N
     batchable = all(s.shape and s.shape[0] == -1 for s in inputs + outputs)
     batch = max_batch_size if batchable else None
     return ServedModel(version.name, version.version, version.path, session, inputs, outputs, batch,
-                       max_body_bytes=body_bound(inputs, batch), fingerprint=fingerprint)
+                       max_body_bytes=body_bound(inputs, batch), fingerprint=fingerprint,
+                       labels=class_labels(version, outputs))
+
+
+def class_labels(version: ModelVersion, outputs: list[TensorSpec]) -> dict[str, list[str]]:
+    """The labels of meta.json for each graph output the model's task says holds class scores."""
+    try:
+        meta = version.meta
+        labels = meta.get("labels")
+        if not isinstance(labels, list) or not labels:
+            return {}
+        from ..plugins import get_registry
+
+        task = get_registry().task_of(meta)
+    except DlkitError:  # no meta.json, or a task no installed plugin registers: no labels
+        return {}
+    present = {spec.name for spec in outputs}
+    names = [name for name in (task.scores if task is not None else ()) if name in present]
+    return {name: [str(label) for label in labels] for name in names}
 
 
 def onnx_fingerprint(version: ModelVersion) -> tuple:

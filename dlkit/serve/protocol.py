@@ -22,14 +22,17 @@ import numpy as np
 
 from ..errors import InputError
 
-# v2 datatype <-> numpy dtype. BYTES (strings) and BF16 are left out: no dlkit model takes them.
+# v2 datatype <-> numpy dtype. BYTES are numpy object arrays (of bytes in, str out of onnxruntime);
+# BF16 is left out: numpy has no such type.
 V2_TO_NUMPY = {
     "BOOL": np.dtype(bool), "UINT8": np.dtype("uint8"), "UINT16": np.dtype("uint16"),
     "UINT32": np.dtype("uint32"), "UINT64": np.dtype("uint64"), "INT8": np.dtype("int8"),
     "INT16": np.dtype("int16"), "INT32": np.dtype("int32"), "INT64": np.dtype("int64"),
     "FP16": np.dtype("float16"), "FP32": np.dtype("float32"), "FP64": np.dtype("float64"),
+    "BYTES": np.dtype(object),
 }
 NUMPY_TO_V2 = {dtype.name: v2 for v2, dtype in V2_TO_NUMPY.items()}
+RUNTIME_TO_V2 = {**NUMPY_TO_V2, "tensor(string)": "BYTES"}  # onnxruntime's name for string tensors
 KNOWN_DATATYPES = set(V2_TO_NUMPY) | {"BYTES", "BF16"}
 # Which JSON number kinds (numpy dtype.kind of the parsed list) each target kind accepts.
 ACCEPTS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
@@ -63,6 +66,7 @@ class TensorSpec:
 class RequestedOutput:
     name: str
     binary: bool
+    classification: int = 0  # Triton's classification extension: the top K as strings (0: off)
 
 
 @dataclass
@@ -77,7 +81,7 @@ class InferRequest:
 
 def spec_from_runtime(info) -> TensorSpec:
     """A :class:`TensorSpec` from a ``dlkit.infer.session.TensorInfo``."""
-    v2 = NUMPY_TO_V2.get(str(info.dtype))
+    v2 = RUNTIME_TO_V2.get(str(info.dtype))
     if v2 is None:
         raise InputError(f"tensor {info.name!r} has type {info.dtype}, which dlkit serve does not support")
     return TensorSpec(info.name, v2, tuple(-1 if d is None else int(d) for d in info.shape))
@@ -163,9 +167,13 @@ def encode_infer_response(model_name: str, version: int, request_id: str | None,
         entry: dict[str, Any] = {"name": want.name, "datatype": NUMPY_TO_V2[array.dtype.name],
                                  "shape": list(array.shape)}
         if want.binary:
-            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            data = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
+        elif array.dtype.kind == "O":
+            from .strings import to_json
+
+            entry["data"] = to_json(want.name, array)
         else:
             entry["data"] = array.ravel().tolist()
         outs.append(entry)
@@ -178,6 +186,15 @@ def encode_infer_response(model_name: str, version: int, request_id: str | None,
         return header, {"content-type": "application/json"}
     return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
                                         "inference-header-content-length": str(len(header))}
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """A tensor's binary form: raw little-endian row-major data, or length-prefixed BYTES elements."""
+    if array.dtype.kind == "O":
+        from .strings import serialize
+
+        return serialize(array)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -303,10 +320,12 @@ def _outputs(doc: dict, outputs: list[TensorSpec], binary_default: bool) -> list
         if any(c.name == name for c in chosen):
             raise ProtocolError(f"output {name!r} is requested twice")
         params = _params(raw, f"output {name!r}")
-        if params.get("classification"):
-            raise ProtocolError(f"output {name!r}: the classification extension is not supported")
+        classification = params.get("classification", 0)
+        if type(classification) is not int or classification < 0:
+            raise ProtocolError(f"output {name!r}: parameters.classification must be a positive integer (the "
+                                f"number of classes to return), received {classification!r}"[:300])
         binary = params.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise ProtocolError(f"output {name!r}: parameters.binary_data must be true or false, received {binary!r}"[:300])
-        chosen.append(RequestedOutput(name, binary))
+        chosen.append(RequestedOutput(name, binary, classification))
     return chosen
