@@ -267,13 +267,17 @@ def _binary_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, si
         raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer, received {size!r}"[:300])
     if "data" in raw:
         raise ProtocolError(f"input {name!r}: has both 'data' and parameters.binary_data_size")
+    if offset + size > len(tail):
+        raise ProtocolError(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                            f"({len(tail) - offset} bytes left)")
+    if spec.datatype == "BYTES":  # length-prefixed elements: their count is checked while reading
+        from .strings import deserialize
+
+        return deserialize(name, tail[offset:offset + size], count).reshape(shape)
     needed = count * spec.dtype.itemsize
     if size != needed:
         raise ProtocolError(f"input {name!r}: shape {shape} of {spec.datatype} needs {needed} bytes, "
                             f"binary_data_size is {size}")
-    if offset + size > len(tail):
-        raise ProtocolError(f"input {name!r}: binary_data_size {size} runs past the end of the body "
-                            f"({len(tail) - offset} bytes left)")
     array = np.frombuffer(tail[offset:offset + size], dtype=spec.dtype.newbyteorder("<"))
     return array.astype(spec.dtype, copy=True).reshape(shape)  # own, aligned, native-order memory
 
@@ -283,6 +287,10 @@ def _json_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, data
         raise ProtocolError(f"input {name!r}: no 'data' (nor parameters.binary_data_size)")
     if not isinstance(data, list):
         data = [data]
+    if spec.datatype == "BYTES":
+        from .strings import from_json
+
+        return from_json(name, _flatten(data, len(shape)), count).reshape(shape)
     # A flat list's length is known before anything is built; nested lists are checked after
     # numpy has built them (their size is bounded by the body anyway).
     if data and not isinstance(data[0], list) and len(data) != count:
@@ -301,6 +309,17 @@ def _json_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, data
         if array.min() < info.min or array.max() > info.max:
             raise ProtocolError(f"input {name!r}: values out of range for {spec.datatype}")
     return array.astype(spec.dtype, copy=False).reshape(shape)
+
+
+def _flatten(data: list, depth: int) -> list:
+    """A nested list of at most ``depth`` levels, flat (strings are leaves, not sequences)."""
+    for _ in range(depth):
+        if not any(isinstance(v, list) for v in data):
+            break
+        if not all(isinstance(v, list) for v in data):
+            raise ProtocolError("data mixes lists and values at one level")
+        data = [v for row in data for v in row]
+    return data
 
 
 def _outputs(doc: dict, outputs: list[TensorSpec], binary_default: bool) -> list[RequestedOutput]:

@@ -2,8 +2,8 @@
 
 Binary form (Triton's, for REST's binary extension and gRPC's raw contents): every element is a
 4-byte little-endian length followed by that many bytes, row-major. JSON form: a list of
-strings (UTF-8). In memory a BYTES tensor is a numpy object array of ``bytes`` (what onnxruntime
-takes for a string input) or ``str`` (what it returns).
+strings (UTF-8). In memory a BYTES tensor is a numpy object array of ``str``: onnxruntime's
+string tensors hold text (given ``bytes`` it would feed their ``repr``), so inputs must be UTF-8.
 """
 
 from __future__ import annotations
@@ -44,13 +44,21 @@ def deserialize(name: str, buffer: memoryview, count: int) -> np.ndarray:
         if offset + size > end:
             raise ProtocolError(f"input {name!r}: BYTES element {len(values)} declares {size} bytes, "
                                 f"{end - offset} are left")
-        values.append(bytes(buffer[offset:offset + size]))
+        values.append(_text(name, bytes(buffer[offset:offset + size]), len(values)))
         offset += size
     if offset != end:
         raise ProtocolError(f"input {name!r}: {end - offset} bytes left over after {count} BYTES elements")
     out = np.empty(count, dtype=object)
     out[:] = values
     return out
+
+
+def _text(name: str, data: bytes, index: int) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError(f"input {name!r}: BYTES element {index} is not UTF-8 text (onnxruntime's string "
+                            "tensors hold text)") from None
 
 
 def to_json(name: str, array: np.ndarray) -> list[str]:
@@ -63,11 +71,11 @@ def to_json(name: str, array: np.ndarray) -> list[str]:
 
 
 def from_json(name: str, data: list, count: int) -> np.ndarray:
-    """A BYTES input from a flat JSON list of strings."""
-    if len(data) != count or not all(isinstance(v, str) for v in data):
-        raise ProtocolError(f"input {name!r}: BYTES data must be a flat list of {count} strings")
+    """A BYTES input from a JSON list of strings (or of bytes: gRPC's typed contents)."""
+    if len(data) != count or not all(isinstance(v, (str, bytes)) for v in data):
+        raise ProtocolError(f"input {name!r}: BYTES data must be a list of {count} strings")
     out = np.empty(count, dtype=object)
-    out[:] = [v.encode() for v in data]
+    out[:] = [v if isinstance(v, str) else _text(name, v, i) for i, v in enumerate(data)]
     return out
 
 
