@@ -43,6 +43,11 @@ INFER_OPENAPI = {"requestBody": {"required": True, "content": {"application/json
             "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
 
 
+# Every error answer, documented once for the whole app (schema-driven clients and fuzzers read it).
+_ERROR = {"description": "an error", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
+ERROR_RESPONSES = {code: _ERROR for code in (400, 401, 404, 405, 408, 409, 413, 500, 503)}
+
 GRPC_GRACE_SECONDS = 30
 # Bodies from this size are parsed in a worker thread, off the event loop.
 OFF_LOOP_BYTES = 256 * 1024
@@ -81,6 +86,7 @@ def create_app(repo=None, models: list[str] | None = None, *, settings: ServeSet
             await plane.stop()  # in-flight requests have finished when uvicorn gets here
 
     app = FastAPI(title="dlkit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False, responses=ERROR_RESPONSES,  # a 307 to another spelling is not an answer (spec conformance)
                   description="Open Inference Protocol (KServe v2) with Triton's binary tensor data extension.")
     app.state.plane = plane
     app.state.models = plane.models
@@ -95,6 +101,7 @@ def create_app(repo=None, models: list[str] | None = None, *, settings: ServeSet
 
 def _server_routes(app: FastAPI, plane: DataPlane) -> None:
     @app.get("/v2", summary="Server metadata")
+    @app.get("/v2/", include_in_schema=False)  # the spec writes "v2": both spellings answer, no redirect
     async def server_metadata():
         return json_response(plane.server_metadata())
 
@@ -113,7 +120,8 @@ def _server_routes(app: FastAPI, plane: DataPlane) -> None:
     async def all_statistics():
         return json_response(plane.statistics())
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics",
+             responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}}})
     async def prometheus():
         return Response(plane.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -144,13 +152,13 @@ def _model_routes(app: FastAPI, plane: DataPlane) -> None:
     for suffix, version_part in (("", False), ("/versions/{version}", True)):
         base = "/v2/models/{name}" + suffix
         latest = "" if version_part else " (latest version)"
-        app.add_api_route(base, _getter(plane.model_metadata), methods=["GET"], summary="Model metadata" + latest)
-        app.add_api_route(base + "/ready", _getter(plane.model_ready), methods=["GET"],
-                          summary="Model readiness" + latest)
-        app.add_api_route(base + "/config", _getter(plane.model_config), methods=["GET"],
-                          summary="Model configuration (Triton's JSON form)" + latest)
-        app.add_api_route(base + "/stats", _getter(plane.statistics), methods=["GET"],
-                          summary="Model statistics (Triton's statistics extension)" + latest)
+        extra = {"parameters": [_path_param("name")] + ([_path_param("version")] if version_part else [])}
+        for path, call, summary in (("", plane.model_metadata, "Model metadata"),
+                                    ("/ready", plane.model_ready, "Model readiness"),
+                                    ("/config", plane.model_config, "Model configuration (Triton's JSON form)"),
+                                    ("/stats", plane.statistics, "Model statistics (Triton's statistics extension)")):
+            app.add_api_route(base + path, _getter(call), methods=["GET"], summary=summary + latest,
+                              openapi_extra=extra)
 
     # The infer endpoints take only the Request: FastAPI's per-parameter validation would cost
     # more than the rest of the routing, so the path parameters are read (and documented) by hand.

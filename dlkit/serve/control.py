@@ -98,7 +98,7 @@ class ModelControl:
     def _allowed(self, action: str) -> None:
         if self.mode != "explicit":
             raise ProtocolError(f"explicit model {action} is not allowed: the server runs with "
-                                f"--model-control-mode {self.mode} (start it with explicit)", 503)
+                                f"--model-control-mode {self.mode} (start it with explicit)", 409)
 
     # -- loading ---------------------------------------------------------------------------------
     async def _sync(self, name: str, requested: bool) -> None:

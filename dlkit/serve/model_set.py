@@ -20,6 +20,9 @@ from .batcher import DynamicBatcher
 from .metrics import ModelMetrics
 from .protocol import ProtocolError, TensorSpec, spec_from_runtime
 
+# Triton's name, chosen over the spec's example "onnx_onnxv1": it is what config.pbtxt says, so the
+# metadata and the configuration agree, and what Triton answers for the same folder, which is what
+# tritonclient-based tools (perf_analyzer, model navigator) expect.
 PLATFORM = "onnxruntime_onnx"
 _VERSION = re.compile(r"[0-9]{1,18}")
 # The most bytes one element takes in a valid JSON request ("-1.2345678901234567e-300, " and the

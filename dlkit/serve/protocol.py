@@ -175,17 +175,35 @@ def encode_infer_response(model_name: str, version: int, request_id: str | None,
 
             entry["data"] = to_json(want.name, array)
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = json_numbers(array)
         outs.append(entry)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": str(version)}
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = outs
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
     return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
                                         "inference-header-content-length": str(len(header))}
+
+
+NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def json_numbers(array: np.ndarray) -> list:
+    """A numeric tensor as a flat JSON list; NaN and infinities as the strings "NaN", "Infinity"
+    and "-Infinity" (protobuf's JSON mapping), because JSON has no such numbers. Triton writes
+    bare NaN/Infinity tokens, which strict parsers refuse; numpy reads these strings back
+    (``np.array(data, dtype=np.float32)``, what tritonclient's ``as_numpy`` does)."""
+    data = array.ravel().tolist()
+    if array.dtype.kind == "f":
+        flat = array.ravel()
+        bad = np.flatnonzero(~np.isfinite(flat))
+        for i in bad.tolist():
+            v = data[i]
+            data[i] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    return data
 
 
 def tensor_bytes(array: np.ndarray) -> bytes:
@@ -299,6 +317,8 @@ def _json_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, data
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise ProtocolError(f"input {name!r}: data is not a rectangular list of numbers") from None
+    if array.dtype.kind == "U" and spec.dtype.kind == "f":
+        array = _non_finite(name, spec.datatype, data, len(shape))
     if array.size != count:
         raise ProtocolError(f"input {name!r}: shape {shape} declares {count} elements, data holds {array.size}")
     if count and array.dtype.kind not in ACCEPTS[spec.dtype.kind]:
@@ -309,6 +329,23 @@ def _json_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, data
         if array.min() < info.min or array.max() > info.max:
             raise ProtocolError(f"input {name!r}: values out of range for {spec.datatype}")
     return array.astype(spec.dtype, copy=False).reshape(shape)
+
+
+def _non_finite(name: str, datatype: str, data: list, rank: int) -> np.ndarray:
+    """Float data holding the strings "NaN", "Infinity" or "-Infinity" (what responses use)."""
+    flat = _flatten(data, rank)
+    values = []
+    for v in flat:
+        if isinstance(v, str):
+            if v not in NON_FINITE:
+                raise ProtocolError(f"input {name!r}: {datatype} data expected, received non-numbers (the only "
+                                    f"strings it may hold are \"NaN\", \"Infinity\" and \"-Infinity\"; "
+                                    f"received {v[:40]!r})")
+            v = NON_FINITE[v]
+        elif type(v) not in (int, float):
+            raise ProtocolError(f"input {name!r}: data is not a rectangular list of numbers")
+        values.append(v)
+    return np.array(values, dtype=np.float64)
 
 
 def _flatten(data: list, depth: int) -> list:
