@@ -13,12 +13,12 @@ it (``parameters.binary_data_output`` for all, or ``binary_data`` per output).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..errors import InputError
 
@@ -29,9 +29,9 @@ V2_TO_NUMPY = {
     "UINT32": np.dtype("uint32"), "UINT64": np.dtype("uint64"), "INT8": np.dtype("int8"),
     "INT16": np.dtype("int16"), "INT32": np.dtype("int32"), "INT64": np.dtype("int64"),
     "FP16": np.dtype("float16"), "FP32": np.dtype("float32"), "FP64": np.dtype("float64"),
-    "BYTES": np.dtype(object),
 }
-NUMPY_TO_V2 = {dtype.name: v2 for v2, dtype in V2_TO_NUMPY.items()}
+ALL_DTYPES = {**V2_TO_NUMPY, "BYTES": np.dtype(object)}  # the numeric types, and strings
+NUMPY_TO_V2 = {dtype.name: v2 for v2, dtype in ALL_DTYPES.items()}
 RUNTIME_TO_V2 = {**NUMPY_TO_V2, "tensor(string)": "BYTES"}  # onnxruntime's name for string tensors
 KNOWN_DATATYPES = set(V2_TO_NUMPY) | {"BYTES", "BF16"}
 # Which JSON number kinds (numpy dtype.kind of the parsed list) each target kind accepts.
@@ -56,7 +56,7 @@ class TensorSpec:
 
     @property
     def dtype(self) -> np.dtype:
-        return V2_TO_NUMPY[self.datatype]
+        return ALL_DTYPES[self.datatype]
 
     def as_dict(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -95,12 +95,8 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
     """
     header, tail = _split(body, header_length)
     try:
-        doc = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON in the request body: {exc}") from None
-    except RecursionError:
-        raise ProtocolError("malformed JSON in the request body: nested too deeply") from None
-    except ValueError as exc:  # integers beyond Python's 4300-digit conversion limit
+        doc = orjson.loads(header)  # 3-5x faster than json on number lists; refuses NaN tokens (not JSON)
+    except orjson.JSONDecodeError as exc:  # also: nesting beyond 1024, integers beyond 64 bits
         raise ProtocolError(f"malformed JSON in the request body: {str(exc)[:200]}") from None
     return parse_infer_doc(doc, tail, inputs, outputs, max_batch_size)
 
@@ -174,14 +170,16 @@ def encode_infer_response(model_name: str, version: int, request_id: str | None,
             from .strings import to_json
 
             entry["data"] = to_json(want.name, array)
-        else:
+        elif array.dtype.kind in "fc" and not np.isfinite(array).all():
             entry["data"] = json_numbers(array)
+        else:
+            entry["data"] = np.ascontiguousarray(array).ravel()  # orjson writes numpy arrays natively
         outs.append(entry)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": str(version)}
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = outs
-    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, {"content-type": "application/json"}
     return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
