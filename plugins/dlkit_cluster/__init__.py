@@ -15,6 +15,7 @@ DEFAULTS = {
     "hidden": [128, 64],  # tabular: the encoder's hidden widths (the decoder mirrors them)
     "channels": [16, 32],  # images: the encoder's stride-2 convolutions (the decoder mirrors them)
     "dropout": 0.0,
+    "encoder": "auto",  # auto: convolutional for images, MLP for rows | mlp: images flattened into an MLP
 }
 
 TRAIN_DEFAULTS = {
@@ -37,10 +38,12 @@ def build(hparams, input_spec, num_outputs):
     k = hparams.get("clusters")
     if not (k is None or k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 2)):
         raise ValueError(f"clusters must be auto or a whole number >= 2, got {k!r}")
+    if hparams["encoder"] not in ("auto", "mlp"):
+        raise ValueError(f"encoder must be auto or mlp, got {hparams['encoder']!r}")
     if not input_spec["shape"] or int(input_spec["shape"][0]) < 1:
         raise ValueError("the data has no numeric column")
     model = ClusterAutoencoder(input_spec, hparams["embedding"], hparams["hidden"], hparams["channels"],
-                               hparams["dropout"], k if isinstance(k, int) else 0)
+                               hparams["dropout"], k if isinstance(k, int) else 0, hparams["encoder"])
     model.requested = "auto" if k is None else k
     return model
 

@@ -72,15 +72,16 @@ class ClusterAutoencoder(nn.Module):
     """Encoder, decoder and centroids (``[K, embedding]``, K fixed by k-means after training)."""
 
     def __init__(self, input_spec: dict, embedding: int = 10, hidden: list[int] | None = None,
-                 channels: list[int] | None = None, dropout: float = 0.0, clusters: int = 0):
+                 channels: list[int] | None = None, dropout: float = 0.0, clusters: int = 0, encoder: str = "auto"):
         super().__init__()
         shape = [int(s) for s in input_spec["shape"]]
         self.kind = input_spec["kind"]
-        if self.kind == "image":
+        self.flat = self.kind == "image" and encoder == "mlp"
+        if self.kind == "image" and not self.flat:
             enc = ConvEncoder(shape, list(channels or [16, 32]), embedding, dropout)
             self.encoder, self.decoder = enc, ConvDecoder(shape, enc.inner_shape, list(channels or [16, 32]), embedding)
         else:
-            widths = [shape[0], *(hidden or [64, 32]), embedding]
+            widths = [math.prod(shape), *(hidden or [64, 32]), embedding]
             self.encoder = mlp(widths, dropout)
             self.decoder = mlp(list(reversed(widths)), dropout)
         self.register_buffer("centroids", torch.zeros(int(clusters), embedding))
@@ -101,14 +102,15 @@ class ClusterAutoencoder(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, x):
-        return self.encoder(x)
+        return self.encoder(x.flatten(1) if self.flat else x)
 
     def reconstruct(self, x):
-        return self.decoder(self.encoder(x))
+        out = self.decoder(self.encode(x))
+        return out.view(x.shape) if self.flat else out
 
     def forward(self, x):
         """Euclidean distances ``[N, K]`` of each sample's embedding to each centroid."""
-        z = self.encoder(x)
+        z = self.encode(x)
         return (z[:, None, :] - self.centroids[None]).pow(2).sum(-1).sqrt()
 
 
