@@ -50,7 +50,7 @@ _API: dict[str, str] = {
     # export
     "OnnxGraph": "dlkit.export.graph", "export_onnx": "dlkit.export.onnx", "write_triton_config": "dlkit.export.triton",
     # inference (onnxruntime, no torch)
-    "Session": "dlkit.infer.session", "check_external_data": "dlkit.infer.onnx_files",
+    "Session": "dlkit.infer.session", "check_external_data": "dlkit.infer.onnx_files", "read_feeds": "dlkit.infer.feeds",
     "evaluate": "dlkit.infer.evaluate", "evaluation_data": "dlkit.infer.evaluate", "onnx_logits": "dlkit.infer.evaluate",
     "softmax_cross_entropy": "dlkit.infer.evaluate",
     # what a plugin's CLI command needs

@@ -58,12 +58,26 @@ def predict_cmd(ref, inputs, provider, strict_provider, top_k, threads, optimiza
                      threads=threads, optimization=optimization)
 
     def human(r):
+        if "outputs" in r:  # a graph that is not a classifier: its outputs, summarised
+            rows = [[o["input"], name, "x".join(map(str, o["shapes"][name])), _preview(values)]
+                    for o in r["outputs"] for name, values in o["outputs"].items()]
+            console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
+                                  ["input", "output", "shape", "values"], rows))
+            return
         rows = [[p["input"], p["label"], f"{p['probability']:.4f}",
                  "  ".join(f"{t['label']} {t['probability']:.3f}" for t in p["top_k"])] for p in r["predictions"]]
         console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
                               ["input", "label", "probability", f"top {top_k}"], rows))
 
     emit(result, as_json, human)
+
+
+def _preview(values, n: int = 6) -> str:
+    import numpy as np
+
+    flat = np.asarray(values).ravel()
+    text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat[:n].tolist())
+    return text + (", ..." if flat.size > n else "")
 
 
 @cli.command("bench")

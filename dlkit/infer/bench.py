@@ -109,7 +109,7 @@ def bench_inputs(meta: dict, batch: int, *, session=None, graph=None) -> dict[st
     from dlkit.data.random_inputs import random_in_range
 
     rng = np.random.default_rng(batch)
-    if meta.get("task", "classification") == "classification":
+    if meta.get("task", "classification") == "classification" and meta.get("input_spec"):
         name = session.inputs[0].name if session is not None else next(iter(graph.example_inputs))
         return {name: random_in_range(meta["input_spec"], batch, rng)}
     if graph is not None:

@@ -38,8 +38,8 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
     session = Session(version.onnx_path, provider, strict=strict, threads=threads, optimization=optimization)
     info = model_info(session, version)
-    if info["task"] != "classification":
-        raise InputError(f"model {version.ref} is a {info['task']} model: predict needs a classifier")
+    if info["task"] != "classification" or len(session.inputs) != 1:
+        return predict_outputs(version, session, inputs)  # any graph: its outputs as arrays
     feed = session.inputs[0]
     names = [o.name for o in session.outputs]
     wanted = "probabilities" if "probabilities" in names else names[0]
@@ -52,6 +52,19 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
             predictions.append(describe(name, row, info["labels"], top_k))
     return {"model": version.name, "version": version.version, "providers": session.providers,
             "predictions": predictions}
+
+
+def predict_outputs(version: ModelVersion, session, inputs: list[str]) -> dict:
+    """Every output of the graph for each ``.npy``/``.npz`` file (one array per input name)."""
+    from dlkit.infer.feeds import read_feeds
+
+    results = []
+    for source in inputs:
+        out = session.run(read_feeds(source, session.inputs))
+        results.append({"input": source, "outputs": {k: v.tolist() for k, v in out.items()},
+                        "shapes": {k: list(v.shape) for k, v in out.items()}})
+    return {"model": version.name, "version": version.version, "providers": session.providers,
+            "outputs": results}
 
 
 def model_info(session, version: ModelVersion) -> dict:

@@ -34,10 +34,16 @@ def add_command(cli) -> None:
     @click.option("--threads", type=int,
                   help="onnxruntime intra-op threads while measuring (default: the runtime's own choice; 1 gives "
                        "steadier timings on a busy machine).")
+    @click.option("--calibration-data", type=click.Path(dir_okay=False),
+                  help="An .npz with one array per graph input that calibrates static quantization "
+                       "(for models without a recorded data set, e.g. imported graphs).")
+    @click.option("--data", type=click.Path(),
+                  help="What quality is measured on: labelled data (an .npz with y, or any file dlkit trains on) "
+                       "for accuracy, or an .npz of inputs only for agreement with the float model.")
     @repo_option
     @json_option
     def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
-                     op_types, measure_seconds, threads, repo, as_json):
+                     op_types, measure_seconds, threads, calibration_data, data, repo, as_json):
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
         from .quantize import NoCandidateError, quantize
 
@@ -46,7 +52,8 @@ def add_command(cli) -> None:
         options = {"method": method, "calibration_samples": calibration_samples, "calibrate": calibrate,
                    "per_channel": per_channel, "format": fmt, "tolerance": tolerance, "name": name,
                    "provider": provider, "measure_seconds": measure_seconds, "threads": threads,
-                   "op_types": op_types.split(",") if op_types is not None else None}
+                   "op_types": op_types.split(",") if op_types is not None else None,
+                   "calibration_data": calibration_data, "data": data}
         try:
             report = quantize(version, r, **options)
         except NoCandidateError as exc:
@@ -77,6 +84,9 @@ def console():
 def _quality(rep: dict, row: dict) -> str:
     if rep["quality"] == "accuracy":
         return f"test accuracy {row['test_accuracy']:.4f} (validation drop {row['drop']:+.2f} points)"
+    if rep["quality"] == "agreement":
+        top1 = f", top-1 agreement {row['top1_agreement']:.4f}" if row.get("top1_agreement") is not None else ""
+        return f"outputs {row['relative_difference']:.2f}% from the float model's{top1}"
     return f"Frechet distance {row['frechet_distance']:.3f} ({row['drop']:+.1f}%)"
 
 
@@ -90,7 +100,8 @@ def report_table(rep: dict):
     title = (f"Quantization of {rep['parent']['name']}:{rep['parent']['version']} on {rep['providers'][0]} "
              f"(tolerance {rep['tolerance']:g} {rep['drop_unit']})")
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    quality_cols = ["val acc", "test acc", "drop"] if accuracy else ["frechet", "+%"]
+    agree = rep["quality"] == "agreement"
+    quality_cols = ["val acc", "test acc", "drop"] if accuracy else ["rel diff %", "top-1"] if agree else ["frechet", "+%"]
     for col in ["candidate", *quality_cols, "out diff", "KiB", "x", "ms b1", "x", "ms b64", "x", ""]:
         t.add_column(col, justify="left" if col in ("candidate", "") else "right", no_wrap=col != "")
     for r in rep["table"]:
@@ -98,6 +109,8 @@ def report_table(rep: dict):
             t.add_row(r["candidate"], *[""] * (len(quality_cols) + 7), f"failed: {r['error']}")
             continue
         quality = ([f"{r['val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['drop']:+.2f}"] if accuracy
+                   else [f"{r['relative_difference']:.2f}", "" if r["top1_agreement"] is None
+                         else f"{r['top1_agreement']:.4f}"] if agree
                    else [f"{r['frechet_distance']:.3f}", f"{r['drop']:+.1f}"])
         status = "parent" if r["candidate"] == "float32" else "chosen" if r["chosen"] else \
             "ok" if r["passed"] else "over tolerance"
