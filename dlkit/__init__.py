@@ -36,7 +36,7 @@ _API: dict[str, str] = {
     "Dataset": "dlkit.data.dataset", "make_dataset": "dlkit.data.dataset", "value_range": "dlkit.data.dataset",
     "split_stratified": "dlkit.data.dataset", "load_dataset": "dlkit.data.load",
     # training
-    "train": "dlkit.training.run", "TrainRun": "dlkit.training.run", "TrainResult": "dlkit.training.run",
+    "train": "dlkit.training.run", "recipe_from": "dlkit.training.run", "TrainRun": "dlkit.training.run", "TrainResult": "dlkit.training.run",
     "trained_meta": "dlkit.training.run", "classifier_metrics": "dlkit.training.run",
     "EpochLoop": "dlkit.training.loop", "TrainingDiverged": "dlkit.training.loop", "resolve_device": "dlkit.training.loop",
     "SUPERVISED_DEFAULTS": "dlkit.training.supervised_options:DEFAULTS",

@@ -41,24 +41,10 @@ def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, devic
         args = [a for a in sys.argv[1:] if a != "--debug"]
         args = _without_option(args, "--nproc")
         ctx.exit(launch(nproc, args + ["--repo", repo]))
-    from dlkit.plugins import get_registry
-    from dlkit.store.recipe import Recipe, apply_sets, read_recipe
     from dlkit.training.run import train
 
-    recipe = read_recipe(target) if target.endswith(".toml") else Recipe(arch=target)
-    registry = get_registry()
-    spec = registry.model(recipe.arch)
-    trainer = registry.trainer(spec.trainer)
-    apply_sets(recipe, list(sets), set(spec.defaults), set(trainer.defaults))
-    flags = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device}
-    recipe.train.update({k: v for k, v in flags.items() if v is not None})
-    if data:
-        recipe.data["source"] = data
-    if name:
-        recipe.name = name
-    if seed is not None:
-        recipe.seed = seed
-    result = train(recipe, open_repo(repo), resume=resume, quiet=False)
+    result = train(target, open_repo(repo), sets=sets, data=data, name=name, seed=seed, epochs=epochs,
+                   batch_size=batch_size, lr=lr, device=device, resume=resume, quiet=False)
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
 

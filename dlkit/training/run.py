@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,7 +13,7 @@ from dlkit.errors import InputError
 from dlkit.registry import ModelSpec
 from dlkit.store.atomic import read_json, write_json
 from dlkit.store.derive import library_versions
-from dlkit.store.recipe import Recipe, check_options
+from dlkit.store.recipe import Recipe, apply_sets, check_options, read_recipe
 from dlkit.store.repository import WEIGHTS, ModelRepository, ModelVersion
 from dlkit.store.weights import save_tensors
 from dlkit.training.build import count_params
@@ -78,69 +79,132 @@ def trained_meta(spec: ModelSpec, trainer: str, hparams: dict, config: dict, see
     }
 
 
-def train(recipe: Recipe, repo: ModelRepository | None = None, *, resume: bool = False,
-          quiet: bool = False, callbacks: list | None = None) -> TrainResult | None:
+def recipe_from(target: str | Recipe, *, sets: list[str] | tuple = (), data: str | None = None,
+                name: str | None = None, seed: int | None = None, trainer_defaults: dict | None = None,
+                **train_flags: Any) -> Recipe:
+    """A recipe with the command line's overrides: the one merge ``dlkit train``, ``distill`` and
+    the Python API share.
+
+    ``target`` is a RECIPE.toml path, an architecture name or a :class:`Recipe` (copied, never
+    changed). ``sets`` are ``KEY=VALUE`` items (``model.KEY``, ``train.KEY``, ``data.KEY`` or a bare
+    key of the architecture or trainer); ``train_flags`` (``epochs``, ``batch_size``, ``lr``,
+    ``device``...) are training options, None meaning not given. ``trainer_defaults`` are the
+    trainer's options when another than the architecture's own trains it (distillation).
+    """
+    from dlkit.plugins import get_registry
+
+    if isinstance(target, Recipe):
+        recipe = copy.deepcopy(target)
+    else:
+        recipe = read_recipe(target) if str(target).endswith(".toml") else Recipe(arch=str(target))
+    registry = get_registry()
+    spec = registry.model(recipe.arch)
+    if trainer_defaults is None:
+        trainer_defaults = registry.trainer(spec.trainer).defaults
+    apply_sets(recipe, list(sets), set(spec.defaults), set(trainer_defaults))
+    recipe.train.update({k: v for k, v in train_flags.items() if v is not None})
+    if data:
+        recipe.data["source"] = data
+    if name:
+        recipe.name = name
+    if seed is not None:
+        recipe.seed = seed
+    return recipe
+
+
+def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: list[str] | tuple = (),
+          resume: bool = False, quiet: bool = False, callbacks: list | None = None, **overrides: Any
+          ) -> TrainResult | None:
     """Train ``recipe`` and publish the result as the next version of its model name.
 
-    Bad input raises :class:`InputError` before anything is written. A run that fails after
-    its first checkpoint leaves a staging folder that ``resume=True`` continues. Under torchrun
-    every rank trains its shard and only rank 0 writes and returns the result (others: None).
+    ``recipe`` is a :class:`Recipe`, a RECIPE.toml path or an architecture name; ``sets`` and
+    ``overrides`` (``data``, ``name``, ``seed``, ``epochs``, ``lr``...) apply on top, exactly as
+    ``dlkit train``'s ``--set`` and flags do (:func:`recipe_from`). Bad input raises
+    :class:`InputError` before anything is written. A run that fails after its first checkpoint
+    leaves a staging folder that ``resume=True`` continues. Under torchrun every rank trains its
+    shard and only rank 0 writes and returns the result (others: None).
     """
     from dlkit.training.distributed import env_world_size, init_from_env, shutdown
 
+    if sets or overrides or not isinstance(recipe, Recipe):
+        recipe = recipe_from(recipe, sets=sets, **overrides)
     started = False
     try:
         if env_world_size() > 1:
             started = init_from_env(str(recipe.train.get("device", "auto")))
-        return _train(recipe, repo, resume=resume, quiet=quiet, callbacks=callbacks)
+        return _train(recipe, repo or ModelRepository(), resume=resume, quiet=quiet, callbacks=callbacks)
     finally:
         if started:
             shutdown()
 
 
-def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet: bool,
-           callbacks: list | None) -> TrainResult | None:
-    from dlkit.training.distributed import broadcast_text, rank_and_world
-    from dlkit.plugins import get_registry
+@dataclass
+class _Prepared:
+    """A run checked and built, before anything is written."""
 
-    repo = repo or ModelRepository()
+    recipe: Recipe
+    spec: ModelSpec
+    trainer: Any  # TrainerSpec
+    hparams: dict
+    config: dict
+    dataset: Any
+    model: Any
+    world: int
+
+
+def _resumed_recipe(repo: ModelRepository, name: str, recipe: Recipe) -> tuple[Any, Recipe]:
+    """The interrupted run to continue and the recipe it started with (``--epochs`` may extend it)."""
+    found = repo.interrupted(name, CHECKPOINT)
+    if not found:
+        raise InputError(f"--resume: no interrupted run of {name!r} in {repo.root}")
+    staged = found[0]
+    stored = Recipe(**read_json(staged.path / RECIPE_FILE))
+    if "epochs" in recipe.train:  # allow extending a run; everything else stays as started
+        stored.train["epochs"] = recipe.train["epochs"]
+    return staged, stored
+
+
+def _prepare(recipe: Recipe) -> _Prepared:
+    """Check every option, load the data and build the model: all bad input is found here."""
+    import torch
+
+    from dlkit.data.load import load_dataset
+    from dlkit.plugins import get_registry
+    from dlkit.training.build import build_model, check_compatible
+    from dlkit.training.distributed import rank_and_world
+
     registry = get_registry()
     spec = registry.model(recipe.arch)
-    source = str(recipe.data.get("source", "digits"))
-    name = recipe.name or default_name(recipe.arch, source)
-    staged = None
-    if resume:
-        found = repo.interrupted(name, CHECKPOINT)
-        if not found:
-            raise InputError(f"--resume: no interrupted run of {name!r} in {repo.root}")
-        staged = found[0]
-        stored = Recipe(**read_json(staged.path / RECIPE_FILE))
-        if "epochs" in recipe.train:  # allow extending a run; everything else stays as started
-            stored.train["epochs"] = recipe.train["epochs"]
-        recipe = stored
     trainer = registry.trainer(spec.trainer)
-    rank, world = rank_and_world()
+    _, world = rank_and_world()
     if world > 1 and not trainer.distributed:
         raise InputError(f"trainer {trainer.name!r} (for {spec.name!r}) does not support distributed training")
     hparams = check_options("model", recipe.model, spec.defaults)
     config = check_options("train", recipe.train, trainer.defaults)
     if "epochs" in config and (not isinstance(config["epochs"], int) or config["epochs"] < 1):
         raise InputError(f"--epochs must be at least 1, got {config['epochs']}")
+    source = str(recipe.data.get("source", "digits"))
     data_options = {k: v for k, v in recipe.data.items() if k not in ("source", "seed")}
-    from dlkit.data.load import load_dataset
-    from dlkit.training.build import build_model, check_compatible
-
     dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
-
     check_compatible(spec, dataset.input_spec, source)
-    import torch
-
     torch.manual_seed(recipe.seed)
     model = build_model(spec, hparams, dataset.input_spec, dataset.num_classes)
-    if rank > 0:  # only rank 0 writes; the others train their shard in rank 0's folder
+    return _Prepared(recipe, spec, trainer, hparams, config, dataset, model, world)
+
+
+def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
+           callbacks: list | None) -> TrainResult | None:
+    from dlkit.training.distributed import broadcast_text, rank_and_world
+
+    name = recipe.name or default_name(recipe.arch, str(recipe.data.get("source", "digits")))
+    staged = None
+    if resume:
+        staged, recipe = _resumed_recipe(repo, name, recipe)
+    p = _prepare(recipe)
+    if rank_and_world()[0] > 0:  # only rank 0 writes; the others train their shard in rank 0's folder
         workdir = Path(broadcast_text(""))
-        trainer.fit(TrainRun(model=model, spec=spec, data=dataset, config=config, seed=recipe.seed,
-                             workdir=workdir, resume=resume, quiet=True, repo=repo))
+        p.trainer.fit(TrainRun(model=p.model, spec=p.spec, data=p.dataset, config=p.config, seed=recipe.seed,
+                               workdir=workdir, resume=resume, quiet=True, repo=repo))
         return None
     if staged is None:
         for path in repo.clean_staging(name):
@@ -148,21 +212,10 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
         staged = repo.stage(name)
         write_json(staged.path / RECIPE_FILE, recipe.as_dict())
     broadcast_text(str(staged.path))
-    run = TrainRun(model=model, spec=spec, data=dataset, config=config, seed=recipe.seed,
+    run = TrainRun(model=p.model, spec=p.spec, data=p.dataset, config=p.config, seed=recipe.seed,
                    workdir=staged.path, resume=resume, quiet=quiet, callbacks=list(callbacks or []), repo=repo)
     try:
-        metrics = dict(trainer.fit(run) or {})
-        model = run.model.cpu().eval()
-        if spec.task == "classification":
-            metrics.update(classifier_metrics(model, dataset))
-        save_tensors(staged.path / WEIGHTS, model.state_dict())
-        meta = trained_meta(spec, spec.trainer, hparams, config, recipe.seed, dataset, model, metrics)
-        meta.update(world_size=world, recipe=recipe.as_dict())
-        for leftover in (CHECKPOINT, RECIPE_FILE):
-            (staged.path / leftover).unlink(missing_ok=True)
-        for torn in staged.path.glob(".*.tmp"):  # a write killed mid-way, before a --resume
-            torn.unlink(missing_ok=True)
-        version = staged.commit(meta)
+        version, metrics, params = _fit_and_publish(p, run, staged)
     except InputError:
         staged.release() if resume else staged.discard()
         raise
@@ -173,4 +226,20 @@ def _train(recipe: Recipe, repo: ModelRepository | None, *, resume: bool, quiet:
         else:
             staged.discard()
         raise
-    return TrainResult(version, metrics, meta["params"])
+    return TrainResult(version, metrics, params)
+
+
+def _fit_and_publish(p: _Prepared, run: TrainRun, staged: Any) -> tuple[ModelVersion, dict, int]:
+    """Train, score, write the weights and meta.json, and publish the staged folder."""
+    metrics = dict(p.trainer.fit(run) or {})
+    model = run.model.cpu().eval()
+    if p.spec.task == "classification":
+        metrics.update(classifier_metrics(model, p.dataset))
+    save_tensors(staged.path / WEIGHTS, model.state_dict())
+    meta = trained_meta(p.spec, p.spec.trainer, p.hparams, p.config, p.recipe.seed, p.dataset, model, metrics)
+    meta.update(world_size=p.world, recipe=p.recipe.as_dict())
+    for leftover in (CHECKPOINT, RECIPE_FILE):
+        (staged.path / leftover).unlink(missing_ok=True)
+    for torn in staged.path.glob(".*.tmp"):  # a write killed mid-way, before a --resume
+        torn.unlink(missing_ok=True)
+    return staged.commit(meta), metrics, meta["params"]

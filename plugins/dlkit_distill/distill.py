@@ -46,7 +46,7 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     from dlkit import evaluation_data
     from dlkit import check_compatible, derive, trained_meta
     from dlkit import get_registry
-    from dlkit import Recipe, apply_sets, check_options
+    from dlkit import Recipe, check_options, recipe_from
     from dlkit import WEIGHTS, check_name
 
     from .teacher import check_teacher, load_teacher
@@ -59,14 +59,12 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     spec = registry.model(student)
     if spec.task != "classification":
         raise InputError(f"--student {student} is a {spec.task} architecture; the student must be a classifier")
-    train_keys = set(DEFAULTS) - {"teacher"}
-    recipe = Recipe(arch=student, seed=seed, data={})
-    apply_sets(recipe, list(sets), set(spec.defaults), train_keys)
+    trainer_defaults = {k: v for k, v in DEFAULTS.items() if k != "teacher"}
+    recipe = recipe_from(Recipe(arch=student, seed=seed, data={}), sets=sets, trainer_defaults=trainer_defaults,
+                         temperature=temperature, alpha=alpha, epochs=epochs)
     if recipe.data:
         # Another split would put samples the teacher trained on into the student's test set.
         raise InputError(f"--set data.{next(iter(recipe.data))}: distillation uses the teacher's data split")
-    flags = {"temperature": temperature, "alpha": alpha, "epochs": epochs}
-    recipe.train.update({k: v for k, v in flags.items() if v is not None})
     if "teacher" in recipe.train:
         raise InputError("--set teacher: the teacher is the TEACHER argument")
     hparams = check_options("model", recipe.model, spec.defaults)
