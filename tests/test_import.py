@@ -251,3 +251,162 @@ def test_serve_imported_graphs_with_tritonclient(repo, tmp_path):
         assert client.get_model_metadata("multi")["inputs"][2]["datatype"] == "BOOL"
     finally:
         server.stop()
+
+
+# -- import torch -----------------------------------------------------------------------------------
+USER_CODE = '''
+import torch
+from torch import nn
+
+
+def classifier():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x, ids):
+        return self.lin(x + self.emb(ids).sum(1)), ids.sum(1)
+
+
+def pair():
+    return Pair()
+
+
+def broken():
+    raise ValueError("no config file here")
+
+
+def not_a_module():
+    return 42
+'''
+
+
+@pytest.fixture
+def user_code(tmp_path, monkeypatch):
+    """The user's own module (a unique name: modules stay imported in this process) and
+    weights for its factories, in a folder that is the current directory."""
+    import torch
+    from safetensors.torch import save_file
+
+    name = f"usernet_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(USER_CODE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = __import__(name)
+    torch.manual_seed(0)
+    for factory in ("classifier", "pair"):
+        save_file(getattr(module, factory)().state_dict(), str(tmp_path / f"{factory}.safetensors"))
+    return name, module
+
+
+def test_torch_import_export_predict_quantize_serve_distill(repo, tmp_path, user_code):
+    import torch
+
+    name, module = user_code
+    labels = ",".join(str(i) for i in range(10))
+    # the real CLI in a subprocess: the module is found in the current directory
+    proc = subprocess.run([sys.executable, "-m", "dlkit", "import", "torch", f"{name}:classifier", "--weights",
+                           "classifier.safetensors", "--example-input", "1,1,8,8", "--labels", labels, "--name", "tnet",
+                           "--repo", str(repo.root), "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    version = repo.resolve("tnet")
+    source = version.meta["source"]
+    assert source["kind"] == "torch" and source["factory"] == f"{name}:classifier"
+    assert source["example_input"] == {"input": {"shape": [1, 1, 8, 8], "dtype": "float32"}}
+    assert version.has_weights() and not version.has_onnx()
+
+    export = run_cli("export", "onnx", "tnet", "--repo", repo.root, "--json").json()
+    assert export["max_abs_diff"] <= 1e-4 and [o["name"] for o in export["outputs"]] == ["logits", "probabilities"]
+    net = module.classifier()
+    from safetensors.torch import load_file
+
+    net.load_state_dict(load_file(str(tmp_path / "classifier.safetensors")))
+    x = np.random.default_rng(0).uniform(0, 1, (5, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = run_cli("predict", "tnet", tmp_path / "x.npy", "--repo", repo.root, "--json").json()
+    with torch.inference_mode():
+        want = torch.softmax(net(torch.from_numpy(x)), -1).numpy()
+    assert [p["class"] for p in out["predictions"]] == want.argmax(1).tolist()
+    np.testing.assert_allclose([p["probability"] for p in out["predictions"]], want.max(1), atol=1e-5)
+
+    np.savez(tmp_path / "cal.npz", input=np.random.default_rng(1).uniform(0, 1, (64, 1, 8, 8)).astype(np.float32))
+    report = run_cli("quantize", "tnet", "--method", "dynamic", "--calibration-data", tmp_path / "cal.npz",
+                     "--tolerance", "50", "--measure-seconds", "0.05", "--repo", repo.root, "--json").json()
+    assert report["model"] == "tnet-int8" and report["quality"] == "agreement"
+
+    distilled = run_cli("distill", "tnet", "--student", "mlp", "--data", "digits", "--epochs", "1",
+                        "--set", "hidden=[16]", "--repo", repo.root, "--json").json()
+    student = repo.resolve(distilled["model"])
+    assert student.meta["parent"] == {"name": "tnet", "version": 1}
+
+    httpclient = pytest.importorskip("tritonclient.http")
+    server = Server(repo.root)
+    try:
+        client = httpclient.InferenceServerClient(server.url, network_timeout=60)
+        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        np.testing.assert_allclose(client.infer("tnet", [tensor]).as_numpy("probabilities"), want, atol=1e-5)
+    finally:
+        server.stop()
+
+
+def test_torch_import_several_inputs_int64(repo, tmp_path, user_code):
+    import torch
+
+    name, module = user_code
+    run_cli("import", "torch", f"{name}:pair", "--weights", "pair.safetensors", "--example-input",
+            "x=1,4;ids=1,3:int64", "--repo", repo.root)
+    export = run_cli("export", "onnx", "pair", "--repo", repo.root, "--json").json()
+    assert [i["dtype"] for i in export["inputs"]] == ["float32", "int64"]
+    feeds = {"x": np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32),
+             "ids": np.array([[1, 2, 3], [0, 0, 9], [5, 5, 5]], np.int64)}
+    np.savez(tmp_path / "in.npz", **feeds)
+    got = predicted(repo, "pair", tmp_path / "in.npz")
+    net = module.pair()
+    from safetensors.torch import load_file
+
+    net.load_state_dict(load_file(str(tmp_path / "pair.safetensors")))
+    with torch.inference_mode():
+        y, s = net(torch.from_numpy(feeds["x"]), torch.from_numpy(feeds["ids"]))
+    np.testing.assert_allclose(got["output_0"], y.numpy(), atol=1e-5)
+    assert np.array_equal(got["output_1"], s.numpy())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{m}:broken", "--weights", "classifier.safetensors", "--example-input", "1,64"],
+     r"{m}:broken: broken\(\) raised ValueError: no config file here"),
+    (["{m}:not_a_module", "--weights", "classifier.safetensors", "--example-input", "1,64"],
+     r"not_a_module\(\) returned int, not a torch.nn.Module"),
+    (["nosuchmodule_xyz:f", "--weights", "classifier.safetensors", "--example-input", "1,64"],
+     r"importing 'nosuchmodule_xyz' failed \(ModuleNotFoundError"),
+    (["{m}:classifier", "--weights", "pair.safetensors", "--example-input", "1,1,8,8"],
+     r"pair.safetensors: weights do not fit the module: tensor '1.weight' is missing"),
+    (["{m}:classifier", "--weights", "cut.safetensors", "--example-input", "1,1,8,8"],
+     r"cut.safetensors: tensor '1.weight' has shape \[32, 63\], the module expects \[32, 64\]"),
+    (["{m}:classifier", "--weights", "evil.pt", "--example-input", "1,1,8,8"], r"evil.pt: not a readable safetensors file"),
+    (["{m}:classifier", "--weights", "classifier.safetensors", "--example-input", "1,8,x"], r"'1,8,x' is not a shape"),
+    (["{m}:classifier", "--weights", "classifier.safetensors", "--example-input", "1,5"],
+     r"forward on --example-input failed \(RuntimeError"),
+    (["{m}:classifier", "--weights", "classifier.safetensors", "--example-input", "1,1,8,8", "--labels", "a,b"],
+     r"--labels: 2 names, but .*first output has shape \[2, 10\]"),
+    (["{m}", "--weights", "classifier.safetensors", "--example-input", "1,64"], r"expected MODULE:FACTORY"),
+])
+def test_torch_import_bad_input_is_one_line_and_writes_nothing(repo, tmp_path, user_code, args, message):
+    import torch
+    from safetensors.torch import save_file
+
+    name, module = user_code
+    state = module.classifier().state_dict()
+    save_file({**state, "1.weight": state["1.weight"][:, :63].contiguous()}, str(tmp_path / "cut.safetensors"))
+    torch.save(state, tmp_path / "evil.pt")  # a pickle: never loaded
+    args = [a.replace("{m}", name) for a in args]
+    line = one_line_error(run_cli("import", "torch", *args, "--repo", repo.root, expect=2))
+    assert re.search(message.replace("{m}", name), line), line
+    _nothing_written(repo)

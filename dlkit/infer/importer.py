@@ -9,44 +9,15 @@ model.onnx, a meta.json written from the graph, and a Triton config.pbtxt. No to
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 
 from dlkit.errors import DlkitError, InputError
 from dlkit.infer.onnx_files import check_external_data
+from dlkit.store.meta import parse_labels
 from dlkit.store.repository import ModelRepository, check_name
 
 TRITON_BATCH = 64
-
-
-def parse_labels(labels: str | None) -> list[str] | None:
-    """``a,b,c``, or a file: one label per line, or a JSON array of strings."""
-    if labels is None:
-        return None
-    path = Path(labels)
-    if path.is_file():
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"--labels {labels}: cannot read it ({exc})") from None
-        if text.lstrip().startswith("["):
-            try:
-                values = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"--labels {labels}: not a JSON array ({exc})") from None
-            if not isinstance(values, list) or not all(isinstance(v, (str, int)) for v in values):
-                raise InputError(f"--labels {labels}: expected a JSON array of strings")
-            names = [str(v) for v in values]
-        else:
-            names = [line.strip() for line in text.splitlines() if line.strip()]
-    else:
-        names = [x.strip() for x in labels.split(",")]
-    if not names or any(not n for n in names):
-        raise InputError(f"--labels {labels!r}: give names as a,b,c or a file with one name per line")
-    if len(set(names)) != len(names):
-        raise InputError(f"--labels {labels!r}: names repeat")
-    return names
 
 
 def import_onnx(repo: ModelRepository, file: str | Path, name: str, labels: str | list[str] | None = None,

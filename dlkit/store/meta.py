@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+from dlkit.errors import InputError
 
 
 
@@ -32,3 +36,30 @@ def input_preprocessing(input_spec: dict) -> dict:
     return out
 
 
+def parse_labels(labels: str | None) -> list[str] | None:
+    """``a,b,c``, or a file: one label per line, or a JSON array of strings."""
+    if labels is None:
+        return None
+    path = Path(labels)
+    if path.is_file():
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--labels {labels}: cannot read it ({exc})") from None
+        if text.lstrip().startswith("["):
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"--labels {labels}: not a JSON array ({exc})") from None
+            if not isinstance(values, list) or not all(isinstance(v, (str, int)) for v in values):
+                raise InputError(f"--labels {labels}: expected a JSON array of strings")
+            names = [str(v) for v in values]
+        else:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        names = [x.strip() for x in labels.split(",")]
+    if not names or any(not n for n in names):
+        raise InputError(f"--labels {labels!r}: give names as a,b,c or a file with one name per line")
+    if len(set(names)) != len(names):
+        raise InputError(f"--labels {labels!r}: names repeat")
+    return names
