@@ -153,7 +153,8 @@ def import_torch(repo: ModelRepository, factory: str, weights: str | Path, examp
     version = new.version
     return {"model": version.name, "version": version.version, "path": str(version.path), "task": task,
             "labels": names, "factory": factory, "example_input": spec, "params": version.meta["params"],
-            "outputs": [{"name": f"output {i}", "shape": [None, *o.shape[1:]], "dtype": str(o.dtype).removeprefix("torch.")}
+            "inputs": [{"name": k, "shape": [None, *v["shape"][1:]], "dtype": v["dtype"]} for k, v in spec.items()],
+            "outputs": [{"name": f"#{i}", "shape": [None, *o.shape[1:]], "dtype": str(o.dtype).removeprefix("torch.")}
                         for i, o in enumerate(outs)],
             "next": [f"dlkit export onnx {version.ref}"]}
 
