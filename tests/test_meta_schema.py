@@ -78,6 +78,13 @@ def test_a_bad_meta_is_never_published(repo):
     assert repo.names() == [] and not (repo.root / "hand").exists()
 
 
+def test_null_means_unknown_except_where_readers_need_a_default():
+    assert check_meta({"params": None, "arch": None, "metrics": None}, "m.json")["params"] is None
+    for field in ("task", "onnx", "source", "schema_version"):
+        with pytest.raises(InputError, match=f"field '{field}': expected"):
+            check_meta({field: None}, "m.json")
+
+
 def test_unknown_fields_are_kept():
     assert check_meta({"my_plugin": {"x": 1}}, "m.json")["my_plugin"] == {"x": 1}
 

@@ -56,6 +56,9 @@ FIELDS: dict[str, Field] = {
     "measurements": Field(("object",), "the quantizer's measured table"),
     "distill": Field(("object",), "how a distilled model was made (dlkit distill)"),
 }
+# Fields that may be null ("not known"); the others are left out when unknown, because
+# readers use ``meta.get(field, default)`` and a null would not fall back to the default.
+NOT_NULLABLE = ("schema_version", "name", "version", "task", "onnx", "source")
 TENSOR_FIELDS = {"name": ("string",), "shape": ("array",), "dtype": ("string",)}
 SOURCE_KINDS = ("onnx", "torch")
 
@@ -91,6 +94,8 @@ def check_meta(meta: Any, path: str | Path) -> dict:
         if key not in meta:
             if spec.required:
                 raise InputError(f"{path}: field {key!r} is required ({spec.meaning})")
+            continue
+        if meta[key] is None and key not in NOT_NULLABLE:
             continue
         if not _is(meta[key], spec.types):
             raise InputError(f"{path}: field {key!r}: expected {' or '.join(spec.types)}, "
