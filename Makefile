@@ -7,7 +7,7 @@ PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 DEMO_REPO ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The gRPC messages, generated once and committed (grpcio-tools is a build-time tool, never a
+# dependency). grpcio-tools 1.75.1 bundles protoc for protobuf 6.31.1, the floor in pyproject.
+proto:
+	$(PYTHON) -m venv /tmp/dlkit-protoc && /tmp/dlkit-protoc/bin/pip install --quiet grpcio-tools==1.75.1
+	cd dlkit/serve/proto && /tmp/dlkit-protoc/bin/python -m grpc_tools.protoc -I. --python_out=. kserve_v2.proto

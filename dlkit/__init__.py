@@ -37,7 +37,7 @@ _API: dict[str, str] = {
     "split_stratified": "dlkit.data.dataset", "load_dataset": "dlkit.data.load",
     # training
     "train": "dlkit.training.run", "recipe_from": "dlkit.training.run", "TrainRun": "dlkit.training.run", "TrainResult": "dlkit.training.run",
-    "trained_meta": "dlkit.training.run", "classifier_metrics": "dlkit.training.run",
+    "trained_meta": "dlkit.training.run", "task_metrics": "dlkit.training.run",
     "EpochLoop": "dlkit.training.loop", "TrainingDiverged": "dlkit.training.loop", "resolve_device": "dlkit.training.loop",
     "SUPERVISED_DEFAULTS": "dlkit.training.supervised_options:DEFAULTS",
     "validate_supervised": "dlkit.training.supervised_options:validate",
@@ -51,7 +51,7 @@ _API: dict[str, str] = {
     "OnnxGraph": "dlkit.export.graph", "export_onnx": "dlkit.export.onnx", "write_triton_config": "dlkit.export.triton",
     # inference (onnxruntime, no torch)
     "Session": "dlkit.infer.session", "check_external_data": "dlkit.infer.onnx_files", "read_feeds": "dlkit.infer.feeds",
-    "evaluate": "dlkit.infer.evaluate", "evaluation_data": "dlkit.infer.evaluate", "onnx_logits": "dlkit.infer.evaluate",
+    "evaluate": "dlkit.infer.evaluate", "evaluation_data": "dlkit.infer.evaluate", "graph_outputs": "dlkit.infer.evaluate",
     "softmax_cross_entropy": "dlkit.infer.evaluate",
     # what a plugin's CLI command needs
     "repo_option": "dlkit.cli.options", "json_option": "dlkit.cli.options", "open_repo": "dlkit.cli.options",

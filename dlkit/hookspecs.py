@@ -25,12 +25,16 @@ def register_models(register):
     :param build: ``build(hparams: dict, input_spec: dict, num_classes: int) -> torch.nn.Module``.
         ``hparams`` is ``defaults`` updated by the user's ``--set``; ``input_spec`` is the data
         set's (``{"kind", "shape", "dtype", "range"}``, shape without the batch dimension).
-    :param input_kinds: the data kinds the architecture accepts, from ``tabular``, ``image``,
-        ``sequence`` and ``noise``; asking for anything else is refused before training.
+    :param input_kinds: the data kinds the architecture accepts (``tabular``, ``image``,
+        ``sequence``, ``noise``, or any kind a data set plugin produces, such as ``text``); the
+        core only matches them with the data set's ``input_spec["kind"]`` before training.
     :param trainer: name of the trainer that fits it (``supervised``, ``gan``...).
-    :param task: ``classification`` (outputs logits) or ``generation``.
-    :param export: optional ``export(module, meta) -> dlkit.export.OnnxGraph`` describing what
-        to export and its example inputs; classifiers export ``logits`` and ``probabilities``.
+    :param task: the registered task it solves by default (``classification``), or a list of
+        the tasks it can solve, the first the default (``["classification", "regression"]``);
+        ``--set task=NAME`` picks another. ``num_classes`` is then the output width the task needs.
+    :param export: optional ``export(module, meta) -> dlkit.OnnxGraph`` describing what to export
+        and its example inputs; without it the task's export is used (classifiers: ``logits``
+        and ``probabilities``; regressors: ``prediction``).
     """
 
 
@@ -70,6 +74,35 @@ def register_datasets(register):
     :param suffixes: file suffixes this loader reads (``(".csv",)``); a path with one of them
         given to ``--data`` is loaded by it.
     :param directory: whether the loader reads a folder (image folders).
+    """
+
+
+@hookspec
+def register_tasks(register):
+    """Register tasks: what a model's outputs mean, and how they are trained, scored, exported,
+    printed and checked after compression.
+
+    ``register(name, metrics, *, output="output", loss=None, target_dtype="float32",
+    score="loss", higher_is_better=False, batch_score=None, export=None, describe=None,
+    quality=None, description="")``
+
+    :param metrics: ``metrics(outputs: np.ndarray, targets: np.ndarray) -> dict`` of floats,
+        computed in numpy from the graph's ``output`` (torch and onnxruntime alike); must
+        include ``loss``. ``train --json``, ``evaluate`` and ``models`` report them, prefixed
+        ``val_``/``test_``.
+    :param output: the name of the ONNX output (and the torch module's output) ``metrics`` reads.
+    :param loss: ``loss(outputs, targets, config) -> torch scalar`` for the supervised trainer.
+    :param target_dtype: ``int64`` (class indices) or ``float32`` (values): how targets are fed.
+    :param score: the metric compressors keep within a tolerance and ``dlkit models`` shows.
+    :param batch_score: optional ``batch_score(outputs, targets) -> tensor`` summed over a
+        training epoch and divided by its samples: ``train_<score>`` in the epoch logs.
+    :param export: ``export(module, meta) -> dlkit.OnnxGraph``: the graph of an architecture
+        that registers no ``export`` of its own.
+    :param describe: ``describe(outputs: dict, names: list[str], meta: dict, top_k: int) ->
+        list[dict]``: one printable prediction per sample, for ``dlkit predict``.
+    :param quality: ``quality(version, dataset, repo, session) -> check``: the check a
+        compressor keeps within its tolerance (``dlkit.tasks.checks`` has the interface and a
+        ready ``ScoreCheck``).
     """
 
 

@@ -28,6 +28,7 @@ HOOK_KINDS = {
     "register_trainers": "trainer",
     "register_compressors": "compressor",
     "register_datasets": "dataset",
+    "register_tasks": "task",
 }
 
 

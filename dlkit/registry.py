@@ -1,15 +1,17 @@
-"""What plugins registered: models, trainers, compressors and data sets, by name."""
+"""What plugins registered: models, trainers, compressors, data sets and tasks, by name."""
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from dlkit.errors import InputError, PluginError
 
-INPUT_KINDS = frozenset({"tabular", "image", "sequence", "noise"})
-TASKS = frozenset({"classification", "generation"})
+# Input kinds are open: an architecture declares the kinds it accepts, a data set the kind it
+# produces, and the core only matches the two (a plugin may add "text" or "audio").
+KIND_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,8 @@ class ModelSpec:
     input_kinds: frozenset
     defaults: dict = field(default_factory=dict)
     trainer: str = "supervised"
-    task: str = "classification"
+    task: str = "classification"  # the default task; `--set task=...` picks another of `tasks`
+    tasks: tuple = ("classification",)
     export: Callable[..., Any] | None = None
     description: str = ""
     plugin: str = ""
@@ -62,12 +65,34 @@ class DatasetSpec:
     plugin: str = ""
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: what a model's outputs mean and how they are trained, scored, exported,
+    printed and checked after compression. See hookspecs.register_tasks for each field."""
+
+    name: str
+    metrics: Callable[..., Any]
+    output: str = "output"
+    loss: Callable[..., Any] | None = None
+    target_dtype: str = "float32"
+    score: str = "loss"
+    higher_is_better: bool = False
+    batch_score: Callable[..., Any] | None = None
+    export: Callable[..., Any] | None = None
+    describe: Callable[..., Any] | None = None
+    quality: Callable[..., Any] | None = None
+    description: str = ""
+    plugin: str = ""
+
+
 KINDS = {
     "model": ModelSpec,
     "trainer": TrainerSpec,
     "compressor": CompressorSpec,
     "dataset": DatasetSpec,
+    "task": TaskSpec,
 }
+FIRST_FIELD = {"model": "build", "trainer": "fit", "compressor": "compress", "dataset": "load", "task": "metrics"}
 
 
 class Registry:
@@ -132,6 +157,15 @@ class Registry:
     def dataset(self, name: str) -> DatasetSpec:
         return self.get("dataset", name)
 
+    def task(self, name: str) -> TaskSpec:
+        return self.get("task", name)
+
+    def task_of(self, meta: dict) -> TaskSpec | None:
+        """The task a stored model's meta.json names (``classification`` when it names none,
+        as versions written before tasks were open did); None for ``"task": null``."""
+        name = meta.get("task", "classification")
+        return None if name is None else self.task(str(name))
+
 
 def make_register(registry: Registry, kind: str, plugin: str) -> Callable[..., None]:
     """The ``register`` callback one plugin's hook receives for one kind of thing."""
@@ -140,7 +174,7 @@ def make_register(registry: Registry, kind: str, plugin: str) -> Callable[..., N
     def register(name: str, func: Callable[..., Any], **options: Any) -> None:
         if not callable(func):
             raise PluginError(f"plugin {plugin!r}: {kind} {name!r} must be registered with a callable")
-        first_field = {"model": "build", "trainer": "fit", "compressor": "compress", "dataset": "load"}[kind]
+        first_field = FIRST_FIELD[kind]
         try:
             spec = spec_type(name=name, plugin=plugin, **{first_field: func}, **_normalise(kind, options))
         except TypeError as exc:
@@ -156,15 +190,26 @@ def _normalise(kind: str, options: dict) -> dict:
     options = dict(options)
     if kind == "model":
         kinds = frozenset(options.get("input_kinds") or ())
-        unknown = kinds - INPUT_KINDS
-        if not kinds or unknown:
-            raise TypeError(f"input_kinds must be a non-empty subset of {sorted(INPUT_KINDS)}")
+        if not kinds or not all(isinstance(k, str) and KIND_RE.fullmatch(k) for k in kinds):
+            raise TypeError("input_kinds must be a non-empty set of kind names (lower-case words)")
         options["input_kinds"] = kinds
-        if options.get("task", "classification") not in TASKS:
-            raise TypeError(f"task must be one of {sorted(TASKS)}")
+        tasks = options.get("task", "classification")
+        tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        if not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise TypeError("task must be a task name or a list of them")
+        options["task"] = tasks[0]
+        options["tasks"] = tasks
         options["defaults"] = dict(options.get("defaults") or {})
     if kind == "trainer":
         options["defaults"] = dict(options.get("defaults") or {})
     if kind == "dataset":
         options["suffixes"] = tuple(s.lower() for s in options.get("suffixes", ()))
+        if options.get("kind") is not None and not KIND_RE.fullmatch(str(options["kind"])):
+            raise TypeError("kind must be a kind name (a lower-case word)")
+    if kind == "task":
+        if options.get("target_dtype", "float32") not in ("int64", "float32"):
+            raise TypeError("target_dtype must be int64 or float32")
+        for key in ("loss", "batch_score", "export", "describe", "quality"):
+            if options.get(key) is not None and not callable(options[key]):
+                raise TypeError(f"{key} must be callable")
     return options

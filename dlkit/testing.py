@@ -92,20 +92,27 @@ def check_dataset(name: str, options: dict | None = None, seed: int = 0):
     import numpy as np
 
     from dlkit.data.load import load_dataset
-    from dlkit.registry import INPUT_KINDS
 
     ds = load_dataset(name, dict(options or {}), seed)
     spec = ds.input_spec
-    assert spec["kind"] in INPUT_KINDS, f"{name}: input_spec kind {spec['kind']!r} is not one of {sorted(INPUT_KINDS)}"
-    assert ds.num_classes >= 2 and len(set(ds.labels)) == ds.num_classes, f"{name}: labels {ds.labels} must be distinct"
+    assert isinstance(spec.get("kind"), str) and spec["kind"], f"{name}: input_spec has no kind"
+    if ds.targets == "labels":
+        assert ds.num_classes >= 2 and len(set(ds.labels)) == ds.num_classes, f"{name}: labels {ds.labels} must be distinct"
+    else:
+        assert ds.target_spec and len(ds.target_spec["names"]) == len(ds.target_spec["std"]), \
+            f"{name}: numeric targets need a target_spec with names, mean and std"
     for part in ("train", "val", "test"):
         x, y = ds.split(part)
         assert len(x) == len(y) > 0, f"{name}: the {part} split has {len(x)} inputs and {len(y)} labels"
         assert x.dtype == np.float32, f"{name}: {part} inputs are {x.dtype}, expected float32"
         assert list(x.shape[1:]) == list(spec["shape"]), \
             f"{name}: {part} inputs have shape {list(x.shape[1:])}, input_spec says {spec['shape']}"
-        assert y.dtype.kind in "iu" and y.min() >= 0 and y.max() < ds.num_classes, \
-            f"{name}: {part} labels must be class indices below {ds.num_classes}"
+        if ds.targets == "labels":
+            assert y.dtype.kind in "iu" and y.min() >= 0 and y.max() < ds.num_classes, \
+                f"{name}: {part} labels must be class indices below {ds.num_classes}"
+        else:
+            assert y.dtype == np.float32 and y.shape == (len(x), ds.num_outputs), \
+                f"{name}: {part} targets must be float32 of shape (N, {ds.num_outputs})"
     again = load_dataset(name, dict(options or {}), seed)
     assert np.array_equal(again.x_test, ds.x_test) and np.array_equal(again.y_test, ds.y_test), \
         f"{name}: the same seed must give the same split"
@@ -127,30 +134,32 @@ def check_build(name: str, data: str | None = None, hparams: dict | None = None)
     check_compatible(spec, ds.input_spec, ds.name)
     torch.manual_seed(0)
     module = build_model(spec, check_options("model", dict(hparams or {}), spec.defaults), ds.input_spec,
-                         ds.num_classes)
+                         ds.num_outputs, ds.target_spec)
     assert isinstance(module, torch.nn.Module), f"{name}: build returned {type(module).__name__}, not an nn.Module"
-    if spec.task == "classification":
+    if get_registry().task(spec.task).loss is not None:  # trained on targets: one output per class or value
         module.eval()
         with torch.inference_mode():
             out = module(torch.from_numpy(ds.x_test[:5]))
-        assert tuple(out.shape) == (5, ds.num_classes), \
-            f"{name}: a batch of 5 gave outputs of shape {tuple(out.shape)}, expected (5, {ds.num_classes}) logits"
-        assert torch.isfinite(out).all(), f"{name}: non-finite logits"
+        assert tuple(out.shape) == (5, ds.num_outputs), \
+            f"{name}: a batch of 5 gave outputs of shape {tuple(out.shape)}, expected (5, {ds.num_outputs})"
+        assert torch.isfinite(out).all(), f"{name}: non-finite outputs"
     return module, ds
 
 
-def check_train_step(module, dataset) -> None:
-    """One optimizer step on a classifier: every trainable parameter gets a finite gradient
+def check_train_step(module, dataset, task: str = "classification") -> None:
+    """One optimizer step on the task's loss: every trainable parameter gets a finite gradient
     (none is left out of the graph), and the step changes the outputs."""
     import torch
-    import torch.nn.functional as F
 
+    from dlkit.plugins import get_registry
+
+    spec = get_registry().task(task)
     x = torch.from_numpy(dataset.x_train[:32])
-    y = torch.from_numpy(dataset.y_train[:32]).long()
+    y = torch.as_tensor(dataset.y_train[:32], dtype=torch.long if spec.target_dtype == "int64" else torch.float32)
     module.train()
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
     optimizer.zero_grad()
-    loss = F.cross_entropy(module(x), y)
+    loss = spec.loss(module(x), y, {}, dataset)
     assert torch.isfinite(loss), f"non-finite training loss {loss.item()}"
     loss.backward()
     for pname, p in module.named_parameters():
@@ -183,19 +192,23 @@ def check_weights_round_trip(module, rebuild, tmp_dir: str | Path) -> None:
 
 
 def check_trained(version) -> None:
-    """A stored classifier reloads from the repository with the metrics it was stored with."""
+    """A stored model reloads from the repository with the metrics it was stored with."""
     from dlkit.infer.evaluate import evaluate
+    from dlkit.plugins import get_registry
 
     meta = version.meta
     assert version.has_weights(), f"{version.ref}: no model.safetensors"
     for key in ("arch", "plugin", "hparams", "input_spec", "labels"):
         assert key in meta, f"{version.ref}: meta.json lacks {key!r}"
-    if meta.get("task", "classification") == "classification":
-        result = evaluate(version, runtime="torch")
-        stored = meta["metrics"]["test_accuracy"]
-        # Batch sizes differ from training's evaluation: allow one near-tie sample to flip.
-        assert abs(result["accuracy"] - stored) <= 1 / result["samples"] + 1e-9, \
-            f"{version.ref}: reloaded test accuracy {result['accuracy']} != stored {stored}"
+    task = get_registry().task_of(meta)
+    if task is None or task.loss is None:
+        return
+    result = evaluate(version, runtime="torch")
+    stored = meta["metrics"][f"test_{task.score}"]
+    # Batch sizes differ from training's evaluation: allow one near-tie sample to flip a label.
+    slack = 1 / result["samples"] + 1e-9 if task.target_dtype == "int64" else 1e-4 * max(1.0, abs(stored))
+    assert abs(result[task.score] - stored) <= slack, \
+        f"{version.ref}: reloaded test {task.score} {result[task.score]} != stored {stored}"
 
 
 def export_onnx(version, repo) -> None:
@@ -210,12 +223,14 @@ def check_onnx(version, repo, samples: int = 64) -> None:
     import torch
 
     from dlkit.infer.evaluate import evaluation_data
-    from dlkit.training.build import load_model
     from dlkit.infer.session import Session
+    from dlkit.plugins import get_registry
+    from dlkit.training.build import load_model
 
     export_onnx(version, repo)
     assert version.has_onnx(), f"{version.ref}: export wrote no model.onnx"
-    if version.meta.get("task", "classification") != "classification":
+    task = get_registry().task_of(version.meta)
+    if task is None or task.loss is None:
         Session(version.onnx_path, "cpu")  # generative graphs: loading is the portable check
         return
     x, _ = evaluation_data(version).split("test")
@@ -225,15 +240,17 @@ def check_onnx(version, repo, samples: int = 64) -> None:
         expected = module(torch.from_numpy(x)).numpy()
     session = Session(version.onnx_path, "cpu")
     got = session.run({session.inputs[0].name: x})
-    np.testing.assert_allclose(got["logits"], expected, atol=ATOL, rtol=RTOL,
-                               err_msg=f"{version.ref}: ONNX logits differ from torch's")
-    probs = got["probabilities"]
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5, err_msg=f"{version.ref}: probabilities")
-    top2 = np.sort(expected, axis=1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 1e-3  # ignore near-ties, where float noise may flip the arg-max
-    assert (probs.argmax(1) == expected.argmax(1))[clear].all(), f"{version.ref}: ONNX and torch predict differently"
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(got[task.output], expected, atol=ATOL * scale, rtol=RTOL,
+                               err_msg=f"{version.ref}: ONNX {task.output} differ from torch's")
+    if "probabilities" in got:
+        probs = got["probabilities"]
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5, err_msg=f"{version.ref}: probabilities")
+        top2 = np.sort(expected, axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-3  # ignore near-ties, where float noise may flip the arg-max
+        assert (probs.argmax(1) == expected.argmax(1))[clear].all(), f"{version.ref}: ONNX and torch predict differently"
     single = session.run({session.inputs[0].name: x[:1]})  # the batch axis is dynamic
-    np.testing.assert_allclose(single["logits"], expected[:1], atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(single[task.output], expected[:1], atol=ATOL * scale, rtol=RTOL)
 
 
 def has_export() -> bool:
@@ -259,8 +276,8 @@ def check_model(name: str, repo, *, data: str | None = None, hparams: dict | Non
     repo = _repository(repo)
     spec = get_registry().model(name)
     module, ds = check_build(name, data, hparams)
-    if spec.task == "classification":
-        check_train_step(module, ds)
+    if get_registry().task(spec.task).loss is not None:
+        check_train_step(module, ds, spec.task)
     merged = check_options("model", dict(hparams or {}), spec.defaults)
     with tempfile.TemporaryDirectory() as tmp:
         check_weights_round_trip(module, lambda: build_model(spec, merged, ds.input_spec, ds.num_classes), tmp)
@@ -273,6 +290,64 @@ def check_model(name: str, repo, *, data: str | None = None, hparams: dict | Non
     check_trained(version)
     if onnx or (onnx is None and has_export()):
         check_onnx(version, repo)
+    return version
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+def check_task(name: str, repo, *, arch: str | None = None, data: str | None = None):
+    """Every conformance check for a registered task trained on targets; returns the version.
+
+    Trains ``arch`` (default: an architecture that lists the task, tabular if one is) on ``data`` (default:
+    a built-in set with the right kind of targets: ``diabetes`` for values, ``blobs`` for labels)
+    with ``task=name``, then checks: the metrics carry ``test_``/``val_`` versions of the task's
+    score and loss; the ONNX export matches torch; evaluate agrees through torch and onnxruntime;
+    predict describes one prediction per sample; and the compressors' quality check measures the
+    model with no drop against itself.
+    """
+    import numpy as np
+
+    from dlkit.data.load import load_dataset
+    from dlkit.infer.evaluate import evaluate, evaluation_data
+    from dlkit.infer.predict import predict
+    from dlkit.infer.session import Session
+    from dlkit.plugins import get_registry
+    from dlkit.training.run import train
+
+    registry = get_registry()
+    repo = _repository(repo)
+    task = registry.task(name)
+    assert task.loss is not None, f"task {name!r} has no training loss: check_task is for supervised tasks"
+    archs = sorted((s for s in registry.all("model") if name in s.tasks), key=lambda s: "tabular" not in s.input_kinds)
+    assert archs, f"no registered architecture lists task {name!r}"
+    arch = arch or archs[0].name  # one that reads the default (tabular) data, if any does
+    data = data or ("diabetes" if task.target_dtype == "float32" else "blobs")
+    trainer = registry.trainer(registry.model(arch).trainer)
+    quick = {**{k: v for k, v in QUICK_TRAIN.items() if k in trainer.defaults}, "epochs": 3}
+    version = train(arch, repo, data=data, name=f"task-{name}-{arch}", sets=[f"task={name}"], quiet=True,
+                    **quick).version
+    metrics = version.meta["metrics"]
+    assert version.meta["task"] == name, f"trained a {version.meta['task']!r} model, not {name!r}"
+    for key in (f"test_{task.score}", f"val_{task.score}", "test_loss", "val_loss"):
+        assert isinstance(metrics.get(key), float), f"task {name!r}: metrics lack {key!r} ({sorted(metrics)})"
+    check_trained(version)
+    check_onnx(version, repo)
+    by_torch, by_onnx = evaluate(version, runtime="torch"), evaluate(version, runtime="onnx")
+    assert abs(by_torch[task.score] - by_onnx[task.score]) <= 1e-4 * max(1.0, abs(by_torch[task.score])), \
+        f"task {name!r}: evaluate differs between torch ({by_torch[task.score]}) and onnx ({by_onnx[task.score]})"
+    ds = evaluation_data(version)
+    sample = repo.root / f"task-{name}-inputs.npy"
+    np.save(sample, ds.x_test[:3])
+    try:
+        shown = predict(version, [str(sample)])["predictions"]
+    finally:
+        sample.unlink()
+    assert len(shown) == 3 and all(isinstance(p, dict) and "input" in p for p in shown), \
+        f"task {name!r}: describe() must give one dict with an 'input' per sample, got {shown!r}"
+    session = Session(version.onnx_path, "cpu")
+    check = task.quality(version, load_dataset(data, {"targets": "values"} if task.target_dtype == "float32" else {}),
+                         repo, session)
+    row, _ = check.measure(session)
+    assert check.drop(row, row) == 0, f"task {name!r}: a model's drop against itself must be 0"
     return version
 
 
@@ -348,10 +423,12 @@ def pytest_configure(config) -> None:
 
 
 def pytest_generate_tests(metafunc) -> None:
-    if "dlkit_model" not in metafunc.fixturenames:
-        return
     from dlkit.plugins import get_registry
 
+    if "dlkit_task" in metafunc.fixturenames:  # every registered task trained on targets
+        metafunc.parametrize("dlkit_task", [t.name for t in get_registry().all("task") if t.loss is not None])
+    if "dlkit_model" not in metafunc.fixturenames:
+        return
     marker = metafunc.definition.get_closest_marker("dlkit_plugin")
     plugins = set(marker.args) if marker else None
     names = [s.name for s in get_registry().all("model") if plugins is None or s.plugin in plugins]

@@ -79,8 +79,8 @@ def test_a_bad_meta_is_never_published(repo):
 
 
 def test_null_means_unknown_except_where_readers_need_a_default():
-    assert check_meta({"params": None, "arch": None, "metrics": None}, "m.json")["params"] is None
-    for field in ("task", "onnx", "source", "schema_version"):
+    assert check_meta({"params": None, "arch": None, "metrics": None, "task": None}, "m.json")["params"] is None
+    for field in ("onnx", "source", "schema_version"):
         with pytest.raises(InputError, match=f"field '{field}': expected"):
             check_meta({field: None}, "m.json")
 

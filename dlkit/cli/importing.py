@@ -8,7 +8,7 @@ from dlkit.cli.group import cli
 from dlkit.cli.options import json_option, open_repo, repo_option
 
 labels_option = click.option("--labels", help="Class names: a,b,c, or a file (one per line, or a JSON array).")
-task_option = click.option("--task", help="What the outputs mean (default: classification with --labels, else unknown).")
+task_option = click.option("--task", help="A registered task (default: classification with --labels, else none: raw outputs).")
 
 
 @cli.group("import")
@@ -55,7 +55,7 @@ def _emit(report: dict, as_json: bool) -> None:
     from dlkit.cli.output import emit
 
     def human(r):
-        click.echo(f"imported {r['model']}:{r['version']} -> {r['path']} (task {r['task']}"
+        click.echo(f"imported {r['model']}:{r['version']} -> {r['path']} (task {r['task'] or 'none'}"
                    + (f", {len(r['labels'])} labels" if r.get("labels") else "") + ")")
         for side in ("inputs", "outputs"):
             for t in r.get(side) or []:

@@ -43,21 +43,38 @@ def models_cmd(repo, as_json):
     items = []
     for v in r.all_versions():
         meta = v.meta
-        items.append({"name": v.name, "version": v.version, "arch": meta.get("arch"), "method": meta.get("method"),
-                      "params": meta.get("params"), "metrics": meta.get("metrics", {}),
+        items.append({"name": v.name, "version": v.version, "arch": meta.get("arch"), "task": meta.get("task"),
+                      "method": meta.get("method"), "params": meta.get("params"), "metrics": meta.get("metrics", {}),
                       "onnx": v.has_onnx(), "created": meta.get("created")})
 
     def human(_):
         if not items:
             click.echo(f"no models in {r.root} yet: try `dlkit train cnn`")
             return
-        rows = [[i["name"], i["version"], i["arch"], i["method"] or "", i["params"],
-                 fmt_metric(i["metrics"].get("test_accuracy")), "yes" if i["onnx"] else "", i["created"]]
-                for i in items]
+        scores = [_key_metric(i) for i in items]
+        names = {name for name, _ in scores if name}
+        # One score for every row (all classifiers, say): named once in the header, to keep it narrow.
+        shown = [value if len(names) == 1 else f"{name} {value}".strip() for name, value in scores]
+        header = names.pop() if len(names) == 1 else "score"  # on the test split
+        rows = [[i["name"], i["version"], i["arch"], i["method"] or "", i["params"], score,
+                 "yes" if i["onnx"] else "", i["created"]] for i, score in zip(items, shown)]
         console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
-                                                      "test acc", "onnx", "created"], rows))
+                                                      header, "onnx", "created"], rows))
 
     emit({"repository": str(r.root), "models": items}, as_json, human)
+
+
+def _key_metric(item: dict) -> tuple[str, str]:
+    """(the name of the model's task score, its value on the test split), or empty strings."""
+    from dlkit.plugins import get_registry
+
+    registry = get_registry()
+    name = item.get("task") or "classification"
+    if name not in registry.names("task"):
+        return "", ""
+    score = registry.task(name).score
+    value = item["metrics"].get(f"test_{score}", item["metrics"].get(score))
+    return (score, fmt_metric(value)) if value is not None else ("", "")
 
 
 @cli.command("show")

@@ -1,13 +1,14 @@
-"""Data sets that ship offline: scikit-learn's bundled digits, and two synthetic sets for tests."""
+"""Data sets that ship offline: scikit-learn's bundled digits, iris, wine and diabetes, and two
+synthetic sets for tests."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from dlkit.data.dataset import Dataset, check_data_options, make_dataset, value_range
 
-
+from dlkit.errors import InputError
+from dlkit.data.dataset import Dataset, check_data_options, make_dataset, make_regression_dataset, value_range
 
 
 # -- built-in data sets ----------------------------------------------------------------------------
@@ -50,3 +51,52 @@ def load_waves(source: str, options: dict, seed: int) -> Dataset:
     return make_dataset("waves", x, y, ["slow", "medium", "fast"], spec, seed, options)
 
 
+
+
+def _tabular(name: str, x: np.ndarray, features: list[str], ds_factory, *args) -> Dataset:
+    """A tabular set standardised inside the model, with the training split's statistics (as CSVs are)."""
+    ds = ds_factory(name, x.astype(np.float32), *args)
+    mean = ds.x_train.mean(axis=0)
+    std = ds.x_train.std(axis=0)
+    std[std == 0] = 1.0
+    ds.input_spec["preprocessing"] = {"standardize": {"mean": mean.tolist(), "std": std.tolist()}}
+    return ds
+
+
+def _spec(x: np.ndarray, features: list[str]) -> dict:
+    return {"kind": "tabular", "shape": [x.shape[1]], "dtype": "float32", "range": value_range(x),
+            "features": list(features)}
+
+
+def load_iris(source: str, options: dict, seed: int) -> Dataset:
+    """scikit-learn's bundled iris: 150 flowers, 4 measurements, 3 species."""
+    from sklearn.datasets import load_iris as sk_iris
+
+    check_data_options("iris", options)
+    b = sk_iris()
+    return _tabular("iris", b.data, b.feature_names, make_dataset, b.target, list(b.target_names),
+                    _spec(b.data, b.feature_names), seed, options)
+
+
+def load_wine(source: str, options: dict, seed: int) -> Dataset:
+    """scikit-learn's bundled UCI wine: 178 wines, 13 chemical measurements, 3 cultivars."""
+    from sklearn.datasets import load_wine as sk_wine
+
+    check_data_options("wine", options)
+    b = sk_wine()
+    return _tabular("wine", b.data, b.feature_names, make_dataset, b.target, list(b.target_names),
+                    _spec(b.data, b.feature_names), seed, options)
+
+
+def load_diabetes(source: str, options: dict, seed: int) -> Dataset:
+    """scikit-learn's bundled diabetes data: 442 patients, 10 baseline measurements, and a number
+    to predict (disease progression one year later): a regression set."""
+    from sklearn.datasets import load_diabetes as sk_diabetes
+
+    check_data_options("diabetes", options)
+    if options.get("targets", "values") != "values":
+        raise InputError("diabetes: its target is a number (regression), not a class label")
+    b = sk_diabetes(scaled=False)
+    opts = {k: v for k, v in options.items() if k != "targets"}
+    return _tabular("diabetes", b.data, b.feature_names, make_regression_dataset, b.target, ["progression"],
+                    _spec(b.data, b.feature_names), seed, opts)

@@ -1,4 +1,4 @@
-"""The in-memory Dataset of numpy splits, deterministic stratified splitting, and option checks."""
+"""The in-memory Dataset of numpy splits, deterministic splitting (stratified for classes), and option checks."""
 
 from __future__ import annotations
 
@@ -24,10 +24,23 @@ class Dataset:
     input_spec: dict
     labels: list[str]
     source: dict = field(default_factory=dict)
+    # Numeric targets (for regression): {"names", "mean", "std"}, the statistics of the training
+    # split; None for class labels.
+    target_spec: dict | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def num_outputs(self) -> int:
+        """The width of the model's output: one logit per class, or one value per target."""
+        return len(self.target_spec["names"]) if self.target_spec else len(self.labels)
+
+    @property
+    def targets(self) -> str:
+        """``labels`` (class indices) or ``values`` (numbers): what ``y`` holds."""
+        return "values" if self.target_spec else "labels"
 
     @property
     def kind(self) -> str:
@@ -81,6 +94,9 @@ def split_stratified(x: np.ndarray, y: np.ndarray, seed: int, val: float = 0.1, 
 def make_dataset(name: str, x: np.ndarray, y: np.ndarray, labels: list[str], input_spec: dict,
                  seed: int, options: dict) -> Dataset:
     """Split arrays into a :class:`Dataset` (``options`` may set ``val`` and ``test`` fractions)."""
+    if options.get("targets", "labels") != "labels":
+        raise InputError(f"{name}: has class labels, not numeric targets (regression needs numbers: "
+                         f"a CSV column with data.target, or an .npz whose y holds values)")
     if len(np.unique(y)) < 2:
         raise InputError(f"{name}: needs at least 2 classes, found {len(np.unique(y))}")
     val = _fraction(options, "val", 0.1)
@@ -89,10 +105,35 @@ def make_dataset(name: str, x: np.ndarray, y: np.ndarray, labels: list[str], inp
     return Dataset(name, *parts, input_spec=input_spec, labels=labels)
 
 
+def make_regression_dataset(name: str, x: np.ndarray, y: np.ndarray, target_names: list[str], input_spec: dict,
+                            seed: int, options: dict) -> Dataset:
+    """Split arrays with numeric targets (``y``: ``[N]`` or ``[N, targets]``) into a regression
+    :class:`Dataset`: a seeded random split, and the training split's target statistics, with
+    which the model standardises its targets for the loss (see ``dlkit.tasks.regression``)."""
+    y = np.asarray(y, dtype=np.float32).reshape(len(y), -1)
+    if not np.isfinite(y).all():
+        row = int(np.argwhere(~np.isfinite(y))[0][0])
+        raise InputError(f"{name}: target of sample {row} is not a finite number")
+    val = _fraction(options, "val", 0.1)
+    test = _fraction(options, "test", 0.2)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test, n_val = int(round(len(y) * test)), int(round(len(y) * val))
+    if min(n_test, n_val, len(y) - n_test - n_val) < 1:
+        raise InputError(f"{name}: too few samples ({len(y)}) to split into train, validation and test")
+    parts = (order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test])
+    train_y = y[parts[0]]
+    std = train_y.std(axis=0)
+    spec = {"names": list(target_names),
+            "mean": [float(v) for v in train_y.mean(axis=0)], "std": [float(v) if v > 0 else 1.0 for v in std]}
+    arrays = [a for idx in parts for a in (x[idx], y[idx])]
+    return Dataset(name, *arrays, input_spec=input_spec, labels=[], target_spec=spec)
+
+
 def check_data_options(name: str, options: dict, known: tuple[str, ...] = ()) -> None:
     """Refuse a ``data.KEY`` the loader does not read (a misspelt ``data.target`` would otherwise
-    be ignored silently); ``val`` and ``test`` are read by every loader."""
-    allowed = {*known, "val", "test"}
+    be ignored silently); ``val``, ``test`` and ``targets`` (``labels`` or ``values``, set from the
+    recipe's task) are read by every loader."""
+    allowed = {*known, "val", "test", "targets"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise InputError(f"{name}: unknown data option data.{unknown[0]} (known: {', '.join(sorted(allowed))})")

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from dlkit.errors import InputError
-from dlkit.data.dataset import Dataset, _sorted_labels, check_data_options, is_number, make_dataset, value_range
+from dlkit.data.dataset import (Dataset, _sorted_labels, check_data_options, is_number, make_dataset,
+                                make_regression_dataset, value_range)
 
 
 
@@ -108,7 +109,8 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
     if x.dtype.kind not in "fiub":
         raise InputError(f"{path}: x has dtype {x.dtype}, expected numbers")
-    if y.ndim != 1 or len(y) != len(x):
+    regression = options.get("targets") == "values"
+    if (y.ndim != 1 and not (regression and y.ndim == 2)) or len(y) != len(x):
         raise InputError(f"{path}: y must have shape ({len(x)},), got {y.shape}")
     x = x.astype(np.float32)
     kind = options.get("kind") or {2: "tabular", 3: "sequence", 4: "image"}.get(x.ndim)
@@ -116,11 +118,16 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
         x = x[:, None]
     if kind is None or (kind == "image" and x.ndim != 4):
         raise InputError(f"{path}: x has shape {x.shape}; expected (N, F), (N, T, F) or (N, C, H, W)")
-    names = _sorted_labels(y.tolist())
-    y_idx = np.array([names.index(str(v)) for v in y.tolist()])
     spec = {"kind": kind, "shape": list(x.shape[1:]), "dtype": "float32", "range": value_range(x)}
     if kind == "image":
         spec["layout"] = "NCHW"
+    if regression:
+        if y.dtype.kind not in "fiub":
+            raise InputError(f"{path}: y has dtype {y.dtype}; regression needs numbers")
+        names = ["y"] if y.ndim == 1 else [f"y{i}" for i in range(y.shape[1])]
+        return make_regression_dataset(path.name, x, y, names, spec, seed, options)
+    names = _sorted_labels(y.tolist())
+    y_idx = np.array([names.index(str(v)) for v in y.tolist()])
     return make_dataset(path.name, x, y_idx, names, spec, seed, options)
 
 

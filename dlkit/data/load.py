@@ -33,6 +33,9 @@ def load_dataset(source: str, options: dict | None = None, seed: int = 0) -> Dat
             raise InputError(f"--data {source}: no loader reads {'folders' if path.is_dir() else repr(path.suffix)} files")
         spec = candidates[0]
     ds = spec.load(source, options, seed)
+    wanted = options.get("targets")
+    if wanted is not None and ds.targets != wanted:
+        raise InputError(f"--data {source}: loader {spec.name!r} gave {ds.targets} as targets, the task needs {wanted}")
     ds.source = {"source": source if source in names else str(Path(source).resolve()),
                  "loader": spec.name, "options": options, "seed": seed}
     check_finite(ds, source)

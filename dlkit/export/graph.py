@@ -1,4 +1,4 @@
-"""What to export: the OnnxGraph a model describes (a classifier's logits and probabilities by default)."""
+"""What to export: the OnnxGraph a model describes (its architecture's, else its task's)."""
 
 from __future__ import annotations
 
@@ -71,12 +71,20 @@ def classifier_graph(module, meta: dict) -> OnnxGraph:
     Sequence inputs also get a dynamic ``sequence`` axis (axis 1), so recurrent models take
     sequences of any length.
     """
+    return OnnxGraph(with_probabilities(module), {"input": example_input(meta)}, ["logits", "probabilities"],
+                     sequence_axes(meta))
+
+
+def example_input(meta: dict) -> Any:
+    """A tracing batch for a model with one ``input``, inside its input spec's range."""
     import torch
 
-    spec = meta["input_spec"]
-    example = torch.from_numpy(random_in_range(spec, EXAMPLE_BATCH, np.random.default_rng(0)))
-    axes = {"input": {1: "sequence"}} if spec["kind"] == "sequence" else {}
-    return OnnxGraph(with_probabilities(module), {"input": example}, ["logits", "probabilities"], axes)
+    return torch.from_numpy(random_in_range(meta["input_spec"], EXAMPLE_BATCH, np.random.default_rng(0)))
+
+
+def sequence_axes(meta: dict) -> dict[str, dict[int, str]]:
+    """A dynamic ``sequence`` axis (axis 1) for sequence inputs: recurrent models take any length."""
+    return {"input": {1: "sequence"}} if meta["input_spec"]["kind"] == "sequence" else {}
 
 
 def with_probabilities(module):
@@ -108,9 +116,14 @@ def export_graph(version: ModelVersion) -> OnnxGraph:
                              f"{type(graph).__name__}, expected dlkit.export.OnnxGraph")
         graph.module.eval()
         return graph
-    if meta.get("task", "classification") != "classification":
-        raise InputError(f"model {version.ref} is a {meta.get('task')} model and architecture {spec.name!r} "
-                         f"registers no export(): nothing to export")
-    return classifier_graph(module, meta)
+    from dlkit.plugins import get_registry
+
+    task = get_registry().task_of(meta)
+    if task is None or task.export is None:
+        raise InputError(f"model {version.ref} is a {meta.get('task')} model and neither architecture "
+                         f"{spec.name!r} nor its task registers an export(): nothing to export")
+    graph = task.export(module, meta)
+    graph.module.eval()
+    return graph
 
 

@@ -126,21 +126,21 @@ def _outputs(net, example: dict[str, dict], factory: str) -> list:
 def import_torch(repo: ModelRepository, factory: str, weights: str | Path, example: str | dict,
                  name: str | None = None, labels: str | list | None = None, task: str | None = None) -> dict:
     """Build FACTORY(), load ``weights`` strictly, run the example, publish the version."""
-    from dlkit.store.meta import parse_labels
+    from dlkit.store.meta import import_task, parse_labels
     from dlkit.store.derive import derive
     from dlkit.store.weights import save_tensors
 
     name = check_name(name or factory.rpartition(":")[2].replace("_", "-"))
     spec = parse_example(example) if isinstance(example, str) else example
     names = parse_labels(labels) if isinstance(labels, str) or labels is None else list(labels)
-    task = task or ("classification" if names else "unknown")
+    task = import_task(task, names)
     weights = Path(weights)
     if not weights.is_file():
         raise InputError(f"{weights}: weights file not found")
     net = build_module(factory)
     load_strict(net, weights)
     outs = _outputs(net, spec, factory)
-    input_spec = _classifier_spec(spec, outs, names, task, factory)
+    input_spec = _task_input_spec(spec, outs, names, task, factory)
     with derive(repo, None, "import", name, inherit=()) as new:
         save_tensors(new.path / "model.safetensors", net.state_dict())
         new.meta.update(task=task, params=sum(p.numel() for p in net.parameters()), source={
@@ -159,50 +159,50 @@ def import_torch(repo: ModelRepository, factory: str, weights: str | Path, examp
             "next": [f"dlkit export onnx {version.ref}"]}
 
 
-def _classifier_spec(spec: dict, outs: list, names, task: str, factory: str) -> dict | None:
-    """A classifier takes one float input and returns (batch, classes) logits first."""
-    if task != "classification":
+def _task_input_spec(spec: dict, outs: list, names, task: str | None, factory: str) -> dict | None:
+    """A model with a task takes one float input (the task exports it as ``input``, described by an
+    input spec); labels name the classes of the first output, (batch, classes)."""
+    if names is not None and (outs[0].ndim != 2 or outs[0].shape[1] != len(names)):
+        raise InputError(f"--labels: {len(names)} names, but {factory}'s first output has shape "
+                         f"{list(outs[0].shape)} (expected (batch, {len(names)}))")
+    if task is None:
         return None
     (only, *more) = spec.values()
     if more or not only["dtype"].startswith("float"):
-        raise InputError(f"--task classification: {factory} needs one float input (got {len(spec)})")
-    logits = outs[0]
-    if logits.ndim != 2 or (names is not None and logits.shape[1] != len(names)):
-        raise InputError(f"--labels: {len(names or [])} names, but {factory}'s first output has shape "
-                         f"{list(logits.shape)} (expected (batch, {len(names or [])}))")
+        raise InputError(f"--task {task}: {factory} needs one float input (got {len(spec)}); "
+                         f"leave --task out to import a module of several inputs")
     sample = only["shape"][1:]
     kind = "tabular" if len(sample) == 1 else "image" if len(sample) == 3 and sample[0] in (1, 3) else "sequence"
     return {"kind": kind, "shape": sample, "dtype": only["dtype"], "range": [0.0, 1.0]}
 
 
 def load_imported(version):
-    """The module and a ModelSpec for a version imported from torch (``load_model``'s hook)."""
+    """The module and a ModelSpec for a version imported from torch (``load_model``'s hook).
+
+    A model with a task is exported by its task (a classifier's logits and probabilities);
+    one without, by :func:`_graph`: every output, the example input's names and shapes."""
+    from dlkit.plugins import get_registry
     from dlkit.registry import ModelSpec
 
     source = version.meta["source"]
     net = build_module(source["factory"])
     load_strict(net, version.weights_path)
     example = source["example_input"]
-    task = version.meta.get("task", "unknown")
-
-    def export(module, meta):
-        return _graph(module, example, task)
-
+    task = get_registry().task_of(version.meta)
+    export = None if task is not None and task.export is not None else (lambda module, meta: _graph(module, example))
     spec = ModelSpec(name=f"torch:{source['factory']}", build=lambda *a: build_module(source["factory"]),
-                     input_kinds=frozenset(), task=task, export=export, plugin="dlkit import torch",
-                     description="imported with dlkit import torch")
+                     input_kinds=frozenset(), task=task.name if task else "", export=export,
+                     plugin="dlkit import torch", description="imported with dlkit import torch")
     return net, spec
 
 
-def _graph(module, example: dict, task: str):
-    """What export writes: a classifier's logits and probabilities; else every output, batch first."""
-    from dlkit.export.graph import OnnxGraph, with_probabilities
-
-    inputs = example_tensors(example, EXAMPLE_BATCH)
-    if task == "classification":
-        return OnnxGraph(with_probabilities(module), inputs, ["logits", "probabilities"])
+def _graph(module, example: dict):
+    """Every output of the module (``output``, or ``output_0``...), the batch axis first."""
     import torch
 
+    from dlkit.export.graph import OnnxGraph
+
+    inputs = example_tensors(example, EXAMPLE_BATCH)
     with torch.inference_mode():
         out = module(*inputs.values())
     count = len(out) if isinstance(out, (tuple, list)) else 1

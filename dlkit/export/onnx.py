@@ -100,7 +100,7 @@ def _check_and_write(version, proto, reference, cases, tolerance) -> tuple[dict,
         # CPU on purpose: the check is about the export, not about a GPU's float behaviour.
         session = Session(tmp, "cpu")
         parity = compare(reference, session.run, cases)
-        if parity["max_abs_diff"] > tolerance:
+        if parity["max_rel_diff"] > tolerance:
             raise ParityError(parity, tolerance)  # atomic_path drops the temporary file
     session.path = version.onnx_path
     return parity, session
@@ -113,7 +113,8 @@ def _finish(version, session, parity, exporter, opset, tolerance, n_cases, start
     data = version.onnx_path.read_bytes()
     signature = {"inputs": [i.as_dict() for i in session.inputs], "outputs": [o.as_dict() for o in session.outputs]}
     record = {
-        "opset": opset, "exporter": exporter, "max_abs_diff": parity["max_abs_diff"], "tolerance": tolerance,
+        "opset": opset, "exporter": exporter, "max_abs_diff": parity["max_abs_diff"],
+        "max_rel_diff": parity["max_rel_diff"], "tolerance": tolerance,
         "checks": n_cases, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **signature,
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"dlkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
@@ -190,6 +191,7 @@ def onnx_metadata(version: ModelVersion, graph: OnnxGraph) -> dict[str, str]:
         "dlkit_version": __version__, "model": version.name, "version": version.version,
         "arch": meta.get("arch"), "task": meta.get("task", "classification"), "labels": meta.get("labels"),
         "input_spec": spec, "preprocessing": input_preprocessing(spec) if spec else None,
+        "target_spec": meta.get("target_spec"),
         "parent": meta.get("parent"), "method": meta.get("method"),
         **graph.metadata,
     }

@@ -102,14 +102,17 @@ def session_runner(session) -> Callable[[dict], Any]:
 def bench_inputs(meta: dict, batch: int, *, session=None, graph=None) -> dict[str, np.ndarray]:
     """The same random inputs for every runtime.
 
-    Classifiers: uniform inside the input spec's range. Other graphs: the architecture's own
+    Graphs fed the data set's samples: uniform inside the input spec's range. Other graphs: the architecture's own
     sampler (``OnnxGraph.random_inputs``) when torch is loaded anyway, else drawn from the ONNX
     inputs: standard normal floats, zero integers (class 0 of a conditional generator).
     """
-    from dlkit.data.random_inputs import random_in_range
+    from dlkit.data.random_inputs import random_in_range, takes_data
 
     rng = np.random.default_rng(batch)
-    if meta.get("task", "classification") == "classification" and meta.get("input_spec"):
+    spec = meta.get("input_spec") or {}
+    shapes = ([list(i.shape) for i in session.inputs] if session is not None
+              else [list(t.shape) for t in graph.example_inputs.values()])
+    if takes_data(spec, shapes):
         name = session.inputs[0].name if session is not None else next(iter(graph.example_inputs))
         return {name: random_in_range(meta["input_spec"], batch, rng)}
     if graph is not None:

@@ -1,4 +1,5 @@
-"""``dlkit evaluate``: a classifier's accuracy and loss through torch or onnxruntime."""
+"""``dlkit evaluate``: a model's task metrics (a classifier's accuracy and loss, a regressor's
+RMSE, MAE and R²) on a split of its data, through torch or onnxruntime."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, flo
     return acc, loss
 
 
-def onnx_logits(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Run a classifier graph over ``x`` in batches, returning its logits."""
+def graph_outputs(session, x: np.ndarray, output: str, batch_size: int = 256) -> np.ndarray:
+    """One output of a single-input graph over ``x``, run in batches."""
     name = session.inputs[0].name
-    out = [session.run({name: x[i:i + batch_size].astype(np.float32)}, ["logits"])["logits"]
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    parts = [session.run({name: x[i:i + batch_size].astype(np.float32)}, [output])[output]
+             for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
 def evaluation_data(version: ModelVersion, data: str | None = None):
@@ -53,19 +54,20 @@ def evaluation_data(version: ModelVersion, data: str | None = None):
 
 def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = None, split: str = "test",
              provider: str = "auto") -> dict:
-    """Accuracy and loss of ``version`` on a split of its data set."""
-    if version.meta.get("task", "classification") != "classification":
-        raise InputError(f"model {version.ref} is a {version.meta.get('task')} model; evaluate needs a classifier")
+    """The task's metrics of ``version`` on a split of its data set (or of ``data``)."""
+    from dlkit.plugins import get_registry
+
+    task = get_registry().task_of(version.meta)
+    if task is None:
+        raise InputError(f"model {version.ref} records no task: evaluate needs one (classification, regression...)")
     ds = evaluation_data(version, data)
     x, y = ds.split(split)
     if runtime == "torch":
-        import torch
-
         from dlkit.training.build import load_model
+        from dlkit.training.supervised import model_outputs
 
         module, _ = load_model(version)
-        with torch.inference_mode():
-            logits = np.concatenate([module(torch.from_numpy(x[i:i + 512])).numpy() for i in range(0, len(x), 512)])
+        outputs = model_outputs(module, x, batch_size=512)
         providers = ["torch"]
     elif runtime == "onnx":
         from dlkit.infer.session import Session
@@ -73,10 +75,10 @@ def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = N
         if not version.has_onnx():
             raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
         session = Session(version.onnx_path, provider)
-        logits = onnx_logits(session, x)
+        outputs = graph_outputs(session, x, task.output)
         providers = session.providers
     else:
         raise InputError(f"unknown runtime {runtime!r}: expected torch or onnx")
-    acc, loss = softmax_cross_entropy(logits, y)
+    metrics = task.metrics(outputs, y)
     return {"model": version.name, "version": version.version, "runtime": runtime, "providers": providers,
-            "data": ds.name, "split": split, "samples": int(len(y)), "accuracy": acc, "loss": loss}
+            "task": task.name, "data": ds.name, "split": split, "samples": int(len(y)), **metrics}

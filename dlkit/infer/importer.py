@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dlkit.errors import DlkitError, InputError
 from dlkit.infer.onnx_files import check_external_data
-from dlkit.store.meta import parse_labels
+from dlkit.store.meta import import_task, parse_labels
 from dlkit.store.repository import ModelRepository, check_name
 
 TRITON_BATCH = 64
@@ -30,7 +30,7 @@ def import_onnx(repo: ModelRepository, file: str | Path, name: str, labels: str 
     if not path.is_file():
         raise InputError(f"{file}: no such ONNX file")
     names = parse_labels(labels) if isinstance(labels, str) or labels is None else list(labels)
-    task = task or ("classification" if names else "unknown")
+    task = import_task(task, names)
     check_external_data(path)
     try:
         proto = onnx.load(str(path))  # external data (checked above) is pulled into one file
@@ -40,8 +40,8 @@ def import_onnx(repo: ModelRepository, file: str | Path, name: str, labels: str 
     session = _session(path, data)
     signature = {"inputs": [i.as_dict() for i in session.inputs], "outputs": [o.as_dict() for o in session.outputs]}
     spec = describe_inputs(session.inputs)
-    if names is not None or task == "classification":
-        _check_classifier(path, session, names, task)
+    if names is not None:
+        _check_labels(path, session, names)
     record = {**signature, "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
               "ir_version": proto.ir_version, "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
               "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "source": "dlkit import onnx"}
@@ -90,16 +90,14 @@ def describe_inputs(inputs) -> dict | None:
     return {"kind": kind, "shape": sample, "dtype": info.dtype, "range": [0.0, 1.0]}
 
 
-def _check_classifier(path: Path, session, names: list[str] | None, task: str) -> None:
-    """A classifier's first output is (batch, classes): its class count must match the labels."""
+def _check_labels(path: Path, session, names: list[str]) -> None:
+    """Labels name the classes of the first output, (batch, classes): their count must match."""
     out = session.outputs[0]
-    if task != "classification":
-        return
     if not out.dtype.startswith("float") or len(out.shape) != 2:
-        raise InputError(f"{path}: --task classification needs a first output of shape (batch, classes); "
+        raise InputError(f"{path}: --labels needs a first output of shape (batch, classes); "
                          f"output {out.name!r} is {out.dtype} {list(out.shape)}")
     classes = out.shape[-1]
-    if names is not None and classes is not None and classes != len(names):
+    if classes is not None and classes != len(names):
         raise InputError(f"--labels: {len(names)} names, but output {out.name!r} of {path} has {classes} classes")
 
 

@@ -1,4 +1,5 @@
-"""``dlkit predict``: labels and top-k probabilities for files, through onnxruntime only.
+"""``dlkit predict``: what a model says about files (a classifier's labels and top-k probabilities,
+a regressor's values: its task prints them), through onnxruntime only.
 
 Inputs may be ``.npy``/``.npz`` arrays (one sample or a batch), images (PNG, JPEG... converted
 to the model's input spec) or CSV files (one sample per row; a header row is detected). This
@@ -27,7 +28,7 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 
 def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", top_k: int = 3, *,
             strict: bool = False, threads: int | None = None, optimization: str = "all") -> dict:
-    """Classify each input file with ``version``'s model.onnx; one prediction per sample."""
+    """Run ``version``'s model.onnx on each input file; one prediction per sample, as its task describes it."""
     from dlkit.infer.session import Session
 
     if not inputs:
@@ -38,18 +39,17 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
     session = Session(version.onnx_path, provider, strict=strict, threads=threads, optimization=optimization)
     info = model_info(session, version)
-    if info["task"] != "classification" or len(session.inputs) != 1:
-        return predict_outputs(version, session, inputs)  # any graph: its outputs as arrays
+    from dlkit.plugins import get_registry
+
+    task = get_registry().task_of({"task": info["task"]})
+    if task is None or task.describe is None or len(session.inputs) != 1:
+        return predict_outputs(version, session, inputs)  # any other graph: every output, as arrays
     feed = session.inputs[0]
-    names = [o.name for o in session.outputs]
-    wanted = "probabilities" if "probabilities" in names else names[0]
     predictions = []
     for source in inputs:
-        batch, labels = read_input(source, info, feed)
-        out = session.run({feed.name: batch}, [wanted])[wanted]
-        probs = out if wanted == "probabilities" else softmax(out)
-        for row, name in zip(probs, labels):
-            predictions.append(describe(name, row, info["labels"], top_k))
+        batch, names = read_input(source, info, feed)
+        outputs = session.run({feed.name: batch})
+        predictions += task.describe(outputs, names, info, top_k)
     return {"model": version.name, "version": version.version, "providers": session.providers,
             "predictions": predictions}
 
@@ -71,26 +71,13 @@ def model_info(session, version: ModelVersion) -> dict:
     """Labels, task and input spec: from the ONNX metadata, else from meta.json."""
     md = session.metadata
     meta: dict = {}
-    if not all(k in md for k in ("labels", "input_spec", "task")):
+    if not all(k in md for k in ("labels", "input_spec", "task", "target_spec")):
         meta = version.meta
     spec = md.get("input_spec") or meta.get("input_spec") or {}
     return {"labels": md.get("labels") or meta.get("labels"),
-            "task": md.get("task") or meta.get("task", "classification"), "input_spec": spec, "preprocessing": md.get("preprocessing") or input_preprocessing(spec)}
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def describe(name: str, probs: np.ndarray, labels: list | None, top_k: int) -> dict:
-    """One prediction: the arg-max label and the ``top_k`` most probable ones."""
-    order = np.argsort(-probs, kind="stable")[:top_k]
-    label = (lambda i: labels[i] if labels and i < len(labels) else str(i))
-    best = int(order[0])
-    return {"input": name, "label": label(best), "class": best, "probability": float(probs[best]),
-            "top_k": [{"label": label(int(i)), "class": int(i), "probability": float(probs[i])} for i in order]}
+            "task": md.get("task") or meta.get("task", "classification"), "input_spec": spec,
+            "target_spec": md.get("target_spec") or meta.get("target_spec"),
+            "preprocessing": md.get("preprocessing") or input_preprocessing(spec)}
 
 
 # -- reading inputs ---------------------------------------------------------------------------------

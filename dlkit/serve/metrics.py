@@ -8,6 +8,7 @@ Labels are model names and versions the server loaded itself, never strings from
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from typing import Callable
 
@@ -61,9 +62,61 @@ class ModelMetrics:
             sizes.append(size)
             size *= 2
         self.batch_size = Histogram(tuple(sizes + [max_batch_size]))
+        # Triton's statistics extension: durations per phase. Inputs and outputs are numpy arrays
+        # handed to and taken from onnxruntime in place, so compute_input/output stay zero.
+        self.phases = {k: Duration() for k in ("success", "fail", "queue", "compute_input", "compute_infer",
+                                               "compute_output")}
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference_ms = 0
+        self.by_batch_size: dict[int, Duration] = {}
 
-    def failed(self, status: int) -> None:
+    def failed(self, status: int, seconds: float = 0.0) -> None:
         self.failures[status] = self.failures.get(status, 0) + 1
+        self.phases["fail"].add(seconds)
+
+    def succeeded(self, rows: int, seconds: float, queued: float) -> None:
+        """One answered request of ``rows`` rows (Triton's statistics count rows as inferences)."""
+        self.request_seconds.observe(seconds)
+        self.queue_seconds.observe(queued)
+        self.phases["success"].add(seconds)
+        self.phases["queue"].add(queued)
+        self.inference_count += rows
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def executed(self, rows: int, seconds: float) -> None:
+        """One runtime call (a batch) of ``rows`` rows."""
+        self.batch_size.observe(rows)
+        self.compute_seconds.observe(seconds)
+        self.phases["compute_infer"].add(seconds)
+        self.execution_count += 1
+        self.by_batch_size.setdefault(rows, Duration()).add(seconds)
+
+    def triton_statistics(self, name: str, version: int) -> dict:
+        """This version's statistics in the form of Triton's statistics extension."""
+        zero = Duration().as_dict()
+        return {"name": name, "version": str(version), "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count, "execution_count": self.execution_count,
+                "inference_stats": {k: d.as_dict() for k, d in self.phases.items()},
+                "batch_stats": [{"batch_size": rows, "compute_input": zero, "compute_infer": d.as_dict(),
+                                 "compute_output": zero} for rows, d in sorted(self.by_batch_size.items())]}
+
+
+class Duration:
+    """A count and cumulative nanoseconds (Triton's StatisticDuration)."""
+
+    __slots__ = ("count", "ns")
+
+    def __init__(self):
+        self.count = 0
+        self.ns = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+    def as_dict(self) -> dict:
+        return {"count": self.count, "ns": self.ns}
 
 
 class Metrics:

@@ -76,7 +76,7 @@ class InferRequest:
 
 
 def spec_from_runtime(info) -> TensorSpec:
-    """A :class:`TensorSpec` from a ``dlkit.runtime.TensorInfo``."""
+    """A :class:`TensorSpec` from a ``dlkit.infer.session.TensorInfo``."""
     v2 = NUMPY_TO_V2.get(str(info.dtype))
     if v2 is None:
         raise InputError(f"tensor {info.name!r} has type {info.dtype}, which dlkit serve does not support")
@@ -96,6 +96,15 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
         raise ProtocolError(f"malformed JSON in the request body: {exc}") from None
     except RecursionError:
         raise ProtocolError("malformed JSON in the request body: nested too deeply") from None
+    except ValueError as exc:  # integers beyond Python's 4300-digit conversion limit
+        raise ProtocolError(f"malformed JSON in the request body: {str(exc)[:200]}") from None
+    return parse_infer_doc(doc, tail, inputs, outputs, max_batch_size)
+
+
+def parse_infer_doc(doc: Any, tail: memoryview | bytes, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                    max_batch_size: int | None = None) -> InferRequest:
+    """Validate a decoded v2 request (any transport) whose binary tensors, in order, fill ``tail``."""
+    tail = memoryview(tail)
     if not isinstance(doc, dict):
         raise ProtocolError(f"the request body must be a JSON object, received {_kind(doc)}")
     request_id = doc.get("id")
@@ -215,8 +224,11 @@ def _header(raw: Any, expected: dict[str, TensorSpec], seen: dict) -> tuple[str,
     if name in seen:
         raise ProtocolError(f"input {name!r} appears twice")
     shape = raw.get("shape")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers, received {shape!r}"[:300])
+    # Zero-sized tensors are refused here: onnxruntime's LSTM/GRU kernels call std::terminate on a
+    # batch of 0, which would take the whole server down.
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 1 for d in shape):
+        raise ProtocolError(f"input {name!r}: shape must be a list of positive integers (no zero-sized "
+                            f"tensors), received {shape!r}"[:300])
     datatype = raw.get("datatype")
     if not isinstance(datatype, str):
         raise ProtocolError(f"input {name!r}: datatype must be a string, received {datatype!r}"[:300])

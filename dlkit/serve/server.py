@@ -6,12 +6,16 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 import sys
 import threading
 
 import uvicorn
 
+from ..errors import InputError
+from ..store.repository import ModelRepository
 from .app import create_app
+from .settings import ServeSettings
 
 GRACE_SECONDS = 30
 
@@ -31,28 +35,86 @@ def bind_warning(host: str, token: str | None) -> str | None:
             "set --token (or DLKIT_TOKEN) and put TLS in front")
 
 
-def serve(repo, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
-          log_access: bool = True, **options) -> None:
+def serve(settings, **options) -> None:
     """Load the models, then serve them over HTTP until SIGINT/SIGTERM, finishing in-flight requests.
 
-    ``options`` are :func:`dlkit.serve.app.create_app`'s. ``port=0`` picks a free port; the
-    address is printed on stderr once the server listens.
+    ``settings`` is a :class:`ServeSettings`, or the repository (a path or ModelRepository) with
+    ServeSettings fields as keywords. ``port=0`` picks a free port; the address is printed on
+    stderr once the server listens.
     """
-    warning = bind_warning(host, token)
+    repo = None
+    if not isinstance(settings, ServeSettings):
+        repo = settings if isinstance(settings, ModelRepository) else None
+        settings = ServeSettings.of(settings, **options)
+    warning = bind_warning(settings.host, settings.token)
     if warning:
         print(f"dlkit serve: warning: {warning}", file=sys.stderr, flush=True)
-    app = create_app(repo, token=token, log_access=log_access, **options)
+    app = create_app(repo, settings=settings)
+    if settings.grpc_port:
+        _check_free(settings.host, settings.grpc_port, "--grpc-port")
     logger = logging.getLogger("dlkit.access")
-    if log_access and not logger.handlers:
+    if settings.log_access and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=GRACE_SECONDS, server_header=False)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=GRACE_SECONDS, server_header=False,
+                            http=_header_deadline_protocol(settings.header_timeout),
+                            limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive,
+                            loop="asyncio")  # grpc.aio shares this loop
     server = _Server(config, names=[f"{m.name}:{m.version}" for m in app.state.models])
     server.run()
+
+
+def _check_free(host: str, port: int, option: str) -> None:
+    """A one-line error now rather than a failed start-up later when ``port`` is taken."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot listen on {host}:{port} ({option}): {exc.strerror or exc}") from None
+
+
+def _header_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete
+    ``seconds`` after it opened (uvicorn's keep-alive timer starts only after a first response,
+    so idle or trickling connections would otherwise be held forever and starve the server)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _deadline = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            self._deadline = self.loop.call_later(seconds, self._expire)
+
+        def _expire(self):
+            self._deadline = None
+            if self.cycle is None or self.cycle.response_complete:  # still no complete request headers
+                self.timeout_keep_alive_handler()
+
+        def handle_events(self):
+            super().handle_events()
+            if self._deadline is not None and self.cycle is not None and not self.cycle.response_complete:
+                self._deadline.cancel()  # this request's headers are in
+                self._deadline = None
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if self._deadline is None and not self.transport.is_closing():
+                self._arm()  # the next request's headers get the same deadline
+
+        def connection_lost(self, exc):
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
 
 
 class _Server(uvicorn.Server):

@@ -63,3 +63,13 @@ def parse_labels(labels: str | None) -> list[str] | None:
     if len(set(names)) != len(names):
         raise InputError(f"--labels {labels!r}: names repeat")
     return names
+
+
+def import_task(task: str | None, labels: list[str] | None) -> str | None:
+    """An imported model's task: ``--task`` (a registered one), else classification when it has
+    labels, else None (no task: predict prints its outputs, quantize checks agreement)."""
+    if task is None:
+        return "classification" if labels else None
+    from dlkit.plugins import get_registry  # lazily: the store layer does not load plugins
+
+    return get_registry().task(task).name  # an unknown name is an InputError listing the registered ones

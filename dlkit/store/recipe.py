@@ -4,6 +4,7 @@
 arch = "cnn"
 name = "cnn-digits"
 seed = 0
+task = "classification"  # optional: the architecture's default task, or inferred from the data
 [data]
 source = "digits"
 [model]          # the architecture's hyper-parameters
@@ -40,9 +41,10 @@ class Recipe:
     data: dict[str, Any] = field(default_factory=lambda: {"source": "digits"})
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None  # None: the architecture's default, or what the data's targets are
 
     def as_dict(self) -> dict:
-        return {"arch": self.arch, "name": self.name, "seed": self.seed,
+        return {"arch": self.arch, "name": self.name, "seed": self.seed, "task": self.task,
                 "data": self.data, "model": self.model, "train": self.train}
 
 
@@ -55,7 +57,7 @@ def read_recipe(path: str | Path) -> Recipe:
         raise InputError(f"{path}: recipe file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: invalid TOML ({exc})") from None
-    allowed = {"arch", "name", "seed", *SECTIONS}
+    allowed = {"arch", "name", "seed", "task", *SECTIONS}
     unknown = set(doc) - allowed
     if unknown:
         raise InputError(f"{path}: unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(allowed))})")
@@ -71,8 +73,11 @@ def read_recipe(path: str | Path) -> Recipe:
     seed = doc.get("seed", 0)
     if not isinstance(seed, int):
         raise InputError(f"{path}: seed must be an integer, got {seed!r}")
+    task = doc.get("task")
+    if task is not None and not isinstance(task, str):
+        raise InputError(f"{path}: task must name a task, got {task!r}")
     return Recipe(arch=doc["arch"], name=doc.get("name"), seed=seed, data=dict(data),
-                  model=dict(doc.get("model", {})), train=dict(doc.get("train", {})))
+                  model=dict(doc.get("model", {})), train=dict(doc.get("train", {})), task=task)
 
 
 def parse_value(text: str) -> Any:
@@ -84,12 +89,16 @@ def parse_value(text: str) -> Any:
 
 
 def apply_sets(recipe: Recipe, sets: list[str], model_keys: set[str], train_keys: set[str]) -> None:
-    """Apply ``--set KEY=VALUE`` items; a bare KEY means a model hyper-parameter or train option."""
+    """Apply ``--set KEY=VALUE`` items; a bare KEY means a model hyper-parameter or train option
+    (``task`` is the recipe's task)."""
     for item in sets:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise InputError(f"--set {item!r}: expected KEY=VALUE")
+        if key == "task":
+            recipe.task = raw.strip().strip("'\"")
+            continue
         section, dot, sub = key.partition(".")
         if not dot:
             sub = key

@@ -31,8 +31,9 @@ FIELDS: dict[str, Field] = {
     "schema_version": Field(("integer",), "meta.json schema version (1); missing means 1"),
     "name": Field(("string",), "model name, written by dlkit on publish (the folder name is what counts)"),
     "version": Field(("integer",), "version number, written by dlkit on publish (the folder name is what counts)"),
-    "task": Field(("string",), "what the outputs mean: classification, generation, unknown... "
-                               "(missing: classification)"),
+    "task": Field(("string", "null"), "the registered task: classification, regression, generation...; "
+                                       "null: none (an imported graph); missing: classification"),
+    "target_spec": Field(("object", "null"), "what a regression model predicts: names, mean, std"),
     "arch": Field(("string",), "registered architecture that rebuilds the torch module (trained models)"),
     "plugin": Field(("string",), "plugin that registered the architecture"),
     "trainer": Field(("string",), "registered trainer that made the weights"),
@@ -58,7 +59,7 @@ FIELDS: dict[str, Field] = {
 }
 # Fields that may be null ("not known"); the others are left out when unknown, because
 # readers use ``meta.get(field, default)`` and a null would not fall back to the default.
-NOT_NULLABLE = ("schema_version", "name", "version", "task", "onnx", "source")
+NOT_NULLABLE = ("schema_version", "name", "version", "onnx", "source")
 TENSOR_FIELDS = {"name": ("string",), "shape": ("array",), "dtype": ("string",)}
 SOURCE_KINDS = ("onnx", "torch")
 

@@ -16,16 +16,38 @@ def check_compatible(spec: ModelSpec, input_spec: dict, data_name: str) -> None:
         )
 
 
-def build_model(spec: ModelSpec, hparams: dict, input_spec: dict, num_classes: int):
-    """Build the module, wrapped so it takes raw inputs when the data set standardises them."""
+def build_model(spec: ModelSpec, hparams: dict, input_spec: dict, num_outputs: int, target_spec: dict | None = None):
+    """Build the module, wrapped so it takes raw inputs when the data set standardises them and,
+    for numeric targets, returns values in the targets' units (it learns them standardised)."""
     try:
-        module = spec.build(dict(hparams), input_spec, num_classes)
+        module = spec.build(dict(hparams), input_spec, num_outputs)
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"cannot build {spec.name!r} with {hparams}: {exc}") from None
+    if target_spec:
+        module = target_scaled(module, target_spec["mean"], target_spec["std"])
     prep = input_spec.get("preprocessing")
     if isinstance(prep, dict) and "standardize" in prep:
         module = standardized(module, prep["standardize"]["mean"], prep["standardize"]["std"])
     return module
+
+
+def target_scaled(module, mean, std):
+    """Wrap ``module`` so its outputs, learnt in standard deviations from the targets' mean, come
+    out in the targets' units (the statistics travel with the weights and into the ONNX graph)."""
+    import torch
+    from torch import nn
+
+    class TargetScaled(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32))
+            self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32))
+
+        def forward(self, x):
+            return self.inner(x) * self.target_std + self.target_mean
+
+    return TargetScaled(module)
 
 
 def standardized(module, mean, std):
@@ -73,6 +95,7 @@ def load_model(version, device: str = "cpu"):
     if not version.has_weights():
         raise InputError(f"model {version.ref} has no PyTorch weights ({version.weights_path} is missing)")
     spec = registry.model(arch)
-    module = build_model(spec, meta.get("hparams", {}), meta["input_spec"], int(meta.get("num_classes", 0)))
+    outputs = int(meta.get("num_outputs", meta.get("num_classes", 0)))
+    module = build_model(spec, meta.get("hparams", {}), meta["input_spec"], outputs, meta.get("target_spec"))
     load_weights(module, version.weights_path)
     return module.to(device).eval(), spec

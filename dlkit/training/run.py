@@ -36,6 +36,11 @@ class TrainRun:
     quiet: bool = False
     callbacks: list = field(default_factory=list)
     repo: ModelRepository | None = None  # where the result will land (e.g. to store helpers)
+    task: str | None = None  # the registered task trained (None: the architecture's default)
+
+    @property
+    def task_name(self) -> str:
+        return self.task or self.spec.task
 
 
 @dataclass
@@ -56,21 +61,23 @@ def default_name(arch: str, data_source: str) -> str:
     return f"{arch}-{stem}".lower().replace(" ", "-")
 
 
-def classifier_metrics(model: Any, data: Any) -> dict:
-    """A trained classifier's scores as meta.json and ``--json`` report them."""
+def task_metrics(model: Any, data: Any, task: str = "classification") -> dict:
+    """A trained model's scores on the test and validation splits, as its task computes them
+    (``test_accuracy``, ``val_accuracy``, ``test_loss``... for a classifier)."""
     from dlkit.training.supervised import evaluate_arrays
 
-    test = evaluate_arrays(model, data.x_test, data.y_test)
-    val = evaluate_arrays(model, data.x_val, data.y_val)
-    return {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "val_accuracy": val["accuracy"]}
+    test = evaluate_arrays(model, data.x_test, data.y_test, task=task)
+    val = evaluate_arrays(model, data.x_val, data.y_val, task=task)
+    return {**{f"test_{k}": v for k, v in test.items()}, **{f"val_{k}": v for k, v in val.items()}}
 
 
 def trained_meta(spec: ModelSpec, trainer: str, hparams: dict, config: dict, seed: int, data: Any,
-                 model: Any, metrics: dict) -> dict:
+                 model: Any, metrics: dict, task: str | None = None) -> dict:
     """meta.json of a freshly trained model: ``train``'s and the distillation student's alike."""
     return {
-        "arch": spec.name, "plugin": spec.plugin, "task": spec.task, "trainer": trainer,
-        "hparams": hparams, "train": config, "seed": seed,
+        "arch": spec.name, "plugin": spec.plugin, "task": task or spec.task, "trainer": trainer,
+        "hparams": hparams, "train": config, "seed": seed, "target_spec": data.target_spec,
+        "num_outputs": data.num_outputs,
         "input_spec": data.input_spec, "labels": data.labels, "num_classes": data.num_classes,
         "data": data.describe(), "metrics": metrics, "params": count_params(model),
         "parent": None, "method": None,
@@ -150,6 +157,7 @@ class _Prepared:
     dataset: Any
     model: Any
     world: int
+    task: str
 
 
 def _resumed_recipe(repo: ModelRepository, name: str, recipe: Recipe) -> tuple[Any, Recipe]:
@@ -185,11 +193,35 @@ def _prepare(recipe: Recipe) -> _Prepared:
         raise InputError(f"--epochs must be at least 1, got {config['epochs']}")
     source = str(recipe.data.get("source", "digits"))
     data_options = {k: v for k, v in recipe.data.items() if k not in ("source", "seed")}
+    if recipe.task is not None:
+        check_task(spec, recipe.task)
+        if registry.task(recipe.task).target_dtype == "float32":
+            data_options["targets"] = "values"
     dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
     check_compatible(spec, dataset.input_spec, source)
+    task = recipe.task or task_for(spec, dataset, registry)
     torch.manual_seed(recipe.seed)
-    model = build_model(spec, hparams, dataset.input_spec, dataset.num_classes)
-    return _Prepared(recipe, spec, trainer, hparams, config, dataset, model, world)
+    model = build_model(spec, hparams, dataset.input_spec, dataset.num_outputs, dataset.target_spec)
+    return _Prepared(recipe, spec, trainer, hparams, config, dataset, model, world, task)
+
+
+def check_task(spec: ModelSpec, task: str) -> None:
+    """Refuse a task the architecture does not solve, naming the ones it does."""
+    if task not in spec.tasks:
+        raise InputError(f"architecture {spec.name!r} does not do {task} (it does: {', '.join(spec.tasks)}); "
+                         f"set task= to one of those")
+
+
+def task_for(spec: ModelSpec, dataset: Any, registry: Any) -> str:
+    """The task a run with no ``task=`` trains: the architecture's default for class labels, its
+    first task on values for numeric targets (a CSV target with many distinct numbers)."""
+    if dataset.targets == "labels":
+        return spec.task
+    for name in spec.tasks:
+        if name in registry.names("task") and registry.task(name).target_dtype == "float32":
+            return name
+    raise InputError(f"{dataset.name} has numeric targets, and architecture {spec.name!r} has no task that "
+                     f"predicts numbers (it does: {', '.join(spec.tasks)})")
 
 
 def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
@@ -204,7 +236,7 @@ def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
     if rank_and_world()[0] > 0:  # only rank 0 writes; the others train their shard in rank 0's folder
         workdir = Path(broadcast_text(""))
         p.trainer.fit(TrainRun(model=p.model, spec=p.spec, data=p.dataset, config=p.config, seed=recipe.seed,
-                               workdir=workdir, resume=resume, quiet=True, repo=repo))
+                               workdir=workdir, resume=resume, quiet=True, repo=repo, task=p.task))
         return None
     if staged is None:
         for path in repo.clean_staging(name):
@@ -213,7 +245,8 @@ def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
         write_json(staged.path / RECIPE_FILE, recipe.as_dict())
     broadcast_text(str(staged.path))
     run = TrainRun(model=p.model, spec=p.spec, data=p.dataset, config=p.config, seed=recipe.seed,
-                   workdir=staged.path, resume=resume, quiet=quiet, callbacks=list(callbacks or []), repo=repo)
+                   workdir=staged.path, resume=resume, quiet=quiet, callbacks=list(callbacks or []), repo=repo,
+                   task=p.task)
     try:
         version, metrics, params = _fit_and_publish(p, run, staged)
     except InputError:
@@ -231,12 +264,16 @@ def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
 
 def _fit_and_publish(p: _Prepared, run: TrainRun, staged: Any) -> tuple[ModelVersion, dict, int]:
     """Train, score, write the weights and meta.json, and publish the staged folder."""
+    from dlkit.plugins import get_registry
+
     metrics = dict(p.trainer.fit(run) or {})
     model = run.model.cpu().eval()
-    if p.spec.task == "classification":
-        metrics.update(classifier_metrics(model, p.dataset))
+    task = get_registry().task(p.task)
+    if task.loss is not None:  # a task trained on targets is scored on them (a generator has its own measures)
+        metrics.update(task_metrics(model, p.dataset, p.task))
     save_tensors(staged.path / WEIGHTS, model.state_dict())
-    meta = trained_meta(p.spec, p.spec.trainer, p.hparams, p.config, p.recipe.seed, p.dataset, model, metrics)
+    meta = trained_meta(p.spec, p.spec.trainer, p.hparams, p.config, p.recipe.seed, p.dataset, model, metrics,
+                        p.task)
     meta.update(world_size=p.world, recipe=p.recipe.as_dict())
     for leftover in (CHECKPOINT, RECIPE_FILE):
         (staged.path / leftover).unlink(missing_ok=True)

@@ -6,15 +6,21 @@ import contextlib
 import functools
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dlkit.plugins import get_registry
 
 from dlkit.training.callbacks import Callback, CurvePlot, MetricsLog, ProgressBar
 from dlkit.training.distributed import all_reduce_sum
 from dlkit.training.loop import EpochLoop
+from dlkit.errors import InputError
 from dlkit.training.supervised_options import DEFAULTS, validate
 
-__all__ = ["DEFAULTS", "SupervisedTrainer", "evaluate_arrays", "fit", "validate"]
+__all__ = ["DEFAULTS", "SupervisedTrainer", "evaluate_arrays", "fit", "model_outputs", "validate"]
+
+TARGET_DTYPES = {"int64": torch.long, "float32": torch.float32}
 
 
 def make_optimizer(params, config: dict):
@@ -37,7 +43,6 @@ def make_scheduler(optimizer, config: dict):
 
 def random_shift(x, max_shift: int, generator):
     """Shift each image by up to ``max_shift`` pixels in each direction, filling with zeros."""
-
     b, c, h, w = x.shape
     s = max_shift
     padded = F.pad(x, (s, s, s, s))
@@ -49,21 +54,18 @@ def random_shift(x, max_shift: int, generator):
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
-def evaluate_arrays(model, x, y, device: str = "cpu", batch_size: int = 1024) -> dict:
-    """Accuracy and mean cross-entropy of a classifier on arrays (numpy or tensors)."""
-
+def model_outputs(model, x, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
+    """A model's outputs on an array of inputs, in batches, as float32 numpy."""
     x = torch.as_tensor(x, dtype=torch.float32)
-    y = torch.as_tensor(y, dtype=torch.long)
     model.eval()
-    correct, loss = 0, 0.0
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            out = model(xb).float()
-            loss += F.cross_entropy(out, yb, reduction="sum").item()
-            correct += (out.argmax(1) == yb).sum().item()
-    n = max(len(x), 1)
-    return {"accuracy": correct / n, "loss": loss / n}
+        parts = [model(x[i:i + batch_size].to(device)).float().cpu().numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+
+def evaluate_arrays(model, x, y, device: str = "cpu", batch_size: int = 1024, task: str = "classification") -> dict:
+    """The task's metrics of a model on arrays (a classifier's ``accuracy`` and ``loss``)."""
+    return get_registry().task(task).metrics(model_outputs(model, x, device, batch_size), np.asarray(y))
 
 
 class SupervisedTrainer(EpochLoop):
@@ -72,14 +74,20 @@ class SupervisedTrainer(EpochLoop):
 
     def __init__(self, run):
         config = run.config
+        self.task_name = getattr(run, "task_name", run.spec.task)
+        self.task = get_registry().task(self.task_name)
+        if self.task.loss is None:
+            raise InputError(f"task {self.task_name!r} has no training loss: the supervised trainer cannot fit it")
+        score = self.task.score
         steps = max(1, len(run.data.y_train) // config["batch_size"])
         callbacks: list[Callback] = [
             MetricsLog(Path(run.workdir) / "metrics.jsonl"),
             CurvePlot(Path(run.workdir) / "curves.png",
-                      [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_accuracy", "val_accuracy"])]),
+                      [("loss", ["train_loss", "val_loss"]), (score, [f"train_{score}", f"val_{score}"])]),
         ]
         if not run.quiet:
-            callbacks.insert(0, ProgressBar(config["epochs"], steps, ["train_loss", "val_loss", "val_accuracy", "lr", "seconds"]))
+            callbacks.insert(0, ProgressBar(config["epochs"], steps, ["train_loss", "val_loss", f"val_{score}", "lr",
+                                                                      "seconds"]))
         super().__init__(run, callbacks)
         # Under torchrun each rank trains on its share of every batch; DDP averages gradients so
         # the step equals single-process training on the whole batch.
@@ -126,7 +134,7 @@ class SupervisedTrainer(EpochLoop):
         if self._data is None:
             data = self.run.data
             self._data = (torch.as_tensor(data.x_train, dtype=torch.float32).to(self.device),
-                          torch.as_tensor(data.y_train, dtype=torch.long).to(self.device))
+                          torch.as_tensor(data.y_train, dtype=TARGET_DTYPES[self.task.target_dtype]).to(self.device))
         return self._data
 
     def train_epoch(self, epoch: int) -> dict:
@@ -146,7 +154,7 @@ class SupervisedTrainer(EpochLoop):
         perm = torch.randperm(n, generator=gen).to(self.device)
         model.train()
         total_loss = torch.zeros((), device=self.device)
-        total_correct = torch.zeros((), device=self.device, dtype=torch.long)
+        total_score = torch.zeros((), device=self.device)
         for step, i in enumerate(stops):
             idx = perm[i:i + bs]
             if self.world > 1:
@@ -161,18 +169,21 @@ class SupervisedTrainer(EpochLoop):
                 loss = self.loss(out.float(), xb, yb, idx)
             self._step(loss)
             total_loss.add_(loss.detach(), alpha=len(idx))
-            total_correct.add_(out.detach().argmax(1).eq(yb).sum())
+            if self.task.batch_score is not None:
+                total_score.add_(self.task.batch_score(out.detach(), yb))
             self.step_end(step)
-        all_reduce_sum(total_loss, total_correct)
+        all_reduce_sum(total_loss, total_score)
         train_loss = total_loss.item() / n
         self.check_finite("loss", train_loss, "lower --lr or set train.clip_grad"
                           if epoch > 1 else "lower --lr, set train.clip_grad or check the data's scale")
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scheduler:
             self.scheduler.step()
-        val = evaluate_arrays(model, self.run.data.x_val, self.run.data.y_val, self.device)
-        return {"train_loss": train_loss, "train_accuracy": total_correct.item() / n,
-                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "lr": lr}
+        val = evaluate_arrays(model, self.run.data.x_val, self.run.data.y_val, self.device, task=self.task_name)
+        logs = {"train_loss": train_loss}
+        if self.task.batch_score is not None:
+            logs[f"train_{self.task.score}"] = total_score.item() / n
+        return {**logs, **{f"val_{k}": v for k, v in val.items()}, "lr": lr}
 
     def _step(self, loss) -> None:
         """Backward and one optimizer step (gradient scaling under float16 AMP, clipping)."""
@@ -201,9 +212,9 @@ class SupervisedTrainer(EpochLoop):
 
     def loss(self, out, xb, yb, idx):
         """One batch's training loss: ``out`` the logits for inputs ``xb`` (augmented, if on),
-        ``yb`` the labels, ``idx`` the batch's row numbers in the training set. Subclasses
-        replace it (the distillation trainer adds the teacher's soft targets)."""
-        return F.cross_entropy(out, yb, label_smoothing=self.config["label_smoothing"])
+        ``yb`` the targets, ``idx`` the batch's row numbers in the training set: the task's loss.
+        Subclasses replace it (the distillation trainer adds the teacher's soft targets)."""
+        return self.task.loss(out, yb, self.config, self.run.data)
 
     def _early_stopping(self, val_loss: float) -> None:
         if val_loss < self.best["val_loss"] - self.config["min_delta"]:

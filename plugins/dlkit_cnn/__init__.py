@@ -21,5 +21,5 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("cnn", build, input_kinds={"image"}, defaults=DEFAULTS,
+    register("cnn", build, input_kinds={"image"}, defaults=DEFAULTS, task=["classification", "regression"],
              description="convolutional network (conv blocks, pooling, global average head)")

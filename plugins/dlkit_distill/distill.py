@@ -136,7 +136,7 @@ def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet:
     returns the trained model (CPU, eval mode) and its metrics."""
     from pathlib import Path
 
-    from dlkit import SupervisedTrainer, classifier_metrics
+    from dlkit import SupervisedTrainer, task_metrics
     from dlkit import CHECKPOINT, TrainRun
 
     from .trainer import DistillTrainer
@@ -147,7 +147,7 @@ def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet:
     metrics = dict(trainer.fit())
     (Path(workdir) / CHECKPOINT).unlink(missing_ok=True)  # resume is not offered: the run is short
     model = run.model.cpu().eval()
-    metrics.update(classifier_metrics(model, dataset))
+    metrics.update(task_metrics(model, dataset))
     return model, metrics
 
 

@@ -1,7 +1,8 @@
 """dlkit-gan: a DCGAN-style generative adversarial network, its trainer and ``dlkit generate``.
 
 Registers the model ``gan`` (task ``generation``; the exported graph is the generator), the
-trainer ``gan`` (alternating updates, quality metrics judged by a classifier) and the command
+trainer ``gan`` (alternating updates, quality metrics judged by a classifier), the task
+``generation`` (its compressors' quality check is the Frechet distance) and the command
 ``dlkit generate``. Everything heavy is imported inside the functions.
 """
 
@@ -84,6 +85,25 @@ def register_models(register):
 def register_trainers(register):
     register("gan", fit, defaults=TRAIN_DEFAULTS,
              description="adversarial training (non-saturating or hinge loss), judged by a classifier")
+
+
+def _not_scored(outputs, targets):
+    from .quality import not_scored
+
+    return not_scored(outputs, targets)
+
+
+def _quality_check(version, dataset, repo, session):
+    from .quality import quality_check
+
+    return quality_check(version, dataset, repo, session)
+
+
+@hookimpl
+def register_tasks(register):
+    register("generation", _not_scored, output="image", target_dtype="int64", score="frechet_distance",
+             quality=_quality_check, description="images from noise (and a class): judged by a classifier's "
+                                                 "Frechet distance")
 
 
 @hookimpl

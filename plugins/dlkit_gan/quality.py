@@ -185,3 +185,89 @@ def sample(gan, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
         images = torch.cat([gan(noise[i:i + 500], None if labels is None else labels[i:i + 500])
                             for i in range(0, n, 500)])
     return images.numpy(), (None if labels is None else labels.numpy())
+
+
+class FrechetCheck:
+    """A generator's quality: the Frechet distance between a judge classifier's features of real
+    training images and of generated ones (the GAN plugin's measure), on the same noise for the
+    parent and every candidate; the drop is the distance's increase in percent. The outputs
+    compared with the parent's are the generated images."""
+
+    kind = "frechet"
+    unit = "percent"
+    default_tolerance = 10.0
+    SAMPLES = 1000
+    SEED = 1234
+
+    def __init__(self, version, dataset, repo, session):
+        self.quality = quality = sys.modules[__name__]
+        self.dataset = dataset
+        recorded = (version.meta.get("metrics") or {}).get("judge")
+        judge = None
+        if recorded:
+            try:
+                judge = repo.resolve(recorded)
+            except InputError:
+                print(f"dlkit: warning: {version.ref}'s judge {recorded} is not in the repository; "
+                      f"using the cached or a new one", file=sys.stderr)
+        if judge is None:
+            judge = quality.obtain_judge("auto", dataset, repo, 0, 15, quiet=False)
+        self.judge = quality.Judge(judge)
+        self.judge_ref = judge.ref
+        self.real = self.judge(dataset.split("train")[0])[0]
+        inputs = {i.name: i for i in session.inputs}
+        if "noise" not in inputs:
+            raise InputError(f"{version.onnx_path}: a generator graph needs a 'noise' input, found {', '.join(inputs)}")
+        latent = inputs["noise"].shape[-1]
+        self.latent = latent if isinstance(latent, int) else int((version.meta.get("hparams") or {}).get("latent", 0))
+        self.label_dtype = inputs["label"].dtype if "label" in inputs else None
+        self.conditional = self.label_dtype is not None
+        self.classes = len(version.meta.get("labels") or [])
+
+    def _feeds(self, n: int, seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        feeds = {"noise": rng.standard_normal((n, self.latent), dtype=np.float32)}
+        if self.conditional:
+            feeds["label"] = (np.arange(n) % max(self.classes, 1)).astype(self.label_dtype)
+        return feeds
+
+    def measure(self, session) -> tuple[dict, np.ndarray]:
+        """(Frechet distance, the generated images)."""
+        feeds = self._feeds(self.SAMPLES, self.SEED)
+        images = np.concatenate([session.run({k: v[i:i + 500] for k, v in feeds.items()}, ["image"])["image"]
+                                 for i in range(0, self.SAMPLES, 500)]).astype(np.float32)
+        features, _ = self.judge(images)
+        return {"frechet_distance": self.quality.frechet_distance(self.real, features)}, images
+
+    def drop(self, parent: dict, row: dict) -> float:
+        """Increase of the Frechet distance over the parent's, in percent."""
+        base = parent["frechet_distance"]
+        return (row["frechet_distance"] - base) / base * 100 if base > 0 else row["frechet_distance"] * 100
+
+    def ratios(self, parent: dict, row: dict) -> dict:
+        base = parent["frechet_distance"]
+        return {"frechet_ratio": row["frechet_distance"] / base if base else None}
+
+    def metrics(self, row: dict) -> dict:
+        return {"frechet_distance": row["frechet_distance"], "judge": self.judge_ref,
+                "quality_samples": self.SAMPLES}
+
+    columns = [("frechet", "frechet_distance", ".3f")]
+
+    def calibration_feeds(self, samples: int) -> tuple[dict, dict]:
+        return self._feeds(samples, 0), {"source": "standard normal noise" + (" and cycling labels" if self.conditional else ""),
+                                         "seed": 0, "samples": int(samples)}
+
+    def latency_feeds(self, batch: int) -> dict:
+        return self._feeds(batch, 1)
+
+
+def quality_check(version, dataset, repo, session) -> FrechetCheck:
+    """The ``generation`` task's check for compressors (``dlkit quantize`` of a generator)."""
+    return FrechetCheck(version, dataset, repo, session)
+
+
+def not_scored(outputs, targets) -> dict:
+    """A generator has no predictions to score against labels."""
+    raise InputError("a generator has no predictions to score: its quality (Frechet distance, class coverage) "
+                     "is measured when it trains; see `dlkit show` and `dlkit generate`")

@@ -18,5 +18,5 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("mlp", build, input_kinds={"tabular", "image"}, defaults=DEFAULTS,
+    register("mlp", build, input_kinds={"tabular", "image"}, defaults=DEFAULTS, task=["classification", "regression"],
              description="multi-layer perceptron over flattened inputs")

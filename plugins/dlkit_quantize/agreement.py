@@ -16,15 +16,16 @@ import numpy as np
 
 from dlkit import InputError
 
-from .measure import AccuracyCheck, batch_of, quality_check
+from .measure import batch_of, quality_check
 
 
 def choose_check(version, repo, session, data: str | None, calibration_data: str | None):
-    """The quality check for ``version`` given the user's ``--data`` and ``--calibration-data``."""
+    """The quality check for ``version`` given the user's ``--data`` and ``--calibration-data``:
+    the task's own check on labelled data (``--data``, else the recorded data set), else agreement."""
     from dlkit import evaluation_data
 
     if data is not None and _labelled(data):
-        return AccuracyCheck(version, evaluation_data(version, data), session)
+        return quality_check(version, evaluation_data(version, data), repo, session)
     if data is not None or calibration_data is not None and not version.meta.get("data"):
         return AgreementCheck(read_inputs(data or calibration_data, session), data or calibration_data)
     if not version.meta.get("data"):
@@ -86,6 +87,12 @@ class AgreementCheck:
         top1 = (float((values[0].argmax(-1) == ref[0].argmax(-1)).mean())
                 if values[0].ndim == 2 and values[0].shape[1] > 1 else None)
         return {"relative_difference": diff, "top1_agreement": top1}, np.concatenate([v.ravel() for v in values])
+
+    @property
+    def columns(self) -> list[tuple[str, str, str]]:
+        """What the quantizer's table shows: top-1 agreement (classifier-shaped outputs), then the difference."""
+        top1 = self.reference is not None and self.reference[0].ndim == 2 and self.reference[0].shape[1] > 1
+        return ([("top-1", "top1_agreement", ".4f")] if top1 else []) + [("rel diff %", "relative_difference", ".2f")]
 
     def drop(self, parent: dict, row: dict) -> float:
         """The candidate's relative output difference from the parent, in percent."""

@@ -39,7 +39,7 @@ def add_command(cli) -> None:
                        "(for models without a recorded data set, e.g. imported graphs).")
     @click.option("--data", type=click.Path(),
                   help="What quality is measured on: labelled data (an .npz with y, or any file dlkit trains on) "
-                       "for accuracy, or an .npz of inputs only for agreement with the float model.")
+                       "for the task's check, or an .npz of inputs only for agreement with the float model.")
     @repo_option
     @json_option
     def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
@@ -82,12 +82,8 @@ def console():
 
 
 def _quality(rep: dict, row: dict) -> str:
-    if rep["quality"] == "accuracy":
-        return f"test accuracy {row['test_accuracy']:.4f} (validation drop {row['drop']:+.2f} points)"
-    if rep["quality"] == "agreement":
-        top1 = f", top-1 agreement {row['top1_agreement']:.4f}" if row.get("top1_agreement") is not None else ""
-        return f"outputs {row['relative_difference']:.2f}% from the float model's{top1}"
-    return f"Frechet distance {row['frechet_distance']:.3f} ({row['drop']:+.1f}%)"
+    header, key, fmt = rep["quality_columns"][-1]
+    return f"{header} {row[key]:{fmt}} (drop {row['drop']:+.2f} {rep['drop_unit']})"
 
 
 def report_table(rep: dict):
@@ -96,22 +92,18 @@ def report_table(rep: dict):
     from rich import box
     from rich.table import Table
 
-    accuracy = rep["quality"] == "accuracy"
+    columns = rep["quality_columns"]  # (header, row key, format) from the task's quality check
     title = (f"Quantization of {rep['parent']['name']}:{rep['parent']['version']} on {rep['providers'][0]} "
              f"(tolerance {rep['tolerance']:g} {rep['drop_unit']})")
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    agree = rep["quality"] == "agreement"
-    quality_cols = ["val acc", "test acc", "drop"] if accuracy else ["rel diff %", "top-1"] if agree else ["frechet", "+%"]
+    quality_cols = [header for header, _, _ in columns] + ["drop"]
     for col in ["candidate", *quality_cols, "out diff", "KiB", "x", "ms b1", "x", "ms b64", "x", ""]:
         t.add_column(col, justify="left" if col in ("candidate", "") else "right", no_wrap=col != "")
     for r in rep["table"]:
         if r.get("error"):
             t.add_row(r["candidate"], *[""] * (len(quality_cols) + 7), f"failed: {r['error']}")
             continue
-        quality = ([f"{r['val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['drop']:+.2f}"] if accuracy
-                   else [f"{r['relative_difference']:.2f}", "" if r["top1_agreement"] is None
-                         else f"{r['top1_agreement']:.4f}"] if agree
-                   else [f"{r['frechet_distance']:.3f}", f"{r['drop']:+.1f}"])
+        quality = [f"{r[key]:{fmt}}" for _, key, fmt in columns] + [f"{r['drop']:+.2f}"]
         status = "parent" if r["candidate"] == "float32" else "chosen" if r["chosen"] else \
             "ok" if r["passed"] else "over tolerance"
         t.add_row(r["candidate"], *quality, f"{r['output_difference']:.1e}", f"{r['size_bytes'] / 1024:.0f}",

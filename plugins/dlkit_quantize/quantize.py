@@ -106,11 +106,6 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     if info.precision == "int8":
         raise InputError(f"model {version.ref} is already quantized (int8); quantize its float32 parent "
                          f"{_parent_ref(version) or 'model'} instead")
-    task = version.meta.get("task", "classification")
-    user_data = o["data"] is not None or o["calibration_data"] is not None
-    if task not in ("classification", "generation") and not user_data:
-        raise InputError(f"model {version.ref} is a {task} model; quantize it with --calibration-data FILE.npz "
-                         f"(one array per input) and optionally --data FILE")
     from dlkit import Session
 
     parent_session = Session(version.onnx_path, o["provider"], threads=o["threads"])
@@ -160,6 +155,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
             "model": None, "version": None, "parent": {"name": version.name, "version": version.version},
             "method": o["method"], "chosen": chosen["candidate"] if chosen else None,
             "quality": check.kind, "drop_unit": check.unit, "tolerance": tolerance,
+            "quality_columns": [list(c) for c in check.columns],
             "providers": sessions[PARENT].providers, "threads": o["threads"], "table": rows,
         }
         if chosen is None:

@@ -19,5 +19,5 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("rnn", build, input_kinds={"sequence", "image"}, defaults=DEFAULTS,
-             description="LSTM/GRU classifier over sequences or image rows")
+    register("rnn", build, input_kinds={"sequence", "image"}, defaults=DEFAULTS, task=["classification", "regression"],
+             description="LSTM/GRU over sequences or image rows: classes or numbers (forecasting)")

@@ -7,6 +7,8 @@ and a version, which are looked up among what was loaded.
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,11 @@ from .metrics import ModelMetrics
 from .protocol import ProtocolError, TensorSpec, spec_from_runtime
 
 PLATFORM = "onnxruntime_onnx"
+_VERSION = re.compile(r"[0-9]{1,18}")
+# The most bytes one element takes in a valid JSON request ("-1.2345678901234567e-300, " and the
+# brackets of nesting), and slack for the names, the shape and whitespace.
+JSON_BYTES_PER_ELEMENT = 64
+BODY_SLACK = 1024 * 1024
 
 
 @dataclass
@@ -27,12 +34,13 @@ class ServedModel:
     name: str
     version: int
     path: Path
-    session: object  # dlkit.runtime.Session
+    session: object  # dlkit.infer.session.Session
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     max_batch_size: int | None  # None: the graph has no dynamic batch dimension
     batcher: DynamicBatcher | None = None
     metrics: ModelMetrics | None = None
+    max_body_bytes: int | None = None  # no valid request is larger; None: not bounded by the signature
 
     def run(self, feeds):
         """One runtime call (in a worker thread)."""
@@ -82,7 +90,8 @@ class ModelSet:
             raise ProtocolError(f"unknown model {shown!r} (serving: {', '.join(self.by_name) or 'none'})", 404)
         if version is None:
             return versions[max(versions)]
-        if not version.isdigit() or int(version) not in versions:
+        # ASCII digits only: str.isdigit() accepts '²' and Arabic-Indic digits, which int() refuses or reads.
+        if not _VERSION.fullmatch(version) or int(version) not in versions:
             raise ProtocolError(f"model {name!r} has no served version {version[:20]!r} "
                                 f"(versions: {', '.join(map(str, sorted(versions)))})", 404)
         return versions[int(version)]
@@ -116,6 +125,12 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
             if named:
                 raise
             print(f"dlkit serve: warning: skipping {version.ref}: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - deliberate: a hostile file must not stop the server
+            # (metadata nested 1e5 deep, 5000-digit integers: RecursionError, ValueError, ...)
+            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if named:
+                raise InputError(f"{version.ref} cannot be served: {reason}") from None
+            print(f"dlkit serve: warning: skipping {version.ref}: {reason}", file=sys.stderr)
     if not served:
         raise InputError(f"no model in {repo.root} could be loaded")
     return served
@@ -133,5 +148,18 @@ def open_version(version: ModelVersion, provider: str = "auto", threads: int | N
     outputs = [spec_from_runtime(o) for o in session.outputs]
     # Batch along the first axis only when every input and output has it dynamic.
     batchable = all(s.shape and s.shape[0] == -1 for s in inputs + outputs)
-    return ServedModel(version.name, version.version, version.path, session, inputs, outputs,
-                       max_batch_size if batchable else None)
+    batch = max_batch_size if batchable else None
+    return ServedModel(version.name, version.version, version.path, session, inputs, outputs, batch,
+                       max_body_bytes=body_bound(inputs, batch))
+
+
+def body_bound(inputs: list[TensorSpec], max_batch_size: int | None) -> int | None:
+    """The largest body (JSON or binary) a valid request can have, or None when the signature
+    does not bound it (a dynamic dimension beyond the batch, or strings)."""
+    elements = 0
+    for spec in inputs:
+        dims = spec.shape[1:] if max_batch_size else spec.shape
+        if any(d < 0 for d in dims) or spec.datatype == "BYTES":
+            return None
+        elements += (max_batch_size or 1) * math.prod(dims)
+    return elements * JSON_BYTES_PER_ELEMENT + BODY_SLACK
