@@ -48,7 +48,7 @@ def test_missing_schema_version_reads_as_1(repo):
     ("onnx", {"inputs": [{"name": "x", "shape": [1]}]}, r"field 'onnx.inputs\[0\].dtype' is required"),
     ("source", {"kind": "pickle"}, r"field 'source.kind': expected one of onnx, torch"),
     ("source", {"kind": "torch", "factory": "m:f"}, r"field 'source.example_input': expected object"),
-    ("task", 7, r"field 'task': expected string, got integer"),
+    ("task", 7, r"field 'task': expected string or null, got integer"),
 ])
 def test_bad_field_is_one_line_naming_file_and_field(repo, field, value, message):
     version = _publish(repo)
