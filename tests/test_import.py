@@ -201,7 +201,7 @@ def test_quantize_imported_graph_with_user_calibration_data(repo, tmp_path):
 class Server:
     def __init__(self, root: Path):
         self.proc = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--repo", str(root), "--port", "0",
-                                      "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                      "--grpc-port", "0", "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stderr] + [self.lines.put(None)],
                          daemon=True).start()
