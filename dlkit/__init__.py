@@ -55,6 +55,8 @@ _API: dict[str, str] = {
     "softmax_cross_entropy": "dlkit.infer.evaluate",
     # what a plugin's CLI command needs
     "repo_option": "dlkit.cli.options", "json_option": "dlkit.cli.options", "open_repo": "dlkit.cli.options",
+    "threads_option": "dlkit.cli.options", "provider_option": "dlkit.cli.options", "use_threads": "dlkit.training.threads",
+    "resolve_threads": "dlkit.training.threads",
     "emit": "dlkit.cli.output", "console": "dlkit.cli.output", "table": "dlkit.cli.output",
 }
 

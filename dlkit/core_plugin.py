@@ -43,8 +43,8 @@ def register_datasets(register):
              description="diabetes progression bundled with scikit-learn (442 rows, 10 features; regression)")
     register("blobs", _lazy("dlkit.data.builtin:load_blobs"), kind="tabular", description="synthetic separable tabular data (tests)")
     register("waves", _lazy("dlkit.data.builtin:load_waves"), kind="sequence", description="synthetic sine sequences (tests)")
-    register("csv", _lazy("dlkit.data.files:load_csv"), suffixes=(".csv",), kind="tabular",
-             description="CSV of numeric features and a label column (data.target)")
+    register("csv", _lazy("dlkit.data.files:load_csv"), suffixes=(".csv", ".tsv"), kind="tabular",
+             description="CSV/TSV of numeric features and a label column (data.target, data.missing)")
     register("npz", _lazy("dlkit.data.files:load_npz"), suffixes=(".npz",), description="NumPy .npz with arrays x and y")
     register("image-folder", _lazy("dlkit.data.files:load_image_folder"), directory=True, kind="image",
              description="a folder with one sub-folder of images per class")

@@ -46,16 +46,23 @@ def export_onnx_cmd(ref, opset, exporter, repo, as_json):
 @provider_option
 @strict_provider_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Probabilities to show per input.")
+@click.option("--invert", is_flag=True,
+              help="Read images as their negative: a dark drawing on white paper for a model trained on light "
+                   "strokes on black (the digits data).")
 @threads_option
 @optimization_option
 @repo_option
 @json_option
-def predict_cmd(ref, inputs, provider, strict_provider, top_k, threads, optimization, repo, as_json):
+def predict_cmd(ref, inputs, provider, strict_provider, top_k, invert, threads, optimization, repo, as_json):
     """Classify INPUT files (.npy, .npz, .csv rows, PNG/JPEG images) with NAME[:V]'s model.onnx."""
     from dlkit.infer.predict import predict
 
     result = predict(open_repo(repo).resolve(ref), list(inputs), provider, top_k, strict=strict_provider,
-                     threads=threads, optimization=optimization)
+                     threads=threads, optimization=optimization, invert=invert)
+    for p in result.get("predictions", []):  # on stderr, also under --json: a confident answer may be wrong
+        if p["warning"]:
+            click.secho(f"warning: {p['input']}: {p['warning']}; the model expects {result['expects']}",
+                        fg="yellow", err=True)
 
     def human(r):
         if "outputs" in r:  # a graph that is not a classifier: its outputs, summarised
@@ -64,6 +71,7 @@ def predict_cmd(ref, inputs, provider, strict_provider, top_k, threads, optimiza
             console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
                                   ["input", "output", "shape", "values"], rows))
             return
+        click.echo(f"expects: {r['expects']}")
         rows = [[p["input"], p["label"], f"{p['probability']:.4f}",
                  "  ".join(f"{t['label']} {t['probability']:.3f}" for t in p["top_k"])] for p in r["predictions"]]
         console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
@@ -109,10 +117,13 @@ def bench_cmd(ref, batch_sizes, runtimes, seconds, provider, strict_provider, th
         rows = [[x["batch_size"], x["runtime"], f"{x['p50_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['p99_ms']:.3f}",
                  f"{x['throughput']:,.0f}", f"{speed[x['batch_size']]:.2f}x" if x["runtime"] == "onnx" and speed else ""]
                 for x in r["results"]]
-        title = (f"{r['model']}:{r['version']}, {r['threads']} threads"
+        threads = ", ".join(f"{k} {v}" for k, v in r["thread_counts"].items())
+        title = (f"{r['model']}:{r['version']}, threads: {threads}"
                  + (f", onnxruntime on {r['providers'][0]}" if r["providers"] else ""))
         console().print(table(title, ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "samples/s",
                                       "onnx speedup (torch p50 / onnx p50)"], rows))
+        if r["speedup_note"]:
+            click.secho(r["speedup_note"], fg="yellow", err=True)
 
     emit(result, as_json, human)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlkit.data.streaming import take_rows
 from dlkit.errors import InputError
 
 
@@ -63,7 +64,7 @@ class Dataset:
 def check_finite(ds: Dataset, source: str) -> None:
     for part in ("train", "val", "test"):
         x, _ = ds.split(part)
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
             idx = np.argwhere(~np.isfinite(x))[0]
             raise InputError(f"{source}: non-finite value (NaN or inf) in the {part} split at {tuple(int(i) for i in idx)}")
 
@@ -85,7 +86,7 @@ def split_stratified(x: np.ndarray, y: np.ndarray, seed: int, val: float = 0.1, 
     for chunks in parts:
         idx = np.concatenate(chunks) if chunks else np.array([], dtype=int)
         rng.shuffle(idx)
-        out += [x[idx], y[idx]]
+        out += [take_rows(x, idx), y[idx]]
     if min(len(out[1]), len(out[3]), len(out[5])) == 0:
         raise InputError(f"{name}: too few samples ({len(y)}) to split into train, validation and test")
     return tuple(out)
@@ -125,7 +126,7 @@ def make_regression_dataset(name: str, x: np.ndarray, y: np.ndarray, target_name
     std = train_y.std(axis=0)
     spec = {"names": list(target_names),
             "mean": [float(v) for v in train_y.mean(axis=0)], "std": [float(v) if v > 0 else 1.0 for v in std]}
-    arrays = [a for idx in parts for a in (x[idx], y[idx])]
+    arrays = [a for idx in parts for a in (take_rows(x, idx), y[idx])]
     return Dataset(name, *arrays, input_spec=input_spec, labels=[], target_spec=spec)
 
 

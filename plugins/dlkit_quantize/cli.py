@@ -9,31 +9,32 @@ import click
 
 def add_command(cli) -> None:
     from dlkit import emit
-    from dlkit import json_option, open_repo, repo_option
+    from dlkit import json_option, open_repo, provider_option, repo_option, threads_option
 
     @cli.command("quantize")
     @click.argument("ref")
-    @click.option("--method", default="auto", show_default=True,
+    # Free text checked by quantize() (one line naming the value, as for every bad option), with
+    # the choices shown in help as click.Choice would.
+    @click.option("--method", metavar="[auto|dynamic|static|fp16]", default="auto", show_default=True,
                   help="auto (build candidates, measure, keep the fastest within --tolerance), dynamic, static or fp16.")
     @click.option("--calibration-samples", type=int, default=256, show_default=True,
                   help="Training-split samples that calibrate static quantization.")
-    @click.option("--calibrate", default="minmax", show_default=True, help="Calibration: minmax, entropy or percentile.")
+    @click.option("--calibrate", metavar="[minmax|entropy|percentile]", default="minmax",
+                  show_default=True, help="Calibration of static quantization's activation ranges.")
     @click.option("--per-channel/--no-per-channel", default=None,
                   help="One scale per output channel of each weight, or one per tensor (default: per channel "
                        "for static, per tensor for dynamic; auto tries both for dynamic).")
-    @click.option("--format", "fmt", help="Static quantization form: qdq or qoperator (default qdq; auto tries both).")
+    @click.option("--format", "fmt", metavar="[qdq|qoperator]",
+                  help="Static quantization form (default qdq; --method auto tries both).")
     @click.option("--tolerance", type=float,
                   help="Quality loss allowed: validation accuracy points (default 0.5); for generators, percent "
                        "increase of the Frechet distance (default 10).")
     @click.option("--name", help="Name of the new model (default NAME-int8, or NAME-fp16).")
-    @click.option("--provider", default="auto", show_default=True,
-                  help="onnxruntime provider to measure on: auto, cpu, cuda, tensorrt...")
+    @provider_option
     @click.option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,LSTM).")
     @click.option("--measure-seconds", type=float, default=2.0, show_default=True,
                   help="Seconds of timing per batch size (more: steadier latencies).")
-    @click.option("--threads", type=int,
-                  help="onnxruntime intra-op threads while measuring (default: the runtime's own choice; 1 gives "
-                       "steadier timings on a busy machine).")
+    @threads_option
     @click.option("--calibration-data", type=click.Path(dir_okay=False),
                   help="An .npz with one array per graph input that calibrates static quantization "
                        "(for models without a recorded data set, e.g. imported graphs).")
@@ -47,6 +48,9 @@ def add_command(cli) -> None:
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
         from .quantize import NoCandidateError, quantize
 
+        from dlkit import use_threads
+
+        threads = use_threads(threads)
         r = open_repo(repo)
         version = r.resolve(ref)
         options = {"method": method, "calibration_samples": calibration_samples, "calibrate": calibrate,
