@@ -173,7 +173,7 @@ def _task_input_spec(spec: dict, outs: list, names, task: str | None, factory: s
                          f"leave --task out to import a module of several inputs")
     sample = only["shape"][1:]
     kind = "tabular" if len(sample) == 1 else "image" if len(sample) == 3 and sample[0] in (1, 3) else "sequence"
-    return {"kind": kind, "shape": sample, "dtype": only["dtype"], "range": [0.0, 1.0]}
+    return {"kind": kind, "shape": sample, "dtype": only["dtype"]}  # no range: the module does not say
 
 
 def load_imported(version):

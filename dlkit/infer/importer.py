@@ -87,7 +87,7 @@ def describe_inputs(inputs) -> dict | None:
     if not info.shape or info.shape[0] is not None or not info.dtype.startswith("float") or None in sample:
         return None
     kind = "tabular" if len(sample) == 1 else "image" if len(sample) == 3 and sample[0] in (1, 3) else "tensor"
-    return {"kind": kind, "shape": sample, "dtype": info.dtype, "range": [0.0, 1.0]}
+    return {"kind": kind, "shape": sample, "dtype": info.dtype}  # no range: the graph does not say
 
 
 def _check_labels(path: Path, session, names: list[str]) -> None:
