@@ -59,19 +59,44 @@ def predict_cmd(ref, inputs, provider, strict_provider, top_k, invert, threads, 
 
     result = predict(open_repo(repo).resolve(ref), list(inputs), provider, top_k, strict=strict_provider,
                      threads=threads, optimization=optimization, invert=invert)
-    for p in result["predictions"]:  # on stderr, also under --json: a confident answer may be wrong
+    for p in result.get("predictions", []):  # on stderr, also under --json: a confident answer may be wrong
         if p["warning"]:
             click.secho(f"warning: {p['input']}: {p['warning']}; the model expects {result['expects']}",
                         fg="yellow", err=True)
 
     def human(r):
+        if "outputs" in r:  # a graph that is not a classifier: its outputs, summarised
+            rows = [[o["input"], name, "x".join(map(str, o["shapes"][name])), _preview(values)]
+                    for o in r["outputs"] for name, values in o["outputs"].items()]
+            console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
+                                  ["input", "output", "shape", "values"], rows))
+            return
         click.echo(f"expects: {r['expects']}")
+        if r["predictions"] and "label" not in r["predictions"][0]:  # a task that prints no labels
+            return _print_fields(r)
         rows = [[p["input"], p["label"], f"{p['probability']:.4f}",
                  "  ".join(f"{t['label']} {t['probability']:.3f}" for t in p["top_k"])] for p in r["predictions"]]
         console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
                               ["input", "label", "probability", f"top {top_k}"], rows))
 
     emit(result, as_json, human)
+
+
+def _preview(values, n: int = 6) -> str:
+    import numpy as np
+
+    flat = np.asarray(values).ravel()
+    text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat[:n].tolist())
+    return text + (", ..." if flat.size > n else "")
+
+
+def _print_fields(r: dict) -> None:
+    """Predictions as a table of their scalar fields (a regressor's values, a cluster and its distance)."""
+    first = r["predictions"][0]
+    keys = [k for k, v in first.items() if k not in ("input", "warning") and isinstance(v, (int, float, str))]
+    rows = [[p["input"], *(f"{p[k]:.4f}" if isinstance(p[k], float) else str(p[k]) for k in keys)]
+            for p in r["predictions"]]
+    console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}", ["input", *keys], rows))
 
 
 @cli.command("bench")

@@ -28,6 +28,10 @@ def load_csv(source: str, options: dict, seed: int) -> Dataset:
     from dlkit.data.csv_table import check_target, features_and_labels, read_table, target_column
 
     path = Path(source)
+    if options.get("targets") == "none":  # every column is a feature (clustering)
+        from dlkit.data.unlabelled import load_csv_unlabelled
+
+        return load_csv_unlabelled(path, options, seed)
     check_data_options(str(path), options, ("target", "missing"))
     table = read_table(path)
     t = target_column(table, options.get("target"))
@@ -85,10 +89,12 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
     from dlkit.data.arrays import npz_keys, read_npz
 
     arrays = read_npz(path, ["x", "y"])  # sizes checked before anything is inflated
-    missing = {"x", "y"} - set(arrays)
+    needed = {"x"} if options.get("targets") == "none" else {"x", "y"}
+    missing = needed - set(arrays)
     if missing:
         raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(npz_keys(path))})")
-    x, y = arrays["x"], arrays["y"]
+    x = arrays["x"]
+    y = arrays["y"] if "y" in arrays else np.zeros(len(x), np.int64)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{path}: x has dtype {x.dtype}, expected numbers")
     regression = options.get("targets") == "values"
