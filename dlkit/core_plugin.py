@@ -56,6 +56,7 @@ def register_tasks(register):
              loss=_lazy("dlkit.tasks.classification:loss"), score="accuracy", higher_is_better=True,
              batch_score=_lazy("dlkit.tasks.classification:batch_score"), export=_lazy("dlkit.tasks.classification:export"),
              describe=_lazy("dlkit.tasks.classification:describe"), quality=_lazy("dlkit.tasks.classification:quality"),
+             scores=("probabilities", "logits"),
              description="one label per sample: cross-entropy, accuracy")
     register("regression", _lazy("dlkit.tasks.regression:metrics"), output="prediction", target_dtype="float32",
              loss=_lazy("dlkit.tasks.regression:loss"), score="rmse", higher_is_better=False,

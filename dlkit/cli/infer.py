@@ -66,12 +66,23 @@ def predict_cmd(ref, inputs, provider, strict_provider, top_k, invert, threads, 
 
     def human(r):
         click.echo(f"expects: {r['expects']}")
+        if r["predictions"] and "label" not in r["predictions"][0]:  # a task that prints no labels
+            return _print_fields(r)
         rows = [[p["input"], p["label"], f"{p['probability']:.4f}",
                  "  ".join(f"{t['label']} {t['probability']:.3f}" for t in p["top_k"])] for p in r["predictions"]]
         console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
                               ["input", "label", "probability", f"top {top_k}"], rows))
 
     emit(result, as_json, human)
+
+
+def _print_fields(r: dict) -> None:
+    """Predictions as a table of their scalar fields (a regressor's values, a cluster and its distance)."""
+    first = r["predictions"][0]
+    keys = [k for k, v in first.items() if k not in ("input", "warning") and isinstance(v, (int, float, str))]
+    rows = [[p["input"], *(f"{p[k]:.4f}" if isinstance(p[k], float) else str(p[k]) for k in keys)]
+            for p in r["predictions"]]
+    console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}", ["input", *keys], rows))
 
 
 @cli.command("bench")

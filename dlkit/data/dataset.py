@@ -40,8 +40,11 @@ class Dataset:
 
     @property
     def targets(self) -> str:
-        """``labels`` (class indices) or ``values`` (numbers): what ``y`` holds."""
-        return "values" if self.target_spec else "labels"
+        """``labels`` (class indices), ``values`` (numbers) or ``none`` (``data.targets=none``: ``y``
+        is -1 for every sample): what ``y`` holds."""
+        if self.target_spec:
+            return "values"
+        return "labels" if self.labels else "none"
 
     @property
     def kind(self) -> str:
@@ -94,7 +97,12 @@ def split_stratified(x: np.ndarray, y: np.ndarray, seed: int, val: float = 0.1, 
 
 def make_dataset(name: str, x: np.ndarray, y: np.ndarray, labels: list[str], input_spec: dict,
                  seed: int, options: dict) -> Dataset:
-    """Split arrays into a :class:`Dataset` (``options`` may set ``val`` and ``test`` fractions)."""
+    """Split arrays into a :class:`Dataset` (``options`` may set ``val`` and ``test`` fractions;
+    ``targets=none`` drops the labels)."""
+    if options.get("targets") == "none":
+        from dlkit.data.unlabelled import make_unlabelled_dataset
+
+        return make_unlabelled_dataset(name, x, input_spec, seed, options)
     if options.get("targets", "labels") != "labels":
         raise InputError(f"{name}: has class labels, not numeric targets (regression needs numbers: "
                          f"a CSV column with data.target, or an .npz whose y holds values)")
@@ -133,7 +141,7 @@ def make_regression_dataset(name: str, x: np.ndarray, y: np.ndarray, target_name
 def check_data_options(name: str, options: dict, known: tuple[str, ...] = ()) -> None:
     """Refuse a ``data.KEY`` the loader does not read (a misspelt ``data.target`` would otherwise
     be ignored silently); ``val``, ``test`` and ``targets`` (``labels`` or ``values``, set from the
-    recipe's task) are read by every loader."""
+    recipe's task, or ``none``: no targets at all, for tasks that need none) are read by every loader."""
     allowed = {*known, "val", "test", "targets"}
     unknown = sorted(set(options) - allowed)
     if unknown:

@@ -28,6 +28,10 @@ def load_csv(source: str, options: dict, seed: int) -> Dataset:
     from dlkit.data.csv_table import check_target, features_and_labels, read_table, target_column
 
     path = Path(source)
+    if options.get("targets") == "none":  # every column is a feature (clustering)
+        from dlkit.data.unlabelled import load_csv_unlabelled
+
+        return load_csv_unlabelled(path, options, seed)
     check_data_options(str(path), options, ("target", "missing"))
     table = read_table(path)
     t = target_column(table, options.get("target"))
@@ -84,10 +88,11 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
     check_data_options(str(path), options, ("kind",))
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = {"x", "y"} - set(npz.files)
+            missing = {"x"} - set(npz.files) if options.get("targets") == "none" else {"x", "y"} - set(npz.files)
             if missing:
                 raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(npz.files)})")
-            x, y = npz["x"], npz["y"]
+            x = npz["x"]
+            y = npz["y"] if "y" in npz.files else np.zeros(len(x), np.int64)
     except InputError:
         raise
     except Exception as exc:

@@ -231,6 +231,8 @@ def _prepare(recipe: Recipe, repo: ModelRepository) -> _Prepared:
         dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
     check_compatible(spec, dataset.input_spec, source)
     task = recipe.task or task_for(spec, dataset, registry)
+    if dataset.targets == "none" and registry.task(task).loss is not None:
+        raise InputError(f"--data {source}: task {task!r} trains on targets, and data.targets=none gives none")
     torch.manual_seed(recipe.seed)
     model = build_model(spec, hparams, dataset.input_spec, dataset.num_outputs, dataset.target_spec)
     return _Prepared(recipe, spec, trainer, hparams, config, dataset, model, world, task)
@@ -239,14 +241,18 @@ def _prepare(recipe: Recipe, repo: ModelRepository) -> _Prepared:
 def check_task(spec: ModelSpec, task: str) -> None:
     """Refuse a task the architecture does not solve, naming the ones it does."""
     if task not in spec.tasks:
+        from dlkit.plugins import get_registry
+
+        others = [s.name for s in get_registry().all("model") if task in s.tasks]
+        hint = f"; architectures that do {task}: {', '.join(others)}" if others else ""
         raise InputError(f"architecture {spec.name!r} does not do {task} (it does: {', '.join(spec.tasks)}); "
-                         f"set task= to one of those")
+                         f"set task= to one of those{hint}")
 
 
 def task_for(spec: ModelSpec, dataset: Any, registry: Any) -> str:
     """The task a run with no ``task=`` trains: the architecture's default for class labels, its
     first task on values for numeric targets (a CSV target with many distinct numbers)."""
-    if dataset.targets == "labels":
+    if dataset.targets != "values":  # class labels, or none (a task that learns without targets)
         return spec.task
     for name in spec.tasks:
         if name in registry.names("task") and registry.task(name).target_dtype == "float32":

@@ -104,9 +104,6 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     if info.precision == "int8":
         raise InputError(f"model {version.ref} is already quantized (int8); quantize its float32 parent "
                          f"{_parent_ref(version) or 'model'} instead")
-    task = version.meta.get("task", "classification")
-    if task not in ("classification", "generation"):
-        raise InputError(f"model {version.ref} is a {task} model; quantize handles classifiers and generators")
     from dlkit import evaluation_data
     from dlkit import Session
 
