@@ -36,6 +36,7 @@ PRESETS: dict[str, list[str]] = {
     "gan": ["--repo", "{repo}", "--epochs", "1"],
     "distill": ["--repo", "{repo}", "--seeds", "0", "--epochs", "5", "--no-latency"],
     "serve": ["--repo", "{repo}", "--seconds", "0.5", "--slice", "0.25"],
+    "cluster": ["--seeds", "1", "--epochs", "5", "--data", "wine"],
 }
 TIMEOUT_S = 900  # one benchmark's ceiling: a hung one must not hold `make bench` forever
 
