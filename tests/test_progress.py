@@ -17,7 +17,7 @@ def test_epoch_lines_fit_80_columns_and_say_what_the_seconds_are(repo, monkeypat
     for line in lines:
         assert len(line) <= 80, f"{len(line)} columns: {line}"
         # short labels, 3 decimals, and this epoch's seconds said as such (metrics.jsonl's are cumulative)
-        assert re.fullmatch(r"epoch [12]/2  loss \d\.\d{3}  val_loss \d\.\d{3}  val_acc \d\.\d{3}  lr \S+  "
+        assert re.fullmatch(r"epoch   [12]/2  loss \d\.\d{3}  val_loss \d\.\d{3}  val_acc \d\.\d{3}  lr \S+  "
                             r"[\d.]+s/epoch", line), line
 
 

@@ -147,7 +147,7 @@ def plot_curves(history: list[dict], panels: list[tuple[str, list[str]]], path: 
 class ProgressBar(Callback):
     """A rich progress bar per epoch on stderr, and one summary line when each epoch ends.
 
-    The line fits 80 columns for a classifier (short labels, 3 decimals): ``epoch  3/40  loss
+    The line fits 80 columns for a classifier (short labels, 3 decimals): ``epoch   3/40  loss
     0.123  val_loss 0.145  val_acc 0.961  lr 0.0029  1.52s/epoch``. ``seconds`` in the logs (and
     metrics.jsonl) is the run's cumulative training time; the line shows this epoch's.
     ``steps_per_epoch`` must be the number of ``step_end`` calls an epoch makes.
@@ -189,7 +189,7 @@ class ProgressBar(Callback):
 
     def line(self, epoch: int, logs: dict) -> str:
         """The summary line of one epoch."""
-        parts = [f"epoch {epoch:>{len(str(self.total_epochs))}}/{self.total_epochs}"]
+        parts = [f"epoch {epoch:>3}/{self.total_epochs}"]
         for key in self.fields:
             if logs.get(key) is None:
                 continue
