@@ -30,7 +30,7 @@ class ModelSpec:
     description: str = ""
     plugin: str = ""
 
-    def train_options(self, trainer: "TrainerSpec") -> dict:
+    def train_options(self, trainer: TrainerSpec) -> dict:
         """The trainer's option defaults with this architecture's ``train_defaults`` over them: what
         ``dlkit train ARCH`` uses for every option the user does not set."""
         unknown = sorted(set(self.train_defaults) - set(trainer.defaults))

@@ -26,5 +26,6 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("cnn", build, input_kinds={"image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS, task=["classification", "regression"],
+    register("cnn", build, input_kinds={"image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS,
+             task=["classification", "regression"],
              description="convolutional network (conv blocks, pooling, global average head)")

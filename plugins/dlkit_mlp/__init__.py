@@ -22,5 +22,6 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("mlp", build, input_kinds={"tabular", "image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS, task=["classification", "regression"],
+    register("mlp", build, input_kinds={"tabular", "image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS,
+             task=["classification", "regression"],
              description="multi-layer perceptron over flattened inputs")

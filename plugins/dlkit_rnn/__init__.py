@@ -23,5 +23,6 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("rnn", build, input_kinds={"sequence", "image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS, task=["classification", "regression"],
+    register("rnn", build, input_kinds={"sequence", "image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS,
+             task=["classification", "regression"],
              description="LSTM/GRU over sequences or image rows: classes or numbers (forecasting)")
