@@ -20,7 +20,7 @@ def register_models(register):
     """Register model architectures.
 
     ``register(name, build, *, input_kinds, defaults=None, trainer="supervised",
-    task="classification", export=None, description="")``
+    train_defaults=None, task="classification", export=None, description="")``
 
     :param build: ``build(hparams: dict, input_spec: dict, num_classes: int) -> torch.nn.Module``.
         ``hparams`` is ``defaults`` updated by the user's ``--set``; ``input_spec`` is the data
@@ -29,6 +29,11 @@ def register_models(register):
         ``sequence``, ``noise``, or any kind a data set plugin produces, such as ``text``); the
         core only matches them with the data set's ``input_spec["kind"]`` before training.
     :param trainer: name of the trainer that fits it (``supervised``, ``gan``...).
+    :param train_defaults: this architecture's own defaults for some of that trainer's options
+        (``{"epochs": 40, "lr": 3e-3}``), merged over the trainer's defaults whenever it trains this
+        architecture, so ``dlkit train ARCH`` with no recipe trains as well as a tuned recipe; a
+        recipe's ``[train]`` and ``--set`` still override them. A key the trainer does not have is
+        a plugin error at the first training.
     :param task: the registered task it solves by default (``classification``), or a list of
         the tasks it can solve, the first the default (``["classification", "regression"]``);
         ``--set task=NAME`` picks another. ``num_classes`` is then the output width the task needs.

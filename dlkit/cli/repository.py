@@ -130,7 +130,7 @@ def show_arch_cmd(arch, as_json):
     spec = registry.model(arch)
     trainer = registry.trainer(spec.trainer)
     report = {"arch": spec.name, "plugin": spec.plugin, "task": spec.task, "inputs": list(spec.input_kinds),
-              "trainer": trainer.name, "model": dict(spec.defaults), "train": dict(trainer.defaults)}
+              "trainer": trainer.name, "model": dict(spec.defaults), "train": spec.train_options(trainer)}
 
     def human(r):
         rows = [[f"model.{k}", _cell(v)] for k, v in r["model"].items()]

@@ -119,7 +119,7 @@ def recipe_from(target: str | Recipe, *, sets: list[str] | tuple = (), data: str
     registry = get_registry()
     spec = registry.model(recipe.arch)
     if trainer_defaults is None:
-        trainer_defaults = registry.trainer(spec.trainer).defaults
+        trainer_defaults = spec.train_options(registry.trainer(spec.trainer))
     apply_sets(recipe, list(sets), set(spec.defaults), set(trainer_defaults))
     recipe.train.update({k: v for k, v in train_flags.items() if v is not None})
     if data:
@@ -224,7 +224,7 @@ def _prepare(recipe: Recipe, repo: ModelRepository) -> _Prepared:
     if world > 1 and not trainer.distributed:
         raise InputError(f"trainer {trainer.name!r} (for {spec.name!r}) does not support distributed training")
     hparams = check_options("model", recipe.model, spec.defaults)
-    config = check_options("train", recipe.train, trainer.defaults)
+    config = check_options("train", recipe.train, spec.train_options(trainer))
     if "epochs" in config and (not isinstance(config["epochs"], int) or config["epochs"] < 1):
         raise InputError(f"--epochs must be at least 1, got {config['epochs']}")
     source = str(recipe.data.get("source", "digits"))
