@@ -69,7 +69,7 @@ def models_cmd(repo, as_json):
         header = names.pop() if len(names) == 1 else "score"  # on the test split
         rows = [[i["name"], i["version"], "[red]unreadable[/red]" if "error" in i else i["arch"], i["method"] or "",
                  i["params"], score,
-                 "yes" if i["onnx"] else "", i["created"]] for i, score in zip(items, shown)]
+                 "yes" if i["onnx"] else "", (i["created"] or "")[:16].replace("T", " ")] for i, score in zip(items, shown)]
         console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
                                                       header, "onnx", "created"], rows))
 
