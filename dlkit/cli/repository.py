@@ -69,11 +69,16 @@ def models_cmd(repo, as_json):
         header = names.pop() if len(names) == 1 else "score"  # on the test split
         rows = [[i["name"], i["version"], "[red]unreadable[/red]" if "error" in i else i["arch"], i["method"] or "",
                  i["params"], score,
-                 "yes" if i["onnx"] else "", (i["created"] or "")[:16].replace("T", " ")] for i, score in zip(items, shown)]
+                 "yes" if i["onnx"] else "", _minutes(i["created"])] for i, score in zip(items, shown)]
         console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
                                                       header, "onnx", "created"], rows))
 
     emit({"repository": str(r.root), "models": items}, as_json, human)
+
+
+def _minutes(created: str | None) -> str:
+    """``2026-12-02T08:12:27+00:00`` -> ``2026-12-02 08:12`` (the table stays in 80 columns)."""
+    return (created or "")[:16].replace("T", " ")
 
 
 def _key_metric(item: dict) -> tuple[str, str]:
