@@ -67,18 +67,12 @@ def models_cmd(repo, as_json):
         # One score for every row (all classifiers, say): named once in the header, to keep it narrow.
         shown = [value if len(names) == 1 else f"{name} {value}".strip() for name, value in scores]
         header = names.pop() if len(names) == 1 else "score"  # on the test split
-        rows = [[i["name"], i["version"], "[red]unreadable[/red]" if "error" in i else i["arch"], i["method"] or "",
-                 i["params"], score,
-                 "yes" if i["onnx"] else "", _minutes(i["created"])] for i, score in zip(items, shown)]
-        console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
-                                                      header, "onnx", "created"], rows))
+        # NAME:V, what every command takes; --json has the dates and every metric.
+        rows = [[f"{i['name']}:{i['version']}", "[red]unreadable[/red]" if "error" in i else i["arch"],
+                 i["method"] or "", i["params"], score, "yes" if i["onnx"] else ""] for i, score in zip(items, shown)]
+        console().print(table(f"Models in {r.root}", ["model", "arch", "method", "params", header, "onnx"], rows))
 
     emit({"repository": str(r.root), "models": items}, as_json, human)
-
-
-def _minutes(created: str | None) -> str:
-    """``2026-12-02T08:12:27+00:00`` -> ``2026-12-02 08:12`` (the table stays in 80 columns)."""
-    return (created or "")[:16].replace("T", " ")
 
 
 def _key_metric(item: dict) -> tuple[str, str]:
