@@ -46,6 +46,8 @@ from dlkit.cli.options import open_repo, repo_option
               help="As Triton's: none (fixed set), explicit (load/unload over the API), poll (follow the repository).")
 @click.option("--repository-poll-secs", type=click.FloatRange(0, min_open=True), default=15.0, show_default=True,
               help="Poll mode: seconds between checks of the repository.")
+@click.option("--instances", type=click.IntRange(1, 64), default=None,
+              help="Copies of each model run in parallel (default: config.pbtxt's instance_group count, else 1).")
 def serve_cmd(repo, host, port, grpc_port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,
               token, max_request_bytes, threads, access_log, **limits):
     """Serve the repository's ONNX models over the Open Inference Protocol (KServe v2) until Ctrl+C."""

@@ -11,12 +11,13 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DlkitError, InputError
 from ..store.repository import ModelRepository, ModelVersion, parse_ref
 from .batcher import DynamicBatcher
+from .pbtxt import configured_instances
 from .metrics import ModelMetrics
 from .protocol import ProtocolError, TensorSpec, spec_from_runtime
 
@@ -48,10 +49,24 @@ class ServedModel:
     labels: dict[str, list[str]] | None = None  # output name -> class labels (the task's score outputs)
     fingerprint: tuple = ()  # model.onnx's (mtime_ns, size) when opened: a reload re-opens only changed files
     active: int = 0  # requests between look-up and answer: an unload waits for them
+    sessions: list = field(default_factory=list)  # every instance's session (the first is ``session``)
+
+    def __post_init__(self):
+        if not self.sessions:
+            self.sessions = [self.session]
+
+    @property
+    def instances(self) -> int:
+        """Copies of the model that run batches in parallel."""
+        return len(self.sessions)
 
     def run(self, feeds):
-        """One runtime call (in a worker thread)."""
+        """One runtime call on the first instance (in a worker thread)."""
         return self.session.run(feeds)
+
+    def runners(self) -> list:
+        """One run function per instance, for the batcher."""
+        return [s.run for s in self.sessions]
 
     def classify(self, requested, outputs: dict) -> dict:
         """Triton's classification extension on the outputs that ask for it."""
@@ -86,6 +101,8 @@ class ServedModel:
         config = {"name": self.name, "platform": PLATFORM, "backend": "onnxruntime",
                   "max_batch_size": self.max_batch_size or 0,
                   "input": [tensor(s) for s in self.inputs], "output": [tensor(s) for s in self.outputs]}
+        kind = "KIND_GPU" if self.session.providers[0] != "CPUExecutionProvider" else "KIND_CPU"
+        config["instance_group"] = [{"name": self.name, "count": self.instances, "kind": kind}]
         if self.labels:  # Triton names a label file per output; the labels themselves travel here
             config["parameters"] = {"labels": {"string_value": json.dumps(next(iter(self.labels.values())))},
                                     "label_outputs": {"string_value": ",".join(self.labels)}}
@@ -145,7 +162,7 @@ class ModelSet:
 
 def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: str = "auto",
                 threads: int | None = None, max_batch_size: int = 64,
-                allow_empty: bool = False) -> list[ServedModel]:
+                allow_empty: bool = False, instances: int | None = None) -> list[ServedModel]:
     """Open every exported version in ``repo`` (or those of ``refs``: NAME or NAME:V).
 
     A model named in ``refs`` that cannot be served is an error; one found by listing the
@@ -170,7 +187,7 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
     served = []
     for version, named in chosen:
         try:
-            served.append(open_version(version, provider, threads, max_batch_size))
+            served.append(open_version(version, provider, threads, max_batch_size, instances))
         except DlkitError as exc:
             if named:
                 raise
@@ -187,14 +204,19 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
 
 
 def open_version(version: ModelVersion, provider: str = "auto", threads: int | None = None,
-                 max_batch_size: int = 64) -> ServedModel:
-    """One version's ONNX graph in an onnxruntime session, with its v2 signature."""
+                 max_batch_size: int = 64, instances: int | None = None) -> ServedModel:
+    """One version's ONNX graph in ``instances`` onnxruntime sessions, with its v2 signature.
+
+    ``instances`` None: the count of the model's config.pbtxt ``instance_group``, else 1.
+    """
     from ..infer.onnx_files import check_external_data
     from ..infer.session import Session
 
     check_external_data(version.onnx_path)
     fingerprint = onnx_fingerprint(version)
-    session = Session(version.onnx_path, provider, threads=threads)
+    count = instances or configured_instances(version.path.parent / "config.pbtxt") or 1
+    sessions = [Session(version.onnx_path, provider, threads=threads) for _ in range(count)]
+    session = sessions[0]
     inputs = [spec_from_runtime(i) for i in session.inputs]
     outputs = [spec_from_runtime(o) for o in session.outputs]
     # Batch along the first axis only when every input and output has it dynamic.
@@ -202,7 +224,7 @@ def open_version(version: ModelVersion, provider: str = "auto", threads: int | N
     batch = max_batch_size if batchable else None
     return ServedModel(version.name, version.version, version.path, session, inputs, outputs, batch,
                        max_body_bytes=body_bound(inputs, batch), fingerprint=fingerprint,
-                       labels=class_labels(version, outputs))
+                       labels=class_labels(version, outputs), sessions=sessions)
 
 
 def class_labels(version: ModelVersion, outputs: list[TensorSpec]) -> dict[str, list[str]]:
