@@ -12,6 +12,7 @@ from dlkit.store.repository import ModelVersion
 
 
 TRITON_MAX_BATCH = 64
+LABEL_FILE = "labels.txt"  # beside config.pbtxt, one label per line: Triton's label_filename
 TRITON_TYPES = {
     "float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
     "int32": "TYPE_INT32", "int16": "TYPE_INT16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
@@ -40,15 +41,36 @@ def write_triton_config(version: ModelVersion, max_batch_size: int = TRITON_MAX_
             same = False
         if same:
             versions.append(int(p.name))
-    text = triton_config(version.name, record["inputs"], record["outputs"], max_batch_size, versions)
+    labelled = _labelled_outputs(version, record["outputs"])
+    if labelled:  # written first: a config.pbtxt never names a label file that is not there
+        labels = [" ".join(str(label).split()) for label in version.meta["labels"]]  # one line each
+        write_bytes(folder / LABEL_FILE, ("\n".join(labels) + "\n").encode())
+    text = triton_config(version.name, record["inputs"], record["outputs"], max_batch_size, versions,
+                         labelled)
     path = folder / "config.pbtxt"
     write_bytes(path, text.encode())
     return path
 
 
+def _labelled_outputs(version: ModelVersion, outputs: list[dict]) -> list[str]:
+    """The outputs that hold one score per label of meta.json (the task's ``scores``), if any."""
+    labels = version.meta.get("labels")
+    if not isinstance(labels, list) or not labels:
+        return []
+    from dlkit.plugins import get_registry
+
+    try:
+        task = get_registry().task_of(version.meta)
+    except DlkitError:  # a task no installed plugin registers: no labels, as the server does
+        return []
+    names = {t["name"] for t in outputs}
+    return [name for name in (task.scores if task is not None else ()) if name in names]
+
+
 def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,
-                  versions: list[int]) -> str:
-    """A Triton model configuration (protobuf text format) for an onnxruntime model."""
+                  versions: list[int], labelled: list[str] = ()) -> str:
+    """A Triton model configuration (protobuf text format) for an onnxruntime model; the outputs
+    in ``labelled`` name labels.txt as their ``label_filename`` (Triton's classification labels)."""
 
     def tensors(kind: str, items: list[dict]) -> str:
         blocks = []
@@ -59,7 +81,8 @@ def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_
             dims = ", ".join("-1" if d is None else str(d) for d in t["shape"][1:])
             # A tensor of one value per sample (shape [batch]) is dims [1] reshaped to [] for Triton.
             shape = f"dims: [ {dims} ]" if dims else "dims: [ 1 ]\n    reshape: { shape: [ ] }"
-            blocks.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {dtype}\n    {shape}\n  }}')
+            label = f'\n    label_filename: "{LABEL_FILE}"' if t["name"] in labelled else ""
+            blocks.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {dtype}\n    {shape}{label}\n  }}')
         return f"{kind} [\n" + ",\n".join(blocks) + "\n]\n"
 
     listed = ", ".join(map(str, versions))

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import DlkitError, InputError
 from ..store.repository import ModelRepository, ModelVersion, parse_ref
 from .batcher import DynamicBatcher
-from .pbtxt import configured_instances
+from .pbtxt import configured_instances, label_files
 from .metrics import ModelMetrics
 from .protocol import ProtocolError, TensorSpec, spec_from_runtime
 
@@ -47,6 +47,7 @@ class ServedModel:
     metrics: ModelMetrics | None = None
     max_body_bytes: int | None = None  # no valid request is larger; None: not bounded by the signature
     labels: dict[str, list[str]] | None = None  # output name -> class labels (the task's score outputs)
+    label_files: dict[str, str] = field(default_factory=dict)  # output name -> config.pbtxt's label_filename
     fingerprint: tuple = ()  # model.onnx's (mtime_ns, size) when opened: a reload re-opens only changed files
     active: int = 0  # requests between look-up and answer: an unload waits for them
     sessions: list = field(default_factory=list)  # every instance's session (the first is ``session``)
@@ -95,8 +96,10 @@ class ServedModel:
         skip = 1 if self.max_batch_size else 0
 
         def tensor(spec: TensorSpec) -> dict:
-            return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}",
-                    "dims": list(spec.shape[skip:])}
+            out = {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": list(spec.shape[skip:])}
+            if spec.name in self.label_files:
+                out["label_filename"] = self.label_files[spec.name]
+            return out
 
         config = {"name": self.name, "platform": PLATFORM, "backend": "onnxruntime",
                   "max_batch_size": self.max_batch_size or 0,
@@ -224,7 +227,25 @@ def open_version(version: ModelVersion, provider: str = "auto", threads: int | N
     batch = max_batch_size if batchable else None
     return ServedModel(version.name, version.version, version.path, session, inputs, outputs, batch,
                        max_body_bytes=body_bound(inputs, batch), fingerprint=fingerprint,
-                       labels=class_labels(version, outputs), sessions=sessions)
+                       sessions=sessions, **_labels(version, outputs))
+
+
+def _labels(version: ModelVersion, outputs: list[TensorSpec]) -> dict:
+    """``labels`` and ``label_files``: the label files config.pbtxt names, as Triton reads them
+    (one label per line), else meta.json's labels on the task's score outputs."""
+    folder = version.path.parent
+    files = {name: f for name, f in label_files(folder / "config.pbtxt").items()
+             if any(spec.name == name for spec in outputs)}
+    if not files:
+        return {"labels": class_labels(version, outputs)}
+    labels = {}
+    for name, filename in files.items():
+        try:
+            labels[name] = (folder / filename).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{folder / filename}: the label file of output {name!r} cannot be read "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
+    return {"labels": labels, "label_files": files}
 
 
 def class_labels(version: ModelVersion, outputs: list[TensorSpec]) -> dict[str, list[str]]:

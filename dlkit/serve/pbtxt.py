@@ -84,3 +84,32 @@ def _count(config: Path, group: str) -> int:
         raise InputError(f"{config}: instance_group count must be an integer from 1 to {MAX_INSTANCES}, "
                          f"received {value[:40]!r}")
     return int(value)
+
+
+_NAME = re.compile(r'\bname\s*:\s*"([^"]*)"')
+_LABEL_FILE = re.compile(r'\blabel_filename\s*:\s*"([^"]*)"')
+
+
+def label_files(config: Path) -> dict[str, str]:
+    """Output name -> its ``label_filename`` in ``config`` (a config.pbtxt); {} without any.
+
+    A label file must be a plain name in the model's folder (Triton resolves it there too): a
+    path is an InputError, so the server reads nothing outside the repository.
+    """
+    try:
+        text = _COMMENT.sub("", config.read_text(encoding="utf-8", errors="replace"))
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise InputError(f"{config}: cannot be read ({exc.strerror or exc})") from None
+    found = {}
+    for match in re.finditer(r"\boutput\s*:?\s*([\[{])", text):
+        for block in _groups(config, text, match.start(1)):
+            name, label = _NAME.search(block), _LABEL_FILE.search(block)
+            if name and label:
+                filename = label.group(1)
+                if not re.fullmatch(r"[A-Za-z0-9_.-]{1,255}", filename) or filename in (".", ".."):
+                    raise InputError(f"{config}: output {name.group(1)!r}: label_filename must be a file name in "
+                                     f"the model's folder, received {filename[:80]!r}")
+                found[name.group(1)] = filename
+    return found
