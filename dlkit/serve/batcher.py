@@ -4,7 +4,9 @@ Policy. The batcher runs as soon as the runtime is free and takes everything que
 ``max_batch_size`` rows; requests that arrive while a batch runs form the next batch, so under
 load batches grow by themselves. It waits for batch-mates (at most ``max_queue_delay_ms``) only
 while requests for this model are known to be on their way (their body is still being
-received), so a lone client never pays the delay. Queued requests whose tensors differ beyond
+received), so a lone client never pays the delay; and only for bodies that began arriving less
+than ``max_queue_delay_ms`` ago, so a stalled or trickling upload holds batches for one delay
+at most in all, not every batch until its body timeout. Queued requests whose tensors differ beyond
 the batch dimension run as separate groups. If a batch fails, its requests are retried one by
 one so that a bad request fails alone. The queue is bounded: when full, :class:`QueueFull` at
 once (the server answers 503) rather than unbounded latency.
@@ -79,7 +81,8 @@ class DynamicBatcher:
         self.batching = batching
         self.on_batch = on_batch
         self._queue: deque[_Item] = deque()
-        self._arriving = 0
+        self._arrivals: dict[int, float] = {}  # bodies on their way: key -> when they began (monotonic)
+        self._next_arrival = 0
         self._waiting_for_arrivals = False
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -123,11 +126,12 @@ class DynamicBatcher:
     @contextmanager
     def arriving(self) -> Iterator[None]:
         """Announce a request whose body is still being received (the batcher may wait for it)."""
-        self._arriving += 1
+        key = self._next_arrival = self._next_arrival + 1
+        self._arrivals[key] = time.monotonic()
         try:
             yield
         finally:
-            self._arriving -= 1
+            del self._arrivals[key]
             if self._waiting_for_arrivals:
                 self._changed.set()
 
@@ -188,11 +192,13 @@ class DynamicBatcher:
             self.on_batch(BatchStats(sum(i.rows for i in batch), len(batch), seconds))
 
     async def _wait_for_arrivals(self, loop) -> None:
-        deadline = loop.time() + self.max_delay
+        deadline = time.monotonic() + self.max_delay
         self._waiting_for_arrivals = True
         try:
-            while self._arriving and self._queued_rows() < self.max_batch_size:
-                remaining = deadline - loop.time()
+            while self._arrivals and self._queued_rows() < self.max_batch_size:
+                # Until the delay is spent, or the youngest arrival has had a whole delay to arrive.
+                until = min(deadline, max(self._arrivals.values()) + self.max_delay)
+                remaining = until - time.monotonic()
                 if remaining <= 0:
                     return
                 self._changed.clear()
