@@ -25,13 +25,14 @@ from dlkit import __version__
 from dlkit import DlkitError, InputError
 from dlkit import ModelRepository, ModelVersion, check_name
 
-from . import measure
+from . import agreement, measure
 from .graph import inspect_graph, preprocess, set_metadata
 from .methods import CALIBRATIONS, FORMATS, METHODS, Calibration, Candidate, build, candidates
 
 DEFAULTS = {
     "method": "auto", "calibration_samples": 256, "calibrate": "minmax", "per_channel": None, "format": None,
     "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 2.0, "threads": None,
+    "calibration_data": None, "data": None,
 }
 PARENT = "float32"
 TIE = 0.05  # latencies this close count as equal
@@ -87,7 +88,8 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     qdq, or both for auto), ``tolerance`` (accuracy points, or percent of a generator's
     Frechet distance; None: the check's default), ``name``, ``provider``, ``op_types``,
     ``measure_seconds`` (timing per batch size), ``threads`` (onnxruntime intra-op threads of
-    the measured sessions; None: onnxruntime's own choice). Raises :class:`NoCandidateError` (nothing
+    the measured sessions; None: onnxruntime's own choice), ``calibration_data`` (an .npz with one
+    array per input) and ``data`` (what quality is measured on; see :mod:`.agreement`). Raises :class:`NoCandidateError` (nothing
     written) when no candidate stays within the tolerance.
     """
     log = log or (lambda msg: print(f"dlkit: {msg}", file=sys.stderr))
@@ -104,12 +106,10 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     if info.precision == "int8":
         raise InputError(f"model {version.ref} is already quantized (int8); quantize its float32 parent "
                          f"{_parent_ref(version) or 'model'} instead")
-    from dlkit import evaluation_data
     from dlkit import Session
 
-    dataset = evaluation_data(version)
     parent_session = Session(version.onnx_path, o["provider"], threads=o["threads"])
-    check = measure.quality_check(version, dataset, repo, parent_session)
+    check = agreement.choose_check(version, repo, parent_session, o["data"], o["calibration_data"])
     tolerance = check.default_tolerance if o["tolerance"] is None else float(o["tolerance"])
     todo = candidates(info, o["method"], per_channel=o["per_channel"], fmt=o["format"], calibrate=o["calibrate"],
                       op_types=o["op_types"], accelerator=parent_session.providers[0] != CPU)
@@ -121,7 +121,9 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         prep = preprocess(version.onnx_path, prepared)
         calibration = None
         if any(c.method == "static" for c in todo):
-            feeds, described = check.calibration_feeds(o["calibration_samples"])
+            feeds, described = (agreement.calibration_feeds(o["calibration_data"], parent_session,
+                                                            o["calibration_samples"])
+                                if o["calibration_data"] else check.calibration_feeds(o["calibration_samples"]))
             calibration = Calibration(feeds, {**described, "method": o["calibrate"]})
         explicit = o["method"] != "auto"
         built, errors = _build_all(todo, prepared, folder, calibration, explicit, version, log)
