@@ -283,9 +283,12 @@ class GrpcClients:
 
         self.calls = []
         for _ in range(n):
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            # A subchannel pool of its own: one HTTP/2 connection per client, as HTTP has.
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}",
+                                                options=[("grpc.use_local_subchannel_pool", 1)])
             self.calls.append(channel.unary_unary(
-                "/inference.GRPCInferenceService/ModelInfer", request_serializer=self.pb.ModelInferRequest.SerializeToString,
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=self.pb.ModelInferRequest.SerializeToString,
                 response_deserializer=self.pb.ModelInferResponse.FromString))
 
     async def call(self, k: int, i: int) -> bool:
@@ -431,7 +434,7 @@ def main() -> None:
                               file=sys.stderr, flush=True)
             memory = {label: s.rss_mb() for label, (s, grpc) in servers.items() if not grpc}
         finally:
-            for label, (s, grpc) in servers.items():
+            for s, grpc in servers.values():
                 if not grpc:
                     s.stop()
     result = {"cpus": os.cpu_count(), "reps": args.reps, "slice": args.slice, "points": points, "rss_mb": memory}
