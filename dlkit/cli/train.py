@@ -101,8 +101,9 @@ def _without_option(args: list[str], option: str) -> list[str]:
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]),
               help="Default: torch, or onnx for a model with only model.onnx (quantized models).")
 @click.option("--data", help="Evaluate on another data set or file (default: the model's own).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
-              help="Which split of the data set to score.")
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]),
+              help="Which split to score; all: every row. Default: test of the model's own data set, "
+                   "all of a --data file (which may hold only some of the model's classes).")
 @provider_option
 @threads_option
 @repo_option
@@ -117,7 +118,8 @@ def evaluate_cmd(ref, runtime, data, split, provider, threads, repo, as_json):
 
     def human(r):
         click.echo(f"{r['model']}:{r['version']} on {r['data']} ({r['split']}, {r['samples']} samples, "
-                   f"{r['runtime']}): accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}")
+                   f"{r['runtime']}): accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}"
+                   + (f"  ({r['classes']} classes)" if "classes" in r else ""))
 
     emit(result, as_json, human)
 

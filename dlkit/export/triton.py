@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dlkit.store.atomic import write_bytes
 from dlkit.errors import DlkitError
-from dlkit.store.repository import ModelVersion
+from dlkit.store.repository import ModelVersion, is_version
 
 
 
@@ -27,29 +27,21 @@ def write_triton_config(version: ModelVersion, max_batch_size: int = TRITON_MAX_
     other dynamic axes are -1. Triton loads the versions listed under ``version_policy``:
     those that have a model.onnx with the same inputs and outputs as this one.
     """
-    record = version.meta["onnx"]
-    folder = version.path.parent
-    versions = []
-    for p in sorted(folder.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
-        if not (p.name.isdigit() and (p / "model.onnx").is_file()):
-            continue
-        other = version if p == version.path else ModelVersion(version.name, int(p.name), p)
-        try:
-            same = {k: other.meta.get("onnx", {}).get(k) for k in ("inputs", "outputs")} == \
-                   {k: record[k] for k in ("inputs", "outputs")}
-        except DlkitError:
-            same = False
-        if same:
-            versions.append(int(p.name))
-    labelled = _labelled_outputs(version, record["outputs"])
-    if labelled:  # written first: a config.pbtxt never names a label file that is not there
-        labels = [" ".join(str(label).split()) for label in version.meta["labels"]]  # one line each
-        write_bytes(folder / LABEL_FILE, ("\n".join(labels) + "\n").encode())
-    text = triton_config(version.name, record["inputs"], record["outputs"], max_batch_size, versions,
-                         labelled)
-    path = folder / "config.pbtxt"
+    path, text = triton_config_for(version, version.meta["onnx"], max_batch_size)
+    labels = label_file_for(version, version.meta["onnx"])
+    if labels is not None:  # first: a config.pbtxt never names a label file that is not there
+        write_bytes(*labels)
     write_bytes(path, text.encode())
     return path
+
+
+def label_file_for(version: ModelVersion, record: dict) -> tuple[Path, bytes] | None:
+    """labels.txt beside config.pbtxt (one label per line, as Triton reads ``label_filename``),
+    or None when the model has no labels or no output holding class scores."""
+    if not _labelled_outputs(version, record["outputs"]):
+        return None
+    labels = [" ".join(str(label).split()) for label in version.meta["labels"]]  # one line each
+    return version.inside(version.path.parent / LABEL_FILE), ("\n".join(labels) + "\n").encode()
 
 
 def _labelled_outputs(version: ModelVersion, outputs: list[dict]) -> list[str]:
@@ -65,6 +57,31 @@ def _labelled_outputs(version: ModelVersion, outputs: list[dict]) -> list[str]:
         return []
     names = {t["name"] for t in outputs}
     return [name for name in (task.scores if task is not None else ()) if name in names]
+
+
+def triton_config_for(version: ModelVersion, record: dict, max_batch_size: int = TRITON_MAX_BATCH
+                      ) -> tuple[Path, str]:
+    """Where ``version``'s config.pbtxt goes and its text, ``version`` taken as exported with
+    the onnx ``record`` (export publishes the config together with the model)."""
+    folder = version.path.parent
+    versions = []
+    for p in sorted(folder.iterdir(), key=lambda p: int(p.name) if is_version(p.name) else -1):
+        if p == version.path:
+            versions.append(version.version)
+            continue
+        if not (is_version(p.name) and (p / "model.onnx").is_file()):
+            continue
+        other = ModelVersion(version.name, int(p.name), p)
+        try:
+            same = {k: other.meta.get("onnx", {}).get(k) for k in ("inputs", "outputs")} == \
+                   {k: record[k] for k in ("inputs", "outputs")}
+        except DlkitError:
+            same = False
+        if same:
+            versions.append(int(p.name))
+    text = triton_config(version.name, record["inputs"], record["outputs"], max_batch_size, versions,
+                         _labelled_outputs(version, record["outputs"]))
+    return version.inside(folder / "config.pbtxt"), text
 
 
 def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,

@@ -15,6 +15,7 @@ import json
 import math
 import platform
 import sys
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -114,8 +115,9 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     todo = candidates(info, o["method"], per_channel=o["per_channel"], fmt=o["format"], calibrate=o["calibrate"],
                       op_types=o["op_types"], accelerator=parent_session.providers[0] != CPU)
 
-    with tempfile.TemporaryDirectory(prefix="dlkit-quantize-") as tmp:
-        folder = Path(tmp)
+    # Inside the repository's staging area, not $TMPDIR: a killed run's files are found and
+    # removed by the next one; onnxruntime's own pre.quant.* folders land there too.
+    with repo.workspace("quantize") as folder, _tempdir(folder):
         prepared = folder / "prepared.onnx"
         log(f"preparing {version.ref} (quant_pre_process)")
         prep = preprocess(version.onnx_path, prepared)
@@ -174,6 +176,17 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
                      sessions[candidate.name])
     report.update(model=new.name, version=new.version, path=str(new.path))
     return report
+
+
+@contextlib.contextmanager
+def _tempdir(folder: Path):
+    """Point :mod:`tempfile` (which onnxruntime's quantizer uses) at ``folder`` meanwhile."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
 
 
 def _build_all(todo: list[Candidate], prepared: Path, folder: Path, calibration, explicit: bool, version,
