@@ -208,11 +208,11 @@ def bench_overhead(archs: list[str], repeats: int, epochs: int, work: Path) -> l
     import torch
 
     from dlkit.data.load import load_dataset
-    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
     from dlkit.store.recipe import check_options, read_recipe
-    from dlkit.training.supervised import SupervisedTrainer
+    from dlkit.training.build import build_model
     from dlkit.training.run import TrainRun
+    from dlkit.training.supervised import SupervisedTrainer
 
     registry = get_registry()
     defaults = registry.trainer("supervised").defaults

@@ -154,7 +154,7 @@ class Plugins:
     # -- use ---------------------------------------------------------------------------------
     def add_commands(self, cli) -> None:
         """Let every healthy plugin add its CLI subcommands; none may replace an existing one."""
-        owners = {name: "dlkit" for name in cli.commands}
+        owners = dict.fromkeys(cli.commands, "dlkit")
         for impl in self.pm.hook.register_commands.get_hookimpls():
             info = self.infos[impl.plugin_name]
             if info.error:
@@ -174,7 +174,7 @@ class Plugins:
                 self._fail(info, _hook_failure("register_commands", exc))
                 continue
             added = sorted(set(cli.commands) - set(before))
-            owners.update({name: f"plugin {info.name!r}" for name in added})
+            owners.update(dict.fromkeys(added, f"plugin {info.name!r}"))
             if added:
                 info.registered["commands"] = added
 

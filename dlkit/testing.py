@@ -125,9 +125,9 @@ def check_build(name: str, data: str | None = None, hparams: dict | None = None)
     import torch
 
     from dlkit.data.load import load_dataset
-    from dlkit.training.build import build_model, check_compatible
     from dlkit.plugins import get_registry
     from dlkit.store.recipe import check_options
+    from dlkit.training.build import build_model, check_compatible
 
     spec = get_registry().model(name)
     ds = load_dataset(data or default_data(spec))
@@ -268,9 +268,9 @@ def check_model(name: str, repo, *, data: str | None = None, hparams: dict | Non
     architecture's own trainer into ``repo``, the reloaded metrics, and ONNX export parity and
     onnxruntime predictions (``onnx``; by default whenever dlkit has ONNX export).
     """
-    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
     from dlkit.store.recipe import Recipe, check_options
+    from dlkit.training.build import build_model
     from dlkit.training.run import train
 
     repo = _repository(repo)

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from dlkit.store.weights import load_tensors, save_tensors
-from dlkit.store.atomic import read_json
 from dlkit.errors import DlkitError, InputError
 from dlkit.infer.session import Session
+from dlkit.store.atomic import read_json
+from dlkit.store.weights import load_tensors, save_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx_graphs as graphs
 import pytest
 
-import onnx_graphs as graphs
 from dlkit.testing import run_cli
 
 STARTUP_SECONDS = 120

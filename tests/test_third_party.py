@@ -20,8 +20,16 @@ import numpy as np
 import pytest
 
 from dlkit.store.repository import ModelRepository
-from dlkit.testing import (BROKEN_PLUGINS, check_build, check_command, check_compressor, check_dataset,
-                           check_trained, install_throwaway, run_cli)
+from dlkit.testing import (
+    BROKEN_PLUGINS,
+    check_build,
+    check_command,
+    check_compressor,
+    check_dataset,
+    check_trained,
+    install_throwaway,
+    run_cli,
+)
 
 SMALL_TCN = ["--set", "channels=[16,16]", "--epochs", "1", "--batch-size", "64"]
 

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from dlkit.training.callbacks import Callback
-from dlkit.training.state import BackgroundWriter, load_train_state, save_train_state
-from dlkit.store.atomic import atomic_path, write_json
-from dlkit.store.weights import load_tensors, save_tensors
 from dlkit.errors import DlkitError, InputError
+from dlkit.store.atomic import atomic_path, write_json
 from dlkit.store.recipe import Recipe
 from dlkit.store.repository import ModelRepository
-from dlkit.training.loop import TrainingDiverged
-from dlkit.training.supervised import evaluate_arrays, random_shift
+from dlkit.store.weights import load_tensors, save_tensors
 from dlkit.testing import run_cli
+from dlkit.training.callbacks import Callback
+from dlkit.training.loop import TrainingDiverged
 from dlkit.training.run import CHECKPOINT, train
+from dlkit.training.state import BackgroundWriter, load_train_state, save_train_state
+from dlkit.training.supervised import evaluate_arrays, random_shift
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small CNN on digits that uses every source of randomness the trainer must restore on resume:
@@ -193,10 +193,9 @@ def test_random_shift_pads_with_zeros_and_never_wraps():
 def test_atomic_write_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "meta.json"
     write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text('{"v": 2, "torn')
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"v": 2, "torn')
+        raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
 

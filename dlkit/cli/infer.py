@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-
 import click
+
 from dlkit.cli.group import cli
-from dlkit.cli.options import _int_list, json_option, open_repo, optimization_option, provider_option, repo_option, strict_provider_option, threads_option
+from dlkit.cli.options import (
+    _int_list,
+    json_option,
+    open_repo,
+    optimization_option,
+    provider_option,
+    repo_option,
+    strict_provider_option,
+    threads_option,
+)
 from dlkit.cli.output import console, emit, table
-
-
 
 
 @cli.group("export")

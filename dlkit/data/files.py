@@ -7,12 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from dlkit.data.dataset import (
+    Dataset,
+    _sorted_labels,
+    check_data_options,
+    make_dataset,
+    make_regression_dataset,
+    value_range,
+)
 from dlkit.data.streaming import STREAM_BYTES, RowArray, decoded_cache, default_workers
 from dlkit.errors import InputError
-from dlkit.data.dataset import (Dataset, _sorted_labels, check_data_options, make_dataset, make_regression_dataset,
-                                value_range)
-
-
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from dlkit.errors import InputError
 from dlkit.data.dataset import Dataset, check_finite
-
+from dlkit.errors import InputError
 
 
 def load_dataset(source: str, options: dict | None = None, seed: int = 0) -> Dataset:

@@ -126,8 +126,8 @@ def _outputs(net, example: dict[str, dict], factory: str) -> list:
 def import_torch(repo: ModelRepository, factory: str, weights: str | Path, example: str | dict,
                  name: str | None = None, labels: str | list | None = None, task: str | None = None) -> dict:
     """Build FACTORY(), load ``weights`` strictly, run the example, publish the version."""
-    from dlkit.store.meta import import_task, parse_labels
     from dlkit.store.derive import derive
+    from dlkit.store.meta import import_task, parse_labels
     from dlkit.store.weights import save_tensors
 
     name = check_name(name or factory.rpartition(":")[2].replace("_", "-"))

@@ -11,16 +11,13 @@ import warnings
 from datetime import datetime, timezone
 from typing import Any
 
-
 from dlkit import __version__
-from dlkit.store.atomic import json_bytes, temporary_beside, write_together
 from dlkit.errors import DlkitError, InputError
-from dlkit.store.repository import META, ModelVersion
 from dlkit.export.graph import OnnxGraph, export_graph
-from dlkit.export.parity import ParityError, TOLERANCE, compare, parity_cases, torch_runner
+from dlkit.export.parity import TOLERANCE, ParityError, compare, parity_cases, torch_runner
 from dlkit.export.triton import triton_config_for
-
-
+from dlkit.store.atomic import json_bytes, temporary_beside, write_together
+from dlkit.store.repository import META, ModelVersion
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter builds opset 18+ graphs; older ones come from the tracer

@@ -17,10 +17,8 @@ import numpy as np
 
 from dlkit.data.dataset import is_number
 from dlkit.errors import InputError
-from dlkit.store.repository import ModelVersion
 from dlkit.store.meta import input_preprocessing
-
-
+from dlkit.store.repository import ModelVersion
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIXES = (".npy", ".npz")

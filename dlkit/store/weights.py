@@ -10,8 +10,6 @@ from dlkit.errors import InputError
 from dlkit.store.atomic import atomic_path
 
 
-
-
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Atomically write torch tensors with safetensors (contiguous copies, shared storage split)."""
     from safetensors.torch import save_file

@@ -49,8 +49,7 @@ def obtain_judge(ref: str, dataset, repo, seed: int, epochs: int, quiet: bool = 
         version = repo.resolve(f"{name}:{v}")
         if _same_data(version.meta, dataset):
             return version
-    from dlkit import Recipe
-    from dlkit import train
+    from dlkit import Recipe, train
 
     if not quiet:
         print(f"dlkit: training the judge classifier {name} for the quality metrics "
