@@ -105,7 +105,7 @@ class Plugins:
             except TimeoutError:
                 self._fail(info, f"did not finish importing within {timeout:g} s (DLKIT_PLUGIN_TIMEOUT)")
                 continue
-            except (Exception, SystemExit) as exc:  # a broken plugin must not take the CLI down
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
                 self._fail(info, f"failed to import: {type(exc).__name__}: {exc}")
                 continue
             self._add(module, info)
@@ -123,7 +123,7 @@ class Plugins:
                     close = difflib.get_close_matches(hook.name, HOOK_NAMES, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise pluggy.PluginValidationError(module, f"unknown hook {hook.name!r}{hint}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plugin's module may fail pluggy's checks in any way
             if self.pm.is_registered(module):
                 self.pm.unregister(module)
             self._fail(info, f"invalid: {exc}")
@@ -138,7 +138,7 @@ class Plugins:
                     continue
                 try:
                     impl.function(register=make_register(self.registry, kind, impl.plugin_name))
-                except (Exception, SystemExit) as exc:  # sys.exit() in a hook must not end dlkit
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit() in a hook must not end dlkit
                     self.registry.remove_plugin(impl.plugin_name)
                     self._fail(info, _hook_failure(hook_name, exc))
         for info in self.infos.values():
@@ -166,7 +166,7 @@ class Plugins:
                 replaced = sorted(n for n, c in before.items() if cli.commands.get(n) is not c)
                 if replaced:
                     raise PluginError(f"command {replaced[0]!r} is already provided by {owners[replaced[0]]}")
-            except (Exception, SystemExit) as exc:  # drop the plugin whole, as for the other hooks
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - drop the plugin whole, as for the other hooks
                 cli.commands.clear()
                 cli.commands.update(before)
                 self.registry.remove_plugin(info.name)
@@ -199,7 +199,7 @@ def _import_bounded(ep, timeout: float):
     def target() -> None:
         try:
             box["module"] = ep.load()
-        except BaseException as exc:  # SystemExit too: re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: re-raised in the caller's thread
             box["error"] = exc
 
     worker = threading.Thread(target=target, name=f"dlkit-plugin-{ep.name}", daemon=True)

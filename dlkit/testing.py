@@ -97,7 +97,8 @@ def check_dataset(name: str, options: dict | None = None, seed: int = 0):
     spec = ds.input_spec
     assert isinstance(spec.get("kind"), str) and spec["kind"], f"{name}: input_spec has no kind"
     if ds.targets == "labels":
-        assert ds.num_classes >= 2 and len(set(ds.labels)) == ds.num_classes, f"{name}: labels {ds.labels} must be distinct"
+        assert ds.num_classes >= 2 and len(set(ds.labels)) == ds.num_classes, \
+            f"{name}: labels {ds.labels} must be distinct"
     else:
         assert ds.target_spec and len(ds.target_spec["names"]) == len(ds.target_spec["std"]), \
             f"{name}: numeric targets need a target_spec with names, mean and std"
@@ -248,7 +249,8 @@ def check_onnx(version, repo, samples: int = 64) -> None:
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5, err_msg=f"{version.ref}: probabilities")
         top2 = np.sort(expected, axis=1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > 1e-3  # ignore near-ties, where float noise may flip the arg-max
-        assert (probs.argmax(1) == expected.argmax(1))[clear].all(), f"{version.ref}: ONNX and torch predict differently"
+        assert (probs.argmax(1) == expected.argmax(1))[clear].all(), \
+            f"{version.ref}: ONNX and torch predict differently"
     single = session.run({session.inputs[0].name: x[:1]})  # the batch axis is dynamic
     np.testing.assert_allclose(single[task.output], expected[:1], atol=ATOL * scale, rtol=RTOL)
 

@@ -186,7 +186,7 @@ class StopAt(Callback):
 
 def test_resume_continues_bit_identically(tmp_path):
     repo = ModelRepository(tmp_path / "m")
-    args = dict(sets=["clusters=3"], data="wine", quiet=True, epochs=4, patience=0)
+    args = {"sets": ["clusters=3"], "data": "wine", "quiet": True, "epochs": 4, "patience": 0}
     whole = train("autoencoder", repo, name="whole", **args).version
     with pytest.raises(KeyboardInterrupt):
         train("autoencoder", repo, name="halves", callbacks=[StopAt(3)], **args)

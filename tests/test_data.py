@@ -133,7 +133,8 @@ def test_npz_tabular_sequence_and_image(tmp_path, repo):
         assert ds.x_train.dtype == np.float32
     as_image = load_dataset(str(tmp_path / "seq.npz"), {"kind": "image"})
     assert as_image.input_spec["shape"] == [1, 6, 2]
-    assert quick_train(repo, "mlp", str(tmp_path / "tab.npz"), {"hidden": [8]}).version.meta["input_spec"]["kind"] == "tabular"
+    tabular = quick_train(repo, "mlp", str(tmp_path / "tab.npz"), {"hidden": [8]}).version
+    assert tabular.meta["input_spec"]["kind"] == "tabular"
     assert quick_train(repo, "rnn", str(tmp_path / "seq.npz"), {"hidden": 8, "cell": "gru"}).version.version == 1
     assert quick_train(repo, "cnn", str(tmp_path / "img.npz"), {"channels": [4], "hidden": 0}).version.version == 1
 

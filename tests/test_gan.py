@@ -138,7 +138,7 @@ def test_resume_continues_to_the_same_weights(repo):
             if epoch == 2:
                 raise KeyboardInterrupt
 
-    recipe = dict(arch="gan", model=dict(TINY), train=dict(FAST, samples=100))
+    recipe = {"arch": "gan", "model": dict(TINY), "train": {**FAST, "samples": 100}}
     straight = train(Recipe(name="straight", **recipe), repo, quiet=True).version
     with pytest.raises(KeyboardInterrupt):
         train(Recipe(name="resumed", **recipe), repo, quiet=True, callbacks=[Interrupt()])

@@ -208,8 +208,9 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
 
 
 def test_training_state_round_trip(tmp_path):
-    tensors = {"w": torch.randn(3, 4), "t": torch.randn(4, 3).t(), "step": torch.tensor(7.0), "empty": torch.zeros(0, 2),
-               "count": torch.tensor(5), "rng": torch.get_rng_state(), "half": torch.randn(2, dtype=torch.bfloat16)}
+    tensors = {"w": torch.randn(3, 4), "t": torch.randn(4, 3).t(), "step": torch.tensor(7.0),
+               "empty": torch.zeros(0, 2), "count": torch.tensor(5), "rng": torch.get_rng_state(),
+               "half": torch.randn(2, dtype=torch.bfloat16)}
     state = {"epoch": 3, "best": {"val_loss": float("inf")}}
     save_train_state(tmp_path / "c.safetensors", tensors, state)
     loaded, loaded_state = load_train_state(tmp_path / "c.safetensors")

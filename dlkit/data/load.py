@@ -28,7 +28,8 @@ def load_dataset(source: str, options: dict | None = None, seed: int = 0) -> Dat
             if (s.directory and path.is_dir()) or (path.is_file() and path.suffix.lower() in s.suffixes)
         ]
         if not candidates:
-            raise InputError(f"--data {source}: no loader reads {'folders' if path.is_dir() else repr(path.suffix)} files")
+            what = "folders" if path.is_dir() else repr(path.suffix)
+            raise InputError(f"--data {source}: no loader reads {what} files")
         spec = candidates[0]
     ds = spec.load(source, options, seed)
     wanted = options.get("targets")

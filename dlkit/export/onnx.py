@@ -62,7 +62,7 @@ def export_onnx(version: ModelVersion, opset: int | None = None, exporter: str =
     for name in order:
         try:
             proto = _export(graph, name, opset)
-        except Exception as exc:  # each exporter raises its own error types
+        except Exception as exc:  # noqa: BLE001 - each exporter raises its own error types
             failures.append(f"{name} exporter failed: {_first_line(exc)}")
             continue
         got_opset = default_opset(proto)
@@ -72,7 +72,7 @@ def export_onnx(version: ModelVersion, opset: int | None = None, exporter: str =
         onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **props})
         try:
             onnx.checker.check_model(proto, full_check=True)
-        except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
+        except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError, shape inference errors
             failures.append(f"{name} exporter: onnx.checker: {_first_line(exc)}")
             continue
         tmp = temporary_beside(version.inside(version.onnx_path))

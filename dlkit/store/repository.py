@@ -155,7 +155,7 @@ class StagedVersion:
     def commit(self, meta: dict[str, Any]) -> ModelVersion:
         """Write meta.json last, then rename the folder to the next free version number."""
         base = self.repo.root / self.name
-        for attempt in range(100):
+        for _attempt in range(100):
             version = self.repo.next_version(self.name)
             meta = check_meta({**meta, "name": self.name, "version": version}, self.path / META)
             write_json(self.path / META, meta)

@@ -71,7 +71,7 @@ class BackgroundWriter:
         def run() -> None:
             try:
                 write(*args)
-            except BaseException as exc:  # handed to the training thread by wait()
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too: handed to the training thread by wait()
                 self._error = exc
 
         self._thread = threading.Thread(target=run, name="dlkit-checkpoint")
