@@ -182,7 +182,7 @@ class Plugins:
 HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("register_")]
 
 
-def _hook_failure(hook_name: str, exc: Exception) -> str:
+def _hook_failure(hook_name: str, exc: Exception | SystemExit) -> str:
     if isinstance(exc, PluginError):  # dlkit refused a registration: its message says why
         return f"in {hook_name}: {exc}"
     return f"raised in {hook_name}: {type(exc).__name__}: {exc}"

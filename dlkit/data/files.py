@@ -178,7 +178,7 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
     for im in images:
         im = im.convert(mode)
         if im.size != size:
-            im = im.resize(size, Image.BILINEAR)
+            im = im.resize(size, Image.Resampling.BILINEAR)
         a = np.asarray(im, dtype=np.float32) / 255.0
         a = 1.0 - a if invert else a
         arrays.append(a.transpose(2, 0, 1) if color else a[None])

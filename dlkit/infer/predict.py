@@ -221,7 +221,7 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
         raise InputError(f"{path}: cannot decode image ({_short(exc)})") from None
     size = (int(prep["width"]), int(prep["height"]))
     if image.size != size:
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     if bool(prep.get("invert")) != bool(info.get("invert")):  # trained on negatives xor --invert
         pixels = 1.0 - pixels
