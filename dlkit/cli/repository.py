@@ -65,11 +65,10 @@ def models_cmd(repo, as_json):
         # One score for every row (all classifiers, say): named once in the header, to keep it narrow.
         shown = [value if len(names) == 1 else f"{name} {value}".strip() for name, value in scores]
         header = names.pop() if len(names) == 1 else "score"  # on the test split
-        rows = [[i["name"], i["version"], "[red]unreadable[/red]" if "error" in i else i["arch"], i["method"] or "",
-                 i["params"], score,
-                 "yes" if i["onnx"] else "", i["created"]] for i, score in zip(items, shown)]
-        console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
-                                                      header, "onnx", "created"], rows))
+        # NAME:V, what every command takes; --json has the dates and every metric.
+        rows = [[f"{i['name']}:{i['version']}", "[red]unreadable[/red]" if "error" in i else i["arch"],
+                 i["method"] or "", i["params"], score, "yes" if i["onnx"] else ""] for i, score in zip(items, shown)]
+        console().print(table(f"Models in {r.root}", ["model", "arch", "method", "params", header, "onnx"], rows))
 
     emit({"repository": str(r.root), "models": items}, as_json, human)
 

@@ -194,7 +194,7 @@ class ProgressBar(Callback):
             if logs.get(key) is None:
                 continue
             if key == "seconds":
-                parts.append(f"{logs[key] - self.epoch_started:.3g}s/epoch")
+                parts.append(f"{logs[key] - self.epoch_started:.2f}s/epoch")  # fixed width: lines stay in 80 columns
             else:
                 parts.append(_fmt(key, logs[key]))
         return "  ".join(parts)
