@@ -132,8 +132,9 @@ def _finish(version, tmp, session, parity, exporter, opset, tolerance, n_cases, 
     for note in failures:  # an auto export that needed its fallback says why
         print(f"dlkit: note: {note}", file=sys.stderr)
     return {"model": version.name, "version": version.version, "path": str(version.onnx_path),
-            "config": str(config), **{k: record[k] for k in ("opset", "exporter", "max_abs_diff", "max_rel_diff", "tolerance",
-                                                                 "bytes", "inputs", "outputs")},
+            "config": str(config),
+            **{k: record[k] for k in ("opset", "exporter", "max_abs_diff", "max_rel_diff", "tolerance",
+                                      "bytes", "inputs", "outputs")},
             "parity": parity, "seconds": round(time.perf_counter() - started, 3)}
 
 
