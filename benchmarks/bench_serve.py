@@ -1,24 +1,30 @@
-"""dlkit serve on loopback, side by side: the HTTP floor, dynamic batching on and off, memory.
+"""dlkit serve on loopback, side by side with a bare FastAPI + onnxruntime endpoint (the floor).
 
-One run of each, every server in its own process and the load generator in another (its own
-GIL), one server at a time:
+Every server runs in its own process and the load generator in another (its own GIL). For each
+point (clients x rows per request x JSON or binary) the servers take turns in short slices,
+alternating the order every round, for ``--reps`` rounds (3), so load from other processes on
+the machine falls on each alike; a ratio is the median of the per-round ratios against the
+floor, with the lowest and highest in brackets. The servers, all on cnn-digits:
 
-- throughput at 32 concurrent clients against the same stack's (FastAPI + uvicorn) bare
-  endpoint that parses the same JSON body and returns a constant; target >= 50%;
-- dynamic batching on against off for cnn-digits at 64 concurrent clients (throughput and p99
-  ratios) and at concurrency 1 (batching must not cost more than 10% throughput);
-- resident memory of the server with the four digits models loaded; target <= 200 MB.
+- ``floor``: FastAPI + uvicorn, one handler that parses the same V2 body (orjson; the binary
+  extension's tail with numpy) and runs the same onnxruntime session options (one intra-op
+  thread, all graph optimizations) inline, answering the same outputs;
+- ``dlkit``: ``dlkit serve`` with its defaults (dynamic batching, one instance, access log on);
+- ``dlkit-i2``: the same with ``--instances 2``;
+- ``grpc``: dlkit's gRPC endpoint on the binary points (raw_input_contents), against REST binary;
+- ``mlserver``: Seldon MLServer 1.7 with a minimal onnxruntime runtime (this file's
+  ``OnnxRuntime`` class), on the JSON points, when ``--mlserver VENV`` names a venv that has
+  ``mlserver`` and ``onnxruntime`` (never a dependency of dlkit).
 
-The clients send the v2 JSON body of one 1x8x8 digit over keep-alive HTTP/1.1 connections
-(a minimal asyncio client, so the load generator costs less CPU than the server it measures).
+The load generator (asyncio, keep-alive HTTP/1.1 connections, one HTTP/2 channel per gRPC
+client) runs a fixed number of clients for a fixed time: bounded, loopback only.
 
-    python benchmarks/bench_serve.py                   # ./models, or $DLKIT_REPO
-    python benchmarks/bench_serve.py --repo /tmp/bench --seconds 5 --json
+    python benchmarks/bench_serve.py --repo /tmp/bench/models           # about 3-4 minutes
+    python benchmarks/bench_serve.py --clients 1,32 --rows 1 --json-out r.json
+    python benchmarks/bench_serve.py --mlserver /tmp/mlserver-venv      # adds MLServer
 
-Models missing from the repository are trained briefly (2 epochs: accuracy does not matter
-here) and exported first.
+Models missing from the repository are trained briefly (2 epochs) and exported first.
 """
-
 
 import argparse
 import asyncio
@@ -27,182 +33,348 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
-MODELS = {  # name -> (arch, hparams), as tests/conftest.py
-    "mlp-digits": ("mlp", {"hidden": [64]}),
-    "cnn-digits": ("cnn", {"channels": [8, 16], "hidden": 32}),
-    "rnn-digits": ("rnn", {"hidden": 32, "cell": "lstm"}),
-    "gru-digits": ("rnn", {"hidden": 32, "cell": "gru"}),
-}
-INFER_PATH = "/v2/models/cnn-digits/infer"
-TARGETS = {"floor_ratio": 0.5, "c1_cost": 0.10, "rss_mb": 200}
+MODEL = "cnn-digits"
+MODELS = {"cnn-digits": ("cnn", {"channels": [8, 16], "hidden": 32})}  # as tests/conftest.py
+INFER_PATH = f"/v2/models/{MODEL}/infer"
 
 
 # -- the servers ------------------------------------------------------------------------------------
 class Server:
-    """A server subprocess; ``port`` is read from its first line on stderr."""
+    """A server subprocess; ``port`` from a line of its stderr, or given and polled for readiness."""
 
-    def __init__(self, argv: list[str], pattern: str):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.port = None
+    def __init__(self, argv: list[str], pattern: str | None = None, port: int | None = None, env=None):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.port = port
         lines: list[str] = []
         deadline = time.monotonic() + 180
-        while self.port is None:
+        while pattern and self.port is None:
             line = self.proc.stderr.readline()
             if not line or time.monotonic() > deadline:
-                self.proc.kill()
-                raise SystemExit("server did not start:\n" + "".join(lines[-20:]))
+                self.stop()
+                raise SystemExit(f"{argv[:4]} did not start:\n" + "".join(lines[-20:]))
             lines.append(line)
             match = re.search(pattern, line)
             if match:
                 self.port = int(match.group(1))
         # Keep draining stderr (the access log) so the server never blocks on a full pipe.
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        threading.Thread(target=lambda: [lines.append(x) for x in self.proc.stderr], daemon=True).start()
+        while pattern is None and not _ready(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"{argv[:4]} did not start:\n" + "".join(lines[-20:]))
+            time.sleep(0.5)
 
-    def rss_mb(self) -> tuple[float, float]:
-        """Resident memory now and at its peak, in MB."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        kb = {k: int(re.search(rf"{k}:\s+(\d+)", status).group(1)) for k in ("VmRSS", "VmHWM")}
-        return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
+    def pids(self) -> list[int]:
+        """The server and its children (MLServer infers in worker processes)."""
+        out = subprocess.run(["ps", "-o", "pid=", "-g", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()] or [self.proc.pid]
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process group now, in MB."""
+        total = 0
+        for pid in self.pids():
+            try:
+                total += int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+            except (OSError, AttributeError):
+                pass
+        return total / 1024
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
         try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
 
 
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def dlkit_server(repo: Path, *flags: str) -> Server:
-    argv = [sys.executable, "-m", "dlkit", "serve", "--repo", str(repo), "--port", "0", "--grpc-port", "0", *flags]
+    argv = [sys.executable, "-m", "dlkit", "serve", "--repo", str(repo), "--port", "0", "--models", MODEL, *flags]
     return Server(argv, r"on http://127\.0\.0\.1:(\d+)")
 
 
-def bare_server() -> Server:
-    return Server([sys.executable, __file__, "--bare-server"], r"bare server on port (\d+)")
+def floor_server(onnx: Path) -> Server:
+    return Server([sys.executable, __file__, "--floor-server", str(onnx)], r"floor server on port (\d+)")
 
 
-def run_bare_server() -> None:
-    """The HTTP floor: FastAPI + uvicorn, parse the same JSON body, answer a constant."""
+def run_floor_server(onnx: str) -> None:
+    """The floor: FastAPI + uvicorn + onnxruntime, the V2 body (JSON or binary) in one handler."""
+    import numpy as np
+    import onnxruntime as ort
+    import orjson
     import uvicorn
     from fastapi import FastAPI, Request
     from starlette.responses import Response
 
-    constant = json.dumps({"model_name": "cnn-digits", "model_version": "1", "outputs": [
-        {"name": n, "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10} for n in ("logits", "probabilities")]},
-        separators=(",", ":")).encode()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # as dlkit serve --threads 1 (its default)
+    session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
     app = FastAPI()
 
     @app.post("/v2/models/{name}/infer")
     async def infer(request: Request, name: str):
-        json.loads(await request.body())
-        return Response(constant, media_type="application/json")
+        body = await request.body()
+        length = request.headers.get("inference-header-content-length")
+        doc = orjson.loads(body[:int(length)] if length else body)
+        t = doc["inputs"][0]
+        if length:
+            x = np.frombuffer(body[int(length):], np.float32).reshape(t["shape"])
+        else:
+            x = np.asarray(t["data"], np.float32).reshape(t["shape"])
+        outs = session.run(None, {t["name"]: x})
+        if not length:
+            return Response(orjson.dumps({"model_name": name, "model_version": "1", "outputs": [
+                {"name": n, "datatype": "FP32", "shape": list(o.shape), "data": o.ravel()}
+                for n, o in zip(names, outs)]}, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+        header = orjson.dumps({"model_name": name, "model_version": "1", "outputs": [
+            {"name": n, "datatype": "FP32", "shape": list(o.shape), "parameters": {"binary_data_size": o.nbytes}}
+            for n, o in zip(names, outs)]})
+        return Response(header + b"".join(o.tobytes() for o in outs),
+                        headers={"inference-header-content-length": str(len(header))},
+                        media_type="application/octet-stream")
 
-    sock = socket.socket()
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it every response waits ~40 ms for a delayed ACK (Nagle), as the earlier floor did.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    print(f"bare server on port {sock.getsockname()[1]}", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    print(f"floor server on port {sock.getsockname()[1]}", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)).run(sockets=[sock])
+
+
+MLSERVER_RUNTIME = '''
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceResponse
+
+
+class OnnxRuntime(MLModel):
+    """A minimal onnxruntime runtime: the same session options as the floor."""
+
+    async def load(self) -> bool:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(self.settings.parameters.uri, options,
+                                            providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+        return True
+
+    async def predict(self, payload):
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        outs = self.session.run(None, {payload.inputs[0].name: x})
+        return InferenceResponse(model_name=self.name, outputs=[
+            NumpyCodec.encode_output(name=n, payload=o) for n, o in zip(self.names, outs)])
+'''
+
+
+def mlserver_server(venv: Path, onnx: Path, folder: Path) -> Server:
+    """MLServer 1.7 from its own venv, serving ``onnx`` with the runtime above (its defaults:
+    one parallel inference worker process)."""
+    port = _free_port()
+    (folder / "runtime.py").write_text(MLSERVER_RUNTIME)
+    (folder / "settings.json").write_text(json.dumps({
+        "http_port": port, "grpc_port": _free_port(), "metrics_port": _free_port(), "host": "127.0.0.1"}))
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": MODEL, "implementation": "runtime.OnnxRuntime", "parameters": {"uri": str(onnx)}}))
+    return Server([str(venv / "bin" / "mlserver"), "start", str(folder)], port=port)
 
 
 # -- the load generator (its own process) -------------------------------------------------------------
-def request_bytes(port: int, path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-def bodies(n: int = 16) -> list[bytes]:
+def make_bodies(rows: int, binary: bool, n: int = 8) -> list[tuple[bytes, dict]]:
+    """``n`` V2 request bodies of ``rows`` digits each, and their extra headers."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return [json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                                    "data": rng.random(64, dtype=np.float32).round(4).tolist()}]}).encode()
-            for _ in range(n)]
+    out = []
+    for _ in range(n):
+        x = rng.random((rows, 1, 8, 8), dtype=np.float32).round(4)
+        tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+        if binary:
+            tensor["parameters"] = {"binary_data_size": x.nbytes}
+            header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+            out.append((header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}))
+        else:
+            tensor["data"] = x.ravel().tolist()
+            out.append((json.dumps({"inputs": [tensor]}).encode(), {}))
+    return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time process ``pid`` has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _http_request(port: int, body: bytes, headers: dict) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (f"POST {INFER_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"{extra}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes ``pids`` have used so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+class HttpClients:
+    """``n`` keep-alive HTTP/1.1 connections to one server."""
+
+    def __init__(self, port: int, bodies: list[tuple[bytes, dict]]):
+        self.port = port
+        self.requests = [_http_request(port, b, h) for b, h in bodies]
+
+    async def open(self, n: int) -> None:
+        self.conns = [list(await asyncio.open_connection("127.0.0.1", self.port)) for _ in range(n)]
+
+    async def call(self, k: int, i: int) -> bool:
+        reader, writer = conn = self.conns[k]
+        writer.write(self.requests[i % len(self.requests)])
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+        await reader.readexactly(length)
+        if re.search(rb"(?i)connection: *close", head):
+            writer.close()
+            conn[:] = await asyncio.open_connection("127.0.0.1", self.port)
+        return head.startswith(b"HTTP/1.1 200")
+
+
+class GrpcClients:
+    """``n`` gRPC channels (one HTTP/2 connection each) calling ModelInfer with raw contents."""
+
+    def __init__(self, port: int, rows: int):
+        import numpy as np
+
+        from dlkit.serve.proto import kserve_v2_pb2 as pb
+
+        self.pb, self.port = pb, port
+        x = np.random.default_rng(0).random((rows, 1, 8, 8), dtype=np.float32).round(4)
+        request = pb.ModelInferRequest(model_name=MODEL, inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="input", datatype="FP32", shape=list(x.shape))], raw_input_contents=[x.tobytes()])
+        self.request = request
+
+    async def open(self, n: int) -> None:
+        import grpc
+
+        self.calls = []
+        for _ in range(n):
+            # A subchannel pool of its own: one HTTP/2 connection per client, as HTTP has.
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}",
+                                                options=[("grpc.use_local_subchannel_pool", 1)])
+            self.calls.append(channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=self.pb.ModelInferRequest.SerializeToString,
+                response_deserializer=self.pb.ModelInferResponse.FromString))
+
+    async def call(self, k: int, i: int) -> bool:
+        await self.calls[k](self.request, timeout=60)
+        return True
 
 
 async def _interleave(spec: dict) -> dict:
-    """Load each target in turn, in short slices over kept-alive connections, alternating the
-    order every round, so that load from other processes on the machine falls on each alike."""
-    targets, concurrency, path = spec["targets"], spec["concurrency"], spec["path"]
-    requests = {label: [request_bytes(t["port"], path, b) for b in bodies()] for label, t in targets.items()}
-    conns = {label: [list(await asyncio.open_connection("127.0.0.1", t["port"])) for _ in range(concurrency)]
+    """Each target in turn for one slice per round, the order reversed every other round."""
+    clients, targets = spec["clients"], spec["targets"]
+    bodies = make_bodies(spec["rows"], spec["binary"])
+    conns = {label: (GrpcClients(t["port"], spec["rows"]) if t.get("grpc") else HttpClients(t["port"], bodies))
              for label, t in targets.items()}
-    stats = {label: {"latencies": [], "errors": 0, "requests": 0, "seconds": 0.0, "cpu": 0.0, "total": 0}
-             for label in targets}
+    for label, c in conns.items():
+        try:
+            await c.open(clients)
+        except OSError as exc:
+            raise SystemExit(f"{label}: {exc}") from None
+    stats = {label: {"latencies": [], "errors": 0, "rounds": [], "cpu": 0.0, "requests": 0} for label in targets}
 
-    async def client(label: str, k: int, conn: list, deadline: float, record: bool) -> None:
-        i = k
-        reqs = requests[label]
+    async def client(label: str, k: int, deadline: float, record: bool) -> None:
+        i, s, conn = k, stats[label], conns[label]
         while time.perf_counter() < deadline:
-            reader, writer = conn
             sent = time.perf_counter()
-            writer.write(reqs[i % len(reqs)])
+            try:
+                ok = await conn.call(k, i)
+            except Exception:  # noqa: BLE001 - a failed call is counted, the run goes on
+                ok = False
             i += 1
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-            await reader.readexactly(length)
-            s = stats[label]
-            s["total"] += 1
             if record:
                 s["latencies"].append(time.perf_counter() - sent)
-                s["errors"] += not head.startswith(b"HTTP/1.1 200")
-            if re.search(rb"(?i)connection: *close", head):
-                writer.close()
-                conn[:] = await asyncio.open_connection("127.0.0.1", targets[label]["port"])
+                s["errors"] += not ok
 
     async def run_slice(label: str, seconds: float, record: bool = True) -> None:
-        pid = targets[label]["pid"]
-        cpu, total, started = cpu_seconds(pid), stats[label]["total"], time.perf_counter()
-        await asyncio.gather(*(client(label, k, c, started + seconds, record) for k, c in enumerate(conns[label])))
+        pids = targets[label]["pids"]
+        cpu, count, started = cpu_seconds(pids), len(stats[label]["latencies"]), time.perf_counter()
+        await asyncio.gather(*(client(label, k, started + seconds, record) for k in range(clients)))
         if record:
             s = stats[label]
-            s["seconds"] += time.perf_counter() - started
-            s["cpu"] += cpu_seconds(pid) - cpu
-            s["requests"] += s["total"] - total
+            done = len(s["latencies"]) - count
+            s["rounds"].append(done / (time.perf_counter() - started))
+            s["cpu"] += cpu_seconds(pids) - cpu
+            s["requests"] += done
 
     labels = list(targets)
     for label in labels:
         await run_slice(label, spec["warmup"], record=False)
-    for r in range(max(1, round(spec["seconds"] / spec["slice"]))):
+    for r in range(spec["reps"]):
         for label in labels if r % 2 == 0 else labels[::-1]:
             await run_slice(label, spec["slice"])
     out = {}
     for label, s in stats.items():
         lat = sorted(s["latencies"])
         n = len(lat)
-        out[label] = {"concurrency": concurrency, "requests": n, "errors": s["errors"], "rps": n / s["seconds"],
+        out[label] = {"rounds_rps": s["rounds"], "rps": statistics.mean(s["rounds"]), "errors": s["errors"],
                       "p50_ms": 1000 * lat[n // 2], "p99_ms": 1000 * lat[min(n - 1, int(n * 0.99))],
                       "cpu_ms_per_request": 1000 * s["cpu"] / max(1, s["requests"])}
     return out
 
 
-def side_by_side(servers: dict, concurrency: int, seconds: float, slice_seconds: float = 0.25,
-                 warmup: float = 0.5, path: str = INFER_PATH) -> dict[str, dict]:
-    """Throughput, latency and server CPU per request of each server, measured by a load
-    generator in its own process, interleaved (see :func:`_interleave`)."""
-    spec = {"targets": {label: {"port": s.port, "pid": s.proc.pid} for label, s in servers.items()},
-            "concurrency": concurrency, "seconds": seconds, "slice": slice_seconds, "warmup": warmup, "path": path}
-    out = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True, text=True)
+def side_by_side(servers: dict, clients: int, rows: int, binary: bool, reps: int, slice_s: float,
+                 warmup: float) -> dict:
+    """One point: every server in ``servers`` (label -> (Server, grpc port or None))."""
+    targets = {label: {"port": grpc or s.port, "grpc": bool(grpc), "pids": s.pids()}
+               for label, (s, grpc) in servers.items()}
+    spec = {"targets": targets, "clients": clients, "rows": rows, "binary": binary, "reps": reps,
+            "slice": slice_s, "warmup": warmup}
+    out = subprocess.run([sys.executable, __file__, "--client", json.dumps(spec)], capture_output=True, text=True,
+                         timeout=600)
     if out.returncode:
         raise SystemExit(f"load generator failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout)
 
 
-# -- the repository -----------------------------------------------------------------------------------
-def prepare(repo_root: Path) -> None:
-    """Train (briefly) and export whichever of the four digits models is missing."""
+def ratios(point: dict, base: str = "floor") -> dict:
+    """label -> (median, lowest, highest) of the per-round throughput ratios against ``base``."""
+    out = {}
+    for label, r in point.items():
+        each = [a / b for a, b in zip(r["rounds_rps"], point[base]["rounds_rps"])]
+        out[label] = (statistics.median(each), min(each), max(each))
+    return out
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+def prepare(repo_root: Path) -> Path:
+    """Train (briefly) and export cnn-digits if it is missing; returns its model.onnx."""
     from dlkit.store.repository import ModelRepository
 
     repo = ModelRepository(repo_root)
@@ -219,86 +391,86 @@ def prepare(repo_root: Path) -> None:
 
             print(f"exporting {name} ...", file=sys.stderr)
             export_onnx(version)
+    return repo.resolve(MODEL).onnx_path
 
 
-# -- the run ----------------------------------------------------------------------------------------------
+def start_servers(repo: Path, onnx: Path, mlserver: str | None, tmp: Path) -> dict:
+    grpc_port = _free_port()
+    servers = {"floor": (floor_server(onnx), None),
+               "dlkit": (dlkit_server(repo, "--grpc-port", str(grpc_port)), None),
+               "dlkit-i2": (dlkit_server(repo, "--instances", "2", "--grpc-port", "0"), None)}
+    servers["grpc"] = (servers["dlkit"][0], grpc_port)
+    if mlserver:
+        servers["mlserver"] = (mlserver_server(Path(mlserver), onnx, tmp), None)
+    return servers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default=os.environ.get("DLKIT_REPO") or "models")
-    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per server and point")
-    parser.add_argument("--slice", type=float, default=0.25, help="seconds of one slice; servers alternate by slice")
-    parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model (dlkit serve --threads)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--clients", default="1,8,32,64", help="comma-separated client counts")
+    parser.add_argument("--rows", default="1,64", help="comma-separated rows per request")
+    parser.add_argument("--reps", type=int, default=3, help="rounds per point (ratios: median of the rounds)")
+    parser.add_argument("--slice", type=float, default=0.5, help="seconds of one server's slice in a round")
+    parser.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds per server and point")
+    parser.add_argument("--mlserver", help="a venv with mlserver 1.7 and onnxruntime: adds MLServer on JSON points")
+    parser.add_argument("--json-out", help="also write every number to this JSON file")
     args = parser.parse_args()
     repo = Path(args.repo)
-    prepare(repo)
-    extra = ["--threads", str(args.threads)] if args.threads else []
-    s, piece = args.seconds, args.slice
-    results: dict = {"seconds_per_point": s, "slice_seconds": piece, "cpus": os.cpu_count()}
-    bare = bare_server()
-    on = dlkit_server(repo, *extra)  # all four models loaded, batching on (the default)
-    off = dlkit_server(repo, "--no-batching", *extra)
-    try:
-        for name in MODELS:  # every model runs before memory is read
-            side_by_side({"on": on}, 4, 0.2, path=f"/v2/models/{name}/infer")
-        floor = side_by_side({"bare": bare, "on": on}, 32, s, piece)
-        results["bare_c32"], results["on_c32"] = floor["bare"], floor["on"]
-        c64 = side_by_side({"on": on, "off": off}, 64, s, piece)
-        results["on_c64"], results["off_c64"] = c64["on"], c64["off"]
-        c1 = side_by_side({"on": on, "off": off}, 1, s, piece)
-        results["on_c1"], results["off_c1"] = c1["on"], c1["off"]
-        results["rss_mb"], results["peak_rss_mb"] = on.rss_mb()
-    finally:
-        for server in (bare, on, off):
-            server.stop()
-
-    r = results
-    r["floor_ratio"] = r["on_c32"]["rps"] / r["bare_c32"]["rps"]
-    r["batching_c64_throughput_ratio"] = r["on_c64"]["rps"] / r["off_c64"]["rps"]
-    r["batching_c64_p99_ratio"] = r["on_c64"]["p99_ms"] / r["off_c64"]["p99_ms"]
-    r["batching_c1_cost"] = 1 - r["on_c1"]["rps"] / r["off_c1"]["rps"]
-    r["errors"] = sum(v["errors"] for v in r.values() if isinstance(v, dict))
-    r["targets_met"] = {"floor_ratio": r["floor_ratio"] >= TARGETS["floor_ratio"],
-                        "c1_cost": r["batching_c1_cost"] <= TARGETS["c1_cost"],
-                        "rss_mb": r["peak_rss_mb"] <= TARGETS["rss_mb"], "errors": r["errors"] == 0}
-    if args.json:
-        print(json.dumps(r))
-        return
-    print_table(r)
+    onnx = prepare(repo)
+    points = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        servers = start_servers(repo, onnx, args.mlserver, Path(tmp))
+        try:
+            for rows in map(int, args.rows.split(",")):
+                for binary in (False, True):
+                    for clients in map(int, args.clients.split(",")):
+                        chosen = {k: v for k, v in servers.items()
+                                  if not ((k == "grpc" and not binary) or (k == "mlserver" and binary))}
+                        point = side_by_side(chosen, clients, rows, binary, args.reps, args.slice, args.warmup)
+                        points.append({"clients": clients, "rows": rows, "binary": binary, "servers": point,
+                                       "ratios": ratios(point)})
+                        print(f"done: {clients} clients, {rows} rows, {'binary' if binary else 'JSON'}",
+                              file=sys.stderr, flush=True)
+            memory = {label: s.rss_mb() for label, (s, grpc) in servers.items() if not grpc}
+        finally:
+            for s, grpc in servers.values():
+                if not grpc:
+                    s.stop()
+    result = {"cpus": os.cpu_count(), "reps": args.reps, "slice": args.slice, "points": points, "rss_mb": memory}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1))
+    print_table(result)
 
 
 def print_table(r: dict) -> None:
-    def row(label, key):
-        v = r[key]
-        return (f"| {label:<44} | {v['rps']:>8.0f} | {v['p50_ms']:>7.2f} | {v['p99_ms']:>7.2f} | "
-                f"{v['cpu_ms_per_request']:>11.3f} | {v['errors']:>6} |")
-
-    print(f"dlkit serve on loopback, {r['cpus']} CPUs, {r['seconds_per_point']:g} s per server and point in "
-          f"alternating {r['slice_seconds']:g} s slices; cnn-digits, JSON, one digit per request")
-    print("| setup                                        |    req/s | p50 ms  | p99 ms  | server CPU  | errors |")
-    print("|                                              |          |         |         | ms/request  |        |")
-    print("|----------------------------------------------|----------|---------|---------|-------------|--------|")
-    print(row("bare FastAPI+uvicorn endpoint, 32 clients", "bare_c32"))
-    print(row("dlkit serve, batching on, 32 clients", "on_c32"))
-    print(row("dlkit serve, batching on, 64 clients", "on_c64"))
-    print(row("dlkit serve, batching off, 64 clients", "off_c64"))
-    print(row("dlkit serve, batching on, 1 client", "on_c1"))
-    print(row("dlkit serve, batching off, 1 client", "off_c1"))
+    labels = [k for k in ("dlkit", "dlkit-i2", "grpc", "mlserver") if any(k in p["servers"] for p in r["points"])]
+    print(f"cnn-digits on loopback, {r['cpus']} CPUs; {r['reps']} interleaved rounds of {r['slice']:g} s per "
+          "server and point; ratio = median of the per-round req/s ratios against the floor [lowest-highest]")
+    head = "| clients | rows | body | floor req/s | floor p99 ms | floor CPU ms/req |"
+    head += "".join(f" {k} vs floor | {k} p99 ms | {k} CPU ms/req |" for k in labels)
+    print(head)
+    print("|" + "---|" * (6 + 3 * len(labels)))
+    for p in r["points"]:
+        f = p["servers"]["floor"]
+        line = (f"| {p['clients']} | {p['rows']} | {'binary' if p['binary'] else 'JSON'} | {f['rps']:.0f} | "
+                f"{f['p99_ms']:.1f} | {f['cpu_ms_per_request']:.2f} |")
+        for k in labels:
+            if k not in p["servers"]:
+                line += " - | - | - |"
+                continue
+            s, (mid, lo, hi) = p["servers"][k], p["ratios"][k]
+            errors = f" ({s['errors']} errors)" if s["errors"] else ""
+            line += f" {mid:.2f}x [{lo:.2f}-{hi:.2f}]{errors} | {s['p99_ms']:.1f} | {s['cpu_ms_per_request']:.2f} |"
+        print(line)
     print()
-    ok = {True: "yes", False: "NO"}
-    t = r["targets_met"]
-    print("| measure                                           | value    | target  | met |")
-    print("|---------------------------------------------------|----------|---------|-----|")
-    print(f"| throughput vs the bare endpoint, 32 clients       | {r['floor_ratio']:>7.0%}  | >= 50%  | {ok[t['floor_ratio']]:<3} |")
-    print(f"| batching on/off throughput, 64 clients            | {r['batching_c64_throughput_ratio']:>7.2f}x | report  |     |")
-    print(f"| batching on/off p99 latency, 64 clients           | {r['batching_c64_p99_ratio']:>7.2f}x | report  |     |")
-    print(f"| throughput cost of batching, 1 client             | {r['batching_c1_cost']:>7.1%}  | <= 10%  | {ok[t['c1_cost']]:<3} |")
-    print(f"| server RSS, four models loaded (peak)             | {r['peak_rss_mb']:>5.0f} MB | <= 200  | {ok[t['rss_mb']]:<3} |")
+    print("resident memory after the run (MB, process group): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mb"].items()))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--bare-server"]:
-        run_bare_server()
+    if sys.argv[1:2] == ["--floor-server"]:
+        run_floor_server(sys.argv[2])
     elif sys.argv[1:2] == ["--client"]:
         print(json.dumps(asyncio.run(_interleave(json.loads(sys.argv[2])))))
     else:

@@ -46,6 +46,8 @@ from dlkit.cli.options import open_repo, repo_option
               help="As Triton's: none (fixed set), explicit (load/unload over the API), poll (follow the repository).")
 @click.option("--repository-poll-secs", type=click.FloatRange(0, min_open=True), default=15.0, show_default=True,
               help="Poll mode: seconds between checks of the repository.")
+@click.option("--instances", type=click.IntRange(1, 64), default=None,
+              help="Copies of each model run in parallel (default: config.pbtxt's instance_group count, else 1).")
 @click.option("--third-party-plugins", is_flag=True, envvar="DLKIT_SERVE_PLUGINS", show_envvar=True,
               help="Also load third-party plugins (default: dlkit's built-ins only).")
 def serve_cmd(repo, host, port, grpc_port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,

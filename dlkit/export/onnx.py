@@ -15,7 +15,7 @@ from dlkit import __version__
 from dlkit.errors import DlkitError, InputError
 from dlkit.export.graph import OnnxGraph, export_graph
 from dlkit.export.parity import TOLERANCE, ParityError, compare, parity_cases, torch_runner
-from dlkit.export.triton import triton_config_for
+from dlkit.export.triton import label_file_for, triton_config_for
 from dlkit.store.atomic import json_bytes, temporary_beside, write_together
 from dlkit.store.repository import META, ModelVersion
 
@@ -125,8 +125,9 @@ def _finish(version, tmp, session, parity, exporter, opset, tolerance, n_cases, 
     meta = {**version.meta, "onnx": record}
     # The record first: a crash between the renames leaves it without model.onnx (not served),
     # never a model.onnx without its record.
+    labels = label_file_for(version, record)  # labels.txt, which config.pbtxt names (Triton's labels)
     write_together([(version.inside(version.path / META), json_bytes(meta)), (version.inside(version.onnx_path), tmp),
-                    (config, text.encode())])
+                    *([labels] if labels else []), (config, text.encode())])
     version.__dict__["meta"] = meta  # the cached meta, as update_meta keeps it
     session.path = version.onnx_path
     for note in failures:  # an auto export that needed its fallback says why

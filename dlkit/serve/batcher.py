@@ -4,12 +4,16 @@ Policy. The batcher runs as soon as the runtime is free and takes everything que
 ``max_batch_size`` rows; requests that arrive while a batch runs form the next batch, so under
 load batches grow by themselves. It waits for batch-mates (at most ``max_queue_delay_ms``) only
 while requests for this model are known to be on their way (their body is still being
-received), so a lone client never pays the delay. Queued requests whose tensors differ beyond
+received), so a lone client never pays the delay; and only for bodies that began arriving less
+than ``max_queue_delay_ms`` ago, so a stalled or trickling upload holds batches for one delay
+at most in all, not every batch until its body timeout. Queued requests whose tensors differ beyond
 the batch dimension run as separate groups. If a batch fails, its requests are retried one by
 one so that a bad request fails alone. The queue is bounded: when full, :class:`QueueFull` at
 once (the server answers 503) rather than unbounded latency.
 
 The runtime call runs in a worker thread (onnxruntime releases the GIL), off the event loop.
+With several instances (copies of the model's session, ``--instances``), up to that many batches
+run at once, each handed to a free instance; the next batch forms while they run.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections import deque
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -56,16 +60,20 @@ class BatchStats:
 class DynamicBatcher:
     """Coalesces concurrent requests for one model version into batched runtime calls.
 
-    ``run`` takes and returns ``{name: array}`` with the batch along the first axis.
+    ``run`` takes and returns ``{name: array}`` with the batch along the first axis; a sequence
+    of such functions is one per instance, and a batch goes to whichever is free.
     ``batching=False`` runs each request alone (still queued, still off the event loop).
     """
 
-    def __init__(self, run: RunFn, executor: Executor, *, max_batch_size: int = 64,
+    def __init__(self, run: RunFn | Sequence[RunFn], executor: Executor, *, max_batch_size: int = 64,
                  max_queue_delay_ms: float = 2.0, max_queue_size: int = 1024, batching: bool = True,
                  on_batch: Callable[[BatchStats], None] | None = None):
         if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_ms < 0:
             raise ValueError("max_batch_size and max_queue_size must be >= 1, max_queue_delay_ms >= 0")
-        self.run = run
+        self.runners = list(run) if isinstance(run, Sequence) else [run]
+        if not self.runners:
+            raise ValueError("at least one instance is needed")
+        self.run = self.runners[0]
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay = max_queue_delay_ms / 1000.0
@@ -73,11 +81,22 @@ class DynamicBatcher:
         self.batching = batching
         self.on_batch = on_batch
         self._queue: deque[_Item] = deque()
-        self._arriving = 0
+        self._arrivals: dict[int, float] = {}  # bodies on their way: key -> when they began (monotonic)
+        self._next_arrival = 0
         self._waiting_for_arrivals = False
         self._changed: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._busy = False
+        self._free = list(reversed(self.runners))  # instances not running a batch (pop() takes the first)
+        self._running: set[asyncio.Task] = set()
+
+    @property
+    def instances(self) -> int:
+        """How many copies of the model can run a batch at once."""
+        return len(self.runners)
+
+    @property
+    def _busy(self) -> bool:
+        return bool(self._running)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -87,7 +106,7 @@ class DynamicBatcher:
 
     async def close(self) -> None:
         """Finish what is queued, then stop."""
-        while self._task is not None and not self._task.done() and (self._queue or self._busy):
+        while self._task is not None and not self._task.done() and (self._queue or self._running):
             self._changed.set()
             await asyncio.sleep(0.005)
         if self._task is not None:
@@ -107,11 +126,12 @@ class DynamicBatcher:
     @contextmanager
     def arriving(self) -> Iterator[None]:
         """Announce a request whose body is still being received (the batcher may wait for it)."""
-        self._arriving += 1
+        key = self._next_arrival = self._next_arrival + 1
+        self._arrivals[key] = time.monotonic()
         try:
             yield
         finally:
-            self._arriving -= 1
+            del self._arrivals[key]
             if self._waiting_for_arrivals:
                 self._changed.set()
 
@@ -132,7 +152,7 @@ class DynamicBatcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not self._queue or not self._free:  # nothing to run, or every instance busy
                 self._changed.clear()
                 await self._changed.wait()
                 continue
@@ -146,31 +166,39 @@ class DynamicBatcher:
             now = time.perf_counter()
             for item in batch:
                 item.queue_seconds = now - item.enqueued
-            self._busy = True
-            try:
-                started = time.perf_counter()
-                results = await loop.run_in_executor(self.executor, self._run_batch, batch)
-                seconds = time.perf_counter() - started
-            except Exception as exc:  # the executor itself failed (shut down): fail the batch, keep going
-                results, seconds = [exc] * len(batch), 0.0
-            finally:
-                self._busy = False
-            for item, result in zip(batch, results):
-                if item.future.done():  # the client went away
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
-            if self.on_batch is not None:
-                self.on_batch(BatchStats(sum(i.rows for i in batch), len(batch), seconds))
+            task = loop.create_task(self._execute(loop, self._free.pop(), batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _execute(self, loop, run: RunFn, batch: list[_Item]) -> None:
+        """Run ``batch`` on the instance ``run`` in a worker thread, answer its requests, free it."""
+        try:
+            started = time.perf_counter()
+            results = await loop.run_in_executor(self.executor, self._run_batch, run, batch)
+            seconds = time.perf_counter() - started
+        except Exception as exc:  # the executor itself failed (shut down): fail the batch, keep going
+            results, seconds = [exc] * len(batch), 0.0
+        finally:
+            self._free.append(run)
+            self._changed.set()  # the loop may hand the next batch to this instance
+        for item, result in zip(batch, results):
+            if item.future.done():  # the client went away
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+        if self.on_batch is not None:
+            self.on_batch(BatchStats(sum(i.rows for i in batch), len(batch), seconds))
 
     async def _wait_for_arrivals(self, loop) -> None:
-        deadline = loop.time() + self.max_delay
+        deadline = time.monotonic() + self.max_delay
         self._waiting_for_arrivals = True
         try:
-            while self._arriving and self._queued_rows() < self.max_batch_size:
-                remaining = deadline - loop.time()
+            while self._arrivals and self._queued_rows() < self.max_batch_size:
+                # Until the delay is spent, or the youngest arrival has had a whole delay to arrive.
+                until = min(deadline, max(self._arrivals.values()) + self.max_delay)
+                remaining = until - time.monotonic()
                 if remaining <= 0:
                     return
                 self._changed.clear()
@@ -201,7 +229,7 @@ class DynamicBatcher:
         return batch
 
     # -- in the worker thread ------------------------------------------------------------------------
-    def _run_batch(self, batch: list[_Item]) -> list[Feeds | BaseException]:
+    def _run_batch(self, run: RunFn, batch: list[_Item]) -> list[Feeds | BaseException]:
         """Each item's outputs (or its error); groups items whose tensors can be concatenated."""
         results: list[Feeds | BaseException | None] = [None] * len(batch)
         groups: dict[tuple, list[int]] = {}
@@ -210,27 +238,29 @@ class DynamicBatcher:
         for indices in groups.values():
             items = [batch[i] for i in indices]
             if len(items) == 1:
-                outs = [self._run_one(items[0])]
+                outs = [self._run_one(run, items[0])]
             else:
                 try:
-                    outs = self._run_group(items)
+                    outs = self._run_group(run, items)
                 except Exception:
                     # One bad request must not fail its batch-mates: run each alone.
-                    outs = [self._run_one(item) for item in items]
+                    outs = [self._run_one(run, item) for item in items]
             for i, out in zip(indices, outs):
                 results[i] = out
         return results
 
-    def _run_one(self, item: _Item) -> Feeds | BaseException:
+    @staticmethod
+    def _run_one(run: RunFn, item: _Item) -> Feeds | BaseException:
         try:
-            return self.run(item.feeds)
+            return run(item.feeds)
         except Exception as exc:
             return exc
 
-    def _run_group(self, items: list[_Item]) -> list[Feeds]:
+    @staticmethod
+    def _run_group(run: RunFn, items: list[_Item]) -> list[Feeds]:
         names = items[0].feeds.keys()
         feeds = {name: np.concatenate([item.feeds[name] for item in items]) for name in names}
-        outputs = self.run(feeds)
+        outputs = run(feeds)
         split = []
         offset = 0
         for item in items:

@@ -147,7 +147,7 @@ class ModelControl:
 
     def _open(self, version: ModelVersion) -> ServedModel:
         s = self.settings
-        return open_version(version, s.provider, s.threads, s.max_batch_size)
+        return open_version(version, s.provider, s.threads, s.max_batch_size, s.instances)
 
     async def _poll(self) -> None:
         """Every ``repository_poll_secs``: load what is new or changed, unload what is gone."""

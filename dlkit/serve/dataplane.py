@@ -20,6 +20,7 @@ from ..store.repository import ModelRepository
 from .batcher import DynamicBatcher, QueueFull
 from .control import ModelControl
 from .metrics import Metrics
+from .pbtxt import MAX_INSTANCES
 from .model_set import ModelSet, ServedModel, load_models
 from .protocol import InferRequest, ProtocolError
 from .settings import ServeSettings
@@ -48,10 +49,14 @@ class DataPlane:
         self.repo = repo if repo is not None else ModelRepository(settings.repo)
         self.models = ModelSet(load_models(self.repo, list(settings.models) if settings.models else None,
                                            settings.provider, settings.threads, settings.max_batch_size,
-                                           allow_empty=settings.model_control_mode != "none"))
+                                           allow_empty=settings.model_control_mode != "none",
+                                           instances=settings.instances))
         self.metrics = Metrics()
-        # Threads start on demand: one per core at most, whatever is loaded later.
-        self.executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dlkit-infer")
+        # Threads start on demand (at most one per batch running at once, i.e. the instances of the
+        # models loaded), so the cap only has to leave room for every instance: a lower one would
+        # queue an instance's batch behind another's.
+        self.executor = ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 4 * MAX_INSTANCES),
+                                           thread_name_prefix="dlkit-infer")
         for model in self.models:
             self._attach(model)
         self.control = ModelControl(self)
@@ -97,7 +102,7 @@ class DataPlane:
 
         model.metrics = stats
         model.batcher = DynamicBatcher(
-            model.run, self.executor, max_batch_size=model.max_batch_size or 1,
+            model.runners(), self.executor, max_batch_size=model.max_batch_size or 1,
             max_queue_delay_ms=s.max_queue_delay_ms, max_queue_size=s.max_queue_size,
             batching=s.batching and model.max_batch_size is not None, on_batch=on_batch)
         self.metrics.queue_depth[(model.name, model.version)] = lambda: model.batcher.depth

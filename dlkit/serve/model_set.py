@@ -11,12 +11,13 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DlkitError, InputError
 from ..store.repository import ModelRepository, ModelVersion, parse_ref
 from .batcher import DynamicBatcher
+from .pbtxt import configured_instances, label_files
 from .metrics import ModelMetrics
 from .protocol import ProtocolError, TensorSpec, spec_from_runtime
 
@@ -46,12 +47,27 @@ class ServedModel:
     metrics: ModelMetrics | None = None
     max_body_bytes: int | None = None  # no valid request is larger; None: not bounded by the signature
     labels: dict[str, list[str]] | None = None  # output name -> class labels (the task's score outputs)
+    label_files: dict[str, str] = field(default_factory=dict)  # output name -> config.pbtxt's label_filename
     fingerprint: tuple = ()  # model.onnx's (mtime_ns, size) when opened: a reload re-opens only changed files
     active: int = 0  # requests between look-up and answer: an unload waits for them
+    sessions: list = field(default_factory=list)  # every instance's session (the first is ``session``)
+
+    def __post_init__(self):
+        if not self.sessions:
+            self.sessions = [self.session]
+
+    @property
+    def instances(self) -> int:
+        """Copies of the model that run batches in parallel."""
+        return len(self.sessions)
 
     def run(self, feeds):
-        """One runtime call (in a worker thread)."""
+        """One runtime call on the first instance (in a worker thread)."""
         return self.session.run(feeds)
+
+    def runners(self) -> list:
+        """One run function per instance, for the batcher."""
+        return [s.run for s in self.sessions]
 
     def classify(self, requested, outputs: dict) -> dict:
         """Triton's classification extension on the outputs that ask for it."""
@@ -80,12 +96,16 @@ class ServedModel:
         skip = 1 if self.max_batch_size else 0
 
         def tensor(spec: TensorSpec) -> dict:
-            return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}",
-                    "dims": list(spec.shape[skip:])}
+            out = {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": list(spec.shape[skip:])}
+            if spec.name in self.label_files:
+                out["label_filename"] = self.label_files[spec.name]
+            return out
 
         config = {"name": self.name, "platform": PLATFORM, "backend": "onnxruntime",
                   "max_batch_size": self.max_batch_size or 0,
                   "input": [tensor(s) for s in self.inputs], "output": [tensor(s) for s in self.outputs]}
+        kind = "KIND_GPU" if self.session.providers[0] != "CPUExecutionProvider" else "KIND_CPU"
+        config["instance_group"] = [{"name": self.name, "count": self.instances, "kind": kind}]
         if self.labels:  # Triton names a label file per output; the labels themselves travel here
             config["parameters"] = {"labels": {"string_value": json.dumps(next(iter(self.labels.values())))},
                                     "label_outputs": {"string_value": ",".join(self.labels)}}
@@ -145,7 +165,7 @@ class ModelSet:
 
 def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: str = "auto",
                 threads: int | None = None, max_batch_size: int = 64,
-                allow_empty: bool = False) -> list[ServedModel]:
+                allow_empty: bool = False, instances: int | None = None) -> list[ServedModel]:
     """Open every exported version in ``repo`` (or those of ``refs``: NAME or NAME:V).
 
     A model named in ``refs`` that cannot be served is an error; one found by listing the
@@ -170,7 +190,7 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
     served = []
     for version, named in chosen:
         try:
-            served.append(open_version(version, provider, threads, max_batch_size))
+            served.append(open_version(version, provider, threads, max_batch_size, instances))
         except DlkitError as exc:
             if named:
                 raise
@@ -187,14 +207,19 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
 
 
 def open_version(version: ModelVersion, provider: str = "auto", threads: int | None = None,
-                 max_batch_size: int = 64) -> ServedModel:
-    """One version's ONNX graph in an onnxruntime session, with its v2 signature."""
+                 max_batch_size: int = 64, instances: int | None = None) -> ServedModel:
+    """One version's ONNX graph in ``instances`` onnxruntime sessions, with its v2 signature.
+
+    ``instances`` None: the count of the model's config.pbtxt ``instance_group``, else 1.
+    """
     from ..infer.onnx_files import check_external_data
     from ..infer.session import Session
 
     check_external_data(version.onnx_path)
     fingerprint = onnx_fingerprint(version)
-    session = Session(version.onnx_path, provider, threads=threads)
+    count = instances or configured_instances(version.path.parent / "config.pbtxt") or 1
+    sessions = [Session(version.onnx_path, provider, threads=threads) for _ in range(count)]
+    session = sessions[0]
     inputs = [spec_from_runtime(i) for i in session.inputs]
     outputs = [spec_from_runtime(o) for o in session.outputs]
     # Batch along the first axis only when every input and output has it dynamic.
@@ -202,7 +227,25 @@ def open_version(version: ModelVersion, provider: str = "auto", threads: int | N
     batch = max_batch_size if batchable else None
     return ServedModel(version.name, version.version, version.path, session, inputs, outputs, batch,
                        max_body_bytes=body_bound(inputs, batch), fingerprint=fingerprint,
-                       labels=class_labels(version, outputs))
+                       sessions=sessions, **_labels(version, outputs))
+
+
+def _labels(version: ModelVersion, outputs: list[TensorSpec]) -> dict:
+    """``labels`` and ``label_files``: the label files config.pbtxt names, as Triton reads them
+    (one label per line), else meta.json's labels on the task's score outputs."""
+    folder = version.path.parent
+    files = {name: f for name, f in label_files(folder / "config.pbtxt").items()
+             if any(spec.name == name for spec in outputs)}
+    if not files:
+        return {"labels": class_labels(version, outputs)}
+    labels = {}
+    for name, filename in files.items():
+        try:
+            labels[name] = (folder / filename).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{folder / filename}: the label file of output {name!r} cannot be read "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
+    return {"labels": labels, "label_files": files}
 
 
 def class_labels(version: ModelVersion, outputs: list[TensorSpec]) -> dict[str, list[str]]:

@@ -78,12 +78,20 @@ def _check_free(host: str, port: int, option: str) -> None:
 
 
 def _header_deadline_protocol(seconds: float):
-    """uvicorn's h11 protocol, closing a connection whose request headers are not complete
-    ``seconds`` after it opened (uvicorn's keep-alive timer starts only after a first response,
-    so idle or trickling connections would otherwise be held forever and starve the server)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    """uvicorn's HTTP protocol (httptools' parser when installed, else h11), closing a connection
+    whose request headers are not complete ``seconds`` after it opened (uvicorn's keep-alive
+    timer starts only after a first response, so idle or trickling connections would otherwise
+    be held forever and starve the server).
 
-    class HeaderDeadline(H11Protocol):
+    httptools (llhttp, in C) is the default: measured side by side on cnn-digits JSON it gave
+    1.10x/1.23x/1.39x the requests per second of h11 at 1/8/32 clients, with 12-22% less server
+    CPU per request (see docs/serving.md)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:  # no httptools wheel for this platform: the pure-Python parser
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class HeaderDeadline(Base):
         _deadline = None
 
         def connection_made(self, transport):
@@ -98,11 +106,18 @@ def _header_deadline_protocol(seconds: float):
             if self.cycle is None or self.cycle.response_complete:  # still no complete request headers
                 self.timeout_keep_alive_handler()
 
-        def handle_events(self):
-            super().handle_events()
+        def _headers_in(self):
             if self._deadline is not None and self.cycle is not None and not self.cycle.response_complete:
                 self._deadline.cancel()  # this request's headers are in
                 self._deadline = None
+
+        def handle_events(self):  # h11: events are parsed here
+            super().handle_events()
+            self._headers_in()
+
+        def on_headers_complete(self):  # httptools: the parser's callback
+            super().on_headers_complete()
+            self._headers_in()
 
         def on_response_complete(self):
             super().on_response_complete()

@@ -43,6 +43,7 @@ class ServeSettings:
     keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open
     model_control_mode: str = "none"  # none | explicit | poll, as Triton's --model-control-mode
     repository_poll_secs: float = 15.0  # poll mode: seconds between checks of the repository (Triton's default)
+    instances: int | None = None  # copies of each model run in parallel; None: config.pbtxt's instance_group, else 1
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_request_bytes < 1 \
@@ -56,6 +57,8 @@ class ServeSettings:
                              f"received {self.model_control_mode!r}")
         if self.repository_poll_secs <= 0:
             raise InputError("--repository-poll-secs must be > 0")
+        if self.instances is not None and not 1 <= self.instances <= 64:
+            raise InputError(f"--instances must be from 1 to 64, received {self.instances}")
         if self.token is not None and not self.token.strip():
             raise InputError("--token must not be empty")
 

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from serve_helpers import ServerProcess, digits, free_port, infer_body
 
+from dlkit.export.triton import write_triton_config
+from dlkit.store.repository import ModelRepository
+
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc]")
 
@@ -26,6 +29,8 @@ def labelled(mlp_exported_repo, tmp_path_factory):
     meta = json.loads(meta_path.read_text())
     meta["labels"] = NAMES
     meta_path.write_text(json.dumps(meta))
+    # What `dlkit export onnx` writes from meta.json: config.pbtxt and labels.txt, which the server reads.
+    write_triton_config(ModelRepository(root).resolve("mlp-digits:1"))
     port = free_port()
     srv = ServerProcess(root, "--models", "mlp-digits", "--grpc-port", str(port))
     srv.grpc = f"127.0.0.1:{port}"

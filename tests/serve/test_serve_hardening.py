@@ -162,3 +162,13 @@ def test_hostile_models_are_skipped_and_the_others_served(exported_repo, tmp_pat
         assert httpx.get(f"{srv.url}/v2/models/deep-meta", timeout=30).status_code == 404
     finally:
         assert srv.stop() == 0
+
+
+def test_the_header_deadline_runs_on_httptools_and_still_cuts_off_trickling_headers(limited):
+    # httptools (uvicorn's C parser) is the protocol the server runs: the header deadline must
+    # hold on it, as on h11 (test_headers_trickling_are_cut_off checks the behaviour on this server).
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from dlkit.serve.server import _header_deadline_protocol
+
+    assert issubclass(_header_deadline_protocol(1.0), HttpToolsProtocol)
