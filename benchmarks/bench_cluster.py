@@ -44,11 +44,11 @@ def baselines(ds, k: int, dims: int, seed: int) -> dict:
 def graph_vs_sklearn(version, ds, seed: int, n_init: int) -> dict:
     """Cluster ids of the exported graph against torch embeddings + a refitted KMeans's predict."""
     import torch
-
-    from dlkit import Session, load_model
     from dlkit_cluster.kmeans import fit_kmeans
     from dlkit_cluster.model import ClusterAutoencoder
     from dlkit_cluster.trainer import embeddings
+
+    from dlkit import Session, load_model
 
     module, _ = load_model(version)
     ae = next(m for m in module.modules() if isinstance(m, ClusterAutoencoder))

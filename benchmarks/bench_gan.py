@@ -40,13 +40,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from dlkit_gan import TRAIN_DEFAULTS
+    from dlkit_gan.quality import obtain_judge
 
     from dlkit.data.load import load_dataset
     from dlkit.store.recipe import read_recipe
     from dlkit.store.repository import ModelRepository
     from dlkit.training.run import train
-    from dlkit_gan import TRAIN_DEFAULTS
-    from dlkit_gan.quality import obtain_judge
 
     torch.set_num_threads(args.threads)
     tmp = None if args.repo else tempfile.TemporaryDirectory(prefix="bench-gan-")

@@ -62,7 +62,8 @@ import json, resource, sys, time
 import torch
 torch.set_num_threads(1)
 from dlkit import ModelRepository, train
-root, epochs, workers, stream, repo, channels_last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+root, stream, repo, channels_last = sys.argv[1], sys.argv[4], sys.argv[5], sys.argv[6]
+epochs, workers = int(sys.argv[2]), int(sys.argv[3])
 from dlkit import Callback
 marks = []
 class Marks(Callback):  # when each epoch ends, from the start of the run (decoding included)
@@ -111,7 +112,8 @@ def main() -> int:
         common = [str(root), str(args.epochs), str(args.workers)]
         rows = {
             "hand-written DataLoader (decodes every epoch)": run(HAND_WRITTEN, *common, plugins),
-            "dlkit, streamed from its cache": run(DLKIT, *common, "true", str(Path(tmp) / "r1"), "false", json.dumps(CNN)),
+            "dlkit, streamed from its cache": run(DLKIT, *common, "true", str(Path(tmp) / "r1"), "false",
+                                                  json.dumps(CNN)),
             "dlkit, in memory": run(DLKIT, *common, "false", str(Path(tmp) / "r2"), "false", json.dumps(CNN)),
         }
         layout = {cl: run(DLKIT, *common, "true", str(Path(tmp) / f"r-{cl}"), cl, json.dumps(CNN))

@@ -208,11 +208,11 @@ def bench_overhead(archs: list[str], repeats: int, epochs: int, work: Path) -> l
     import torch
 
     from dlkit.data.load import load_dataset
-    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
     from dlkit.store.recipe import check_options, read_recipe
-    from dlkit.training.supervised import SupervisedTrainer
+    from dlkit.training.build import build_model
     from dlkit.training.run import TrainRun
+    from dlkit.training.supervised import SupervisedTrainer
 
     registry = get_registry()
     defaults = registry.trainer("supervised").defaults
@@ -228,12 +228,13 @@ def bench_overhead(archs: list[str], repeats: int, epochs: int, work: Path) -> l
         torch.manual_seed(0)
         start_state = build_model(spec, hparams, data.input_spec, data.num_classes).state_dict()
 
-        def fresh():
+        # The loop's values are bound as defaults: each arch's helpers use that arch's model.
+        def fresh(spec=spec, hparams=hparams, start_state=start_state):
             model = build_model(spec, hparams, data.input_spec, data.num_classes)
             model.load_state_dict(start_state)
             return model
 
-        def dlkit_fit(n_epochs: int, callbacks: list) -> None:
+        def dlkit_fit(n_epochs: int, callbacks: list, options=options, spec=spec, fresh=fresh) -> None:
             config = check_options("train", {**options, "epochs": n_epochs}, defaults)
             with tempfile.TemporaryDirectory(dir=work) as workdir:
                 run = TrainRun(model=fresh(), spec=spec, data=data, config=config, seed=0, workdir=Path(workdir),
@@ -278,7 +279,8 @@ def print_overhead(rows: list[dict], repeats: int) -> None:
         print(f"| {r['arch']} | {r['batch_size']} | {r['epochs']} | {r['dlkit'][0]:.3f} ({r['dlkit'][1]:.3f}) "
               f"| {r['hand'][0]:.3f} ({r['hand'][1]:.3f}) | {r['ratio']:.3f} | {r['ratio_cpu']:.3f} "
               f"| <= {OVERHEAD_TARGET} | {'yes' if r['ratio'] <= OVERHEAD_TARGET else 'NO'} "
-              f"| {r['write']:.3f} | {r['one_dlkit']:.3f} | {r['one_hand']:.3f} | {r['one_dlkit'] - r['one_hand']:.3f} |")
+              f"| {r['write']:.3f} | {r['one_dlkit']:.3f} | {r['one_hand']:.3f} "
+              f"| {r['one_dlkit'] - r['one_hand']:.3f} |")
     print("\nA dlkit epoch: training, validation, callbacks and the checkpoint's snapshot; the checkpoint file "
           "is written by a thread\nduring the next epoch (\"write left\": how long it still ran when the epoch "
           "ended). The extra per run is set-up and the final curves.png.")
@@ -302,7 +304,8 @@ def bench_startup(runs: int) -> list[dict]:
             times[name]["wall"].append(time.perf_counter() - started)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             times[name]["cpu"].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return [{"name": n, "wall": statistics.median(t["wall"]), "best": min(t["wall"]), "cpu": statistics.median(t["cpu"])}
+    return [{"name": n, "wall": statistics.median(t["wall"]), "best": min(t["wall"]),
+             "cpu": statistics.median(t["cpu"])}
             for n, t in times.items()]
 
 

@@ -27,8 +27,8 @@ def _lazy(path: str):
 
 @hookimpl
 def register_trainers(register):
-    register("supervised", _lazy("dlkit.training.supervised:fit"), defaults=supervised_options.DEFAULTS, distributed=True,
-             description="minibatch training on the task's loss with early stopping")
+    register("supervised", _lazy("dlkit.training.supervised:fit"), defaults=supervised_options.DEFAULTS,
+             distributed=True, description="minibatch training on the task's loss with early stopping")
 
 
 @hookimpl
@@ -41,11 +41,14 @@ def register_datasets(register):
              description="UCI wine bundled with scikit-learn (178 rows, 13 features, 3 classes)")
     register("diabetes", _lazy("dlkit.data.builtin:load_diabetes"), kind="tabular",
              description="diabetes progression bundled with scikit-learn (442 rows, 10 features; regression)")
-    register("blobs", _lazy("dlkit.data.builtin:load_blobs"), kind="tabular", description="synthetic separable tabular data (tests)")
-    register("waves", _lazy("dlkit.data.builtin:load_waves"), kind="sequence", description="synthetic sine sequences (tests)")
+    register("blobs", _lazy("dlkit.data.builtin:load_blobs"), kind="tabular",
+             description="synthetic separable tabular data (tests)")
+    register("waves", _lazy("dlkit.data.builtin:load_waves"), kind="sequence",
+             description="synthetic sine sequences (tests)")
     register("csv", _lazy("dlkit.data.files:load_csv"), suffixes=(".csv", ".tsv"), kind="tabular",
              description="CSV/TSV of numeric features and a label column (data.target, data.missing)")
-    register("npz", _lazy("dlkit.data.files:load_npz"), suffixes=(".npz",), description="NumPy .npz with arrays x and y")
+    register("npz", _lazy("dlkit.data.files:load_npz"), suffixes=(".npz",),
+             description="NumPy .npz with arrays x and y")
     register("image-folder", _lazy("dlkit.data.files:load_image_folder"), directory=True, kind="image",
              description="a folder with one sub-folder of images per class")
 
@@ -54,7 +57,8 @@ def register_datasets(register):
 def register_tasks(register):
     register("classification", _lazy("dlkit.tasks.classification:metrics"), output="logits", target_dtype="int64",
              loss=_lazy("dlkit.tasks.classification:loss"), score="accuracy", higher_is_better=True,
-             batch_score=_lazy("dlkit.tasks.classification:batch_score"), export=_lazy("dlkit.tasks.classification:export"),
+             batch_score=_lazy("dlkit.tasks.classification:batch_score"),
+             export=_lazy("dlkit.tasks.classification:export"),
              describe=_lazy("dlkit.tasks.classification:describe"), quality=_lazy("dlkit.tasks.classification:quality"),
              scores=("probabilities", "logits"),
              description="one label per sample: cross-entropy, accuracy")

@@ -105,7 +105,7 @@ class Plugins:
             except TimeoutError:
                 self._fail(info, f"did not finish importing within {timeout:g} s (DLKIT_PLUGIN_TIMEOUT)")
                 continue
-            except (Exception, SystemExit) as exc:  # a broken plugin must not take the CLI down
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
                 self._fail(info, f"failed to import: {type(exc).__name__}: {exc}")
                 continue
             self._add(module, info)
@@ -123,7 +123,7 @@ class Plugins:
                     close = difflib.get_close_matches(hook.name, HOOK_NAMES, n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise pluggy.PluginValidationError(module, f"unknown hook {hook.name!r}{hint}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plugin's module may fail pluggy's checks in any way
             if self.pm.is_registered(module):
                 self.pm.unregister(module)
             self._fail(info, f"invalid: {exc}")
@@ -138,7 +138,7 @@ class Plugins:
                     continue
                 try:
                     impl.function(register=make_register(self.registry, kind, impl.plugin_name))
-                except (Exception, SystemExit) as exc:  # sys.exit() in a hook must not end dlkit
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - sys.exit() in a hook must not end dlkit
                     self.registry.remove_plugin(impl.plugin_name)
                     self._fail(info, _hook_failure(hook_name, exc))
         for info in self.infos.values():
@@ -154,7 +154,7 @@ class Plugins:
     # -- use ---------------------------------------------------------------------------------
     def add_commands(self, cli) -> None:
         """Let every healthy plugin add its CLI subcommands; none may replace an existing one."""
-        owners = {name: "dlkit" for name in cli.commands}
+        owners = dict.fromkeys(cli.commands, "dlkit")
         for impl in self.pm.hook.register_commands.get_hookimpls():
             info = self.infos[impl.plugin_name]
             if info.error:
@@ -166,7 +166,7 @@ class Plugins:
                 replaced = sorted(n for n, c in before.items() if cli.commands.get(n) is not c)
                 if replaced:
                     raise PluginError(f"command {replaced[0]!r} is already provided by {owners[replaced[0]]}")
-            except (Exception, SystemExit) as exc:  # drop the plugin whole, as for the other hooks
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - drop the plugin whole, as for the other hooks
                 cli.commands.clear()
                 cli.commands.update(before)
                 self.registry.remove_plugin(info.name)
@@ -174,7 +174,7 @@ class Plugins:
                 self._fail(info, _hook_failure("register_commands", exc))
                 continue
             added = sorted(set(cli.commands) - set(before))
-            owners.update({name: f"plugin {info.name!r}" for name in added})
+            owners.update(dict.fromkeys(added, f"plugin {info.name!r}"))
             if added:
                 info.registered["commands"] = added
 
@@ -182,7 +182,7 @@ class Plugins:
 HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("register_")]
 
 
-def _hook_failure(hook_name: str, exc: Exception) -> str:
+def _hook_failure(hook_name: str, exc: Exception | SystemExit) -> str:
     if isinstance(exc, PluginError):  # dlkit refused a registration: its message says why
         return f"in {hook_name}: {exc}"
     return f"raised in {hook_name}: {type(exc).__name__}: {exc}"
@@ -199,7 +199,7 @@ def _import_bounded(ep, timeout: float):
     def target() -> None:
         try:
             box["module"] = ep.load()
-        except BaseException as exc:  # SystemExit too: re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: re-raised in the caller's thread
             box["error"] = exc
 
     worker = threading.Thread(target=target, name=f"dlkit-plugin-{ep.name}", daemon=True)

@@ -97,7 +97,8 @@ def check_dataset(name: str, options: dict | None = None, seed: int = 0):
     spec = ds.input_spec
     assert isinstance(spec.get("kind"), str) and spec["kind"], f"{name}: input_spec has no kind"
     if ds.targets == "labels":
-        assert ds.num_classes >= 2 and len(set(ds.labels)) == ds.num_classes, f"{name}: labels {ds.labels} must be distinct"
+        assert ds.num_classes >= 2 and len(set(ds.labels)) == ds.num_classes, \
+            f"{name}: labels {ds.labels} must be distinct"
     else:
         assert ds.target_spec and len(ds.target_spec["names"]) == len(ds.target_spec["std"]), \
             f"{name}: numeric targets need a target_spec with names, mean and std"
@@ -125,9 +126,9 @@ def check_build(name: str, data: str | None = None, hparams: dict | None = None)
     import torch
 
     from dlkit.data.load import load_dataset
-    from dlkit.training.build import build_model, check_compatible
     from dlkit.plugins import get_registry
     from dlkit.store.recipe import check_options
+    from dlkit.training.build import build_model, check_compatible
 
     spec = get_registry().model(name)
     ds = load_dataset(data or default_data(spec))
@@ -248,7 +249,8 @@ def check_onnx(version, repo, samples: int = 64) -> None:
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5, err_msg=f"{version.ref}: probabilities")
         top2 = np.sort(expected, axis=1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > 1e-3  # ignore near-ties, where float noise may flip the arg-max
-        assert (probs.argmax(1) == expected.argmax(1))[clear].all(), f"{version.ref}: ONNX and torch predict differently"
+        assert (probs.argmax(1) == expected.argmax(1))[clear].all(), \
+            f"{version.ref}: ONNX and torch predict differently"
     single = session.run({session.inputs[0].name: x[:1]})  # the batch axis is dynamic
     np.testing.assert_allclose(single[task.output], expected[:1], atol=ATOL * scale, rtol=RTOL)
 
@@ -268,9 +270,9 @@ def check_model(name: str, repo, *, data: str | None = None, hparams: dict | Non
     architecture's own trainer into ``repo``, the reloaded metrics, and ONNX export parity and
     onnxruntime predictions (``onnx``; by default whenever dlkit has ONNX export).
     """
-    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
     from dlkit.store.recipe import Recipe, check_options
+    from dlkit.training.build import build_model
     from dlkit.training.run import train
 
     repo = _repository(repo)

@@ -25,8 +25,8 @@ def sample_three() -> list[float]:
 
 
 def main() -> None:
-    server = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--port", "0", "--grpc-port", "0", "--models", MODEL,
-                               "--no-access-log"], stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--port", "0", "--grpc-port", "0",
+                               "--models", MODEL, "--no-access-log"], stderr=subprocess.PIPE, text=True)
     try:
         url = None
         deadline = time.time() + 60
@@ -48,7 +48,8 @@ def main() -> None:
             answer = json.load(response)
         probs = answer["outputs"][0]["data"]
         best = max(range(len(probs)), key=probs.__getitem__)
-        print(f"-> label {best} with probability {probs[best]:.3f} (model {answer['model_name']}:{answer['model_version']})")
+        print(f"-> label {best} with probability {probs[best]:.3f} "
+              f"(model {answer['model_name']}:{answer['model_version']})")
     finally:
         server.terminate()
         server.wait(timeout=30)

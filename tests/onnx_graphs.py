@@ -22,7 +22,8 @@ def _save(model, path: Path, ir_version: int = 8) -> Path:
 def classifier(path: Path, features: int = 4, classes: int = 3, opset: int = 13, probabilities: bool = False) -> Path:
     """x (N, features) float -> logits (N, classes) [-> probabilities]: a single-input classifier
     with a hidden layer (two MatMuls the quantizer can quantize)."""
-    from onnx import TensorProto as T, helper, numpy_helper
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
 
     w1 = numpy_helper.from_array(RNG.standard_normal((features, 16)).astype(np.float32), "W1")
     w2 = numpy_helper.from_array(RNG.standard_normal((16, classes)).astype(np.float32), "W2")
@@ -41,7 +42,8 @@ def classifier(path: Path, features: int = 4, classes: int = 3, opset: int = 13,
 def multi_io(path: Path) -> tuple[Path, dict]:
     """Three inputs (float x (N, 4), int64 ids (N, 3), bool mask (N, 3)), three outputs
     (float score (N, 2), int64 picked (N, 3), int64 count (N,))."""
-    from onnx import TensorProto as T, helper, numpy_helper
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
 
     w = numpy_helper.from_array(RNG.standard_normal((4, 2)).astype(np.float32), "W")
     zero = numpy_helper.from_array(np.zeros((1,), np.int64), "zero")

@@ -4,7 +4,6 @@ on the group, a readable `show`, `show-arch` listing --set keys, a missing repos
 from __future__ import annotations
 
 import click
-import pytest
 
 from dlkit.testing import run_cli
 
@@ -60,4 +59,4 @@ def test_show_is_a_table_and_show_arch_lists_set_keys(trained):
 
 def test_models_on_a_missing_folder_says_so(tmp_path):
     out = run_cli("models", "--repo", str(tmp_path / "typo")).stdout
-    assert f"no such folder" in out and "typo" in out
+    assert "no such folder" in out and "typo" in out

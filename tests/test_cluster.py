@@ -36,9 +36,8 @@ def files_in(repo_root: Path) -> list[str]:
 
 # -- the task's metrics, in numpy -------------------------------------------------------------------
 def test_ari_and_nmi_equal_scikit_learn():
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
     from dlkit_cluster.task import adjusted_rand_index, normalized_mutual_info
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     rng = np.random.default_rng(0)
     for n, a, b in [(50, 3, 3), (200, 10, 4), (7, 2, 5), (30, 1, 3)]:
@@ -76,7 +75,6 @@ def test_trained_version_stores_centroids_and_scores(wine):
 
 def test_graph_gives_cluster_and_distances_like_torch_and_sklearn(wine):
     import torch
-
     from dlkit_cluster.kmeans import fit_kmeans
     from dlkit_cluster.model import ClusterAutoencoder
     from dlkit_cluster.trainer import embeddings
@@ -188,7 +186,7 @@ class StopAt(Callback):
 
 def test_resume_continues_bit_identically(tmp_path):
     repo = ModelRepository(tmp_path / "m")
-    args = dict(sets=["clusters=3"], data="wine", quiet=True, epochs=4, patience=0)
+    args = {"sets": ["clusters=3"], "data": "wine", "quiet": True, "epochs": 4, "patience": 0}
     whole = train("autoencoder", repo, name="whole", **args).version
     with pytest.raises(KeyboardInterrupt):
         train("autoencoder", repo, name="halves", callbacks=[StopAt(3)], **args)

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlkit.training.build import build_model
 from dlkit.plugins import get_registry
 from dlkit.store.recipe import check_options
 from dlkit.testing import DATA_FOR_KIND, check_build, check_train_step, check_weights_round_trip
+from dlkit.training.build import build_model
 
 
 def cases() -> list:

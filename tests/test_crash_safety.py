@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from dlkit.store.weights import load_tensors
-from dlkit.store.repository import ModelRepository
 from dlkit.infer.session import Session
+from dlkit.store.repository import ModelRepository
+from dlkit.store.weights import load_tensors
 
 TRAIN = ["train", "mlp", "--name", "crash", "--epochs", "8", "--set", "hidden=[256,256]", "--set", "patience=0"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlkit.data.load import load_dataset
 from dlkit.data.dataset import split_stratified
+from dlkit.data.load import load_dataset
 from dlkit.errors import InputError
 from dlkit.store.recipe import Recipe
 from dlkit.testing import check_dataset
@@ -133,7 +133,8 @@ def test_npz_tabular_sequence_and_image(tmp_path, repo):
         assert ds.x_train.dtype == np.float32
     as_image = load_dataset(str(tmp_path / "seq.npz"), {"kind": "image"})
     assert as_image.input_spec["shape"] == [1, 6, 2]
-    assert quick_train(repo, "mlp", str(tmp_path / "tab.npz"), {"hidden": [8]}).version.meta["input_spec"]["kind"] == "tabular"
+    tabular = quick_train(repo, "mlp", str(tmp_path / "tab.npz"), {"hidden": [8]}).version
+    assert tabular.meta["input_spec"]["kind"] == "tabular"
     assert quick_train(repo, "rnn", str(tmp_path / "seq.npz"), {"hidden": 8, "cell": "gru"}).version.version == 1
     assert quick_train(repo, "cnn", str(tmp_path / "img.npz"), {"channels": [4], "hidden": 0}).version.version == 1
 
@@ -172,7 +173,7 @@ def test_image_folder_gray_resized_to_the_common_size(tmp_path, repo):
     ds = load_dataset(path)
     assert ds.labels == ["left", "right"] and ds.kind == "image"
     assert ds.input_spec["shape"] == [1, 8, 10]  # (C, H, W): the most common size, 10 wide, 8 high
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert ds.x_train.min() >= 0.0 and ds.x_train.max() <= 1.0
     resized = load_dataset(path, {"size": "6x4"})
     assert resized.input_spec["shape"] == [1, 4, 6]
     # 8 short epochs: batch norm's running statistics need a few steps before eval mode fits.

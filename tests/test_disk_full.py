@@ -87,4 +87,5 @@ def test_train_on_a_full_disk_is_one_line(tiny_disk):
     out = _dlkit(repo, "train", "mlp", "--epochs", "1", "--set", "hidden=[64]")
     assert out.returncode == 1, out.stderr
     assert "No space left on device" in out.stderr and "Traceback" not in out.stderr, out.stderr
-    assert not any(p.name.isdigit() for p in (repo / "mlp-digits").iterdir()) if (repo / "mlp-digits").exists() else True
+    folder = repo / "mlp-digits"
+    assert not any(p.name.isdigit() for p in folder.iterdir()) if folder.exists() else True

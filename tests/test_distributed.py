@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from dlkit.store.weights import load_tensors
 from dlkit.store.recipe import Recipe
+from dlkit.store.weights import load_tensors
 from dlkit.training.run import train
 
 # No dropout and no batch norm: then the only difference between 1 and 2 processes is how the

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from trained_models import TRAINED
 from google.protobuf import text_format
+from trained_models import TRAINED
 
 from dlkit.errors import DlkitError, InputError
 from dlkit.testing import run_cli
@@ -102,8 +102,8 @@ def test_rnn_on_sequences_takes_any_length(repo):
     """An RNN trained on the waves sequences exports with dynamic batch *and* sequence length."""
     from dlkit.export.onnx import export_onnx
     from dlkit.infer.predict import predict
-    from dlkit.store.recipe import Recipe
     from dlkit.infer.session import Session
+    from dlkit.store.recipe import Recipe
     from dlkit.training.run import train
 
     recipe = Recipe(arch="rnn", name="waves-gru", data={"source": "waves"},

@@ -72,9 +72,8 @@ def test_networks_fit_the_image_shape(shape, conditional, spectral_norm):
 
 
 def test_frechet_distance_matches_the_closed_form():
-    from scipy.linalg import sqrtm
-
     from dlkit_gan.quality import frechet_distance
+    from scipy.linalg import sqrtm
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
@@ -131,15 +130,15 @@ def test_train_records_quality_and_sample_grids(gan_repo):
 
 def test_resume_continues_to_the_same_weights(repo):
     """A run killed after epoch 1 and resumed ends where an uninterrupted run ends; the judge is reused."""
-    from dlkit.training.callbacks import Callback
     from dlkit.store.weights import load_tensors
+    from dlkit.training.callbacks import Callback
 
     class Interrupt(Callback):
         def on_epoch_end(self, trainer, epoch, logs):
             if epoch == 2:
                 raise KeyboardInterrupt
 
-    recipe = dict(arch="gan", model=dict(TINY), train=dict(FAST, samples=100))
+    recipe = {"arch": "gan", "model": dict(TINY), "train": {**FAST, "samples": 100}}
     straight = train(Recipe(name="straight", **recipe), repo, quiet=True).version
     with pytest.raises(KeyboardInterrupt):
         train(Recipe(name="resumed", **recipe), repo, quiet=True, callbacks=[Interrupt()])

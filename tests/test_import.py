@@ -15,9 +15,9 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx_graphs as graphs
 import pytest
 
-import onnx_graphs as graphs
 from dlkit.testing import run_cli
 
 STARTUP_SECONDS = 120
@@ -74,7 +74,8 @@ def test_classifier_import_meta_config_predict_bench(repo, tmp_path):
     assert {(r["runtime"], r["batch_size"]) for r in bench["results"]} == {("onnx", 1), ("onnx", 8)}
 
 
-@pytest.mark.parametrize("case", ["multi_io", "fixed_batch", "no_batch", "batch_not_first", "float16", "opset11", "gru"])
+@pytest.mark.parametrize("case", ["multi_io", "fixed_batch", "no_batch", "batch_not_first", "float16", "opset11",
+                                  "gru"])
 def test_graph_import_then_predict_equals_onnxruntime(repo, tmp_path, case):
     path = tmp_path / f"{case}.onnx"
     batched = True
@@ -153,14 +154,18 @@ def _nothing_written(repo) -> None:
 
 def test_bad_onnx_imports_are_one_line_and_write_nothing(repo, tmp_path):
     model = graphs.classifier(tmp_path / "c.onnx")
-    line = one_line_error(run_cli("import", "onnx", tmp_path / "nope.onnx", "--name", "a", "--repo", repo.root, expect=2))
+    line = one_line_error(run_cli("import", "onnx", tmp_path / "nope.onnx", "--name", "a", "--repo", repo.root,
+                                  expect=2))
     assert "nope.onnx: no such ONNX file" in line
     (tmp_path / "evil.onnx").write_bytes(pickle.dumps({"payload": 1}))
-    line = one_line_error(run_cli("import", "onnx", tmp_path / "evil.onnx", "--name", "a", "--repo", repo.root, expect=2))
+    line = one_line_error(run_cli("import", "onnx", tmp_path / "evil.onnx", "--name", "a", "--repo", repo.root,
+                                  expect=2))
     assert "evil.onnx: not a valid ONNX file" in line
-    line = one_line_error(run_cli("import", "onnx", model, "--name", "a", "--labels", "x,y", "--repo", repo.root, expect=2))
+    line = one_line_error(run_cli("import", "onnx", model, "--name", "a", "--labels", "x,y", "--repo", repo.root,
+                                  expect=2))
     assert "--labels: 2 names, but output 'logits'" in line and "has 3 classes" in line
-    line = one_line_error(run_cli("import", "onnx", model, "--name", "a", "--labels", "x,,y", "--repo", repo.root, expect=2))
+    line = one_line_error(run_cli("import", "onnx", model, "--name", "a", "--labels", "x,,y", "--repo", repo.root,
+                                  expect=2))
     assert "--labels 'x,,y'" in line
     line = one_line_error(run_cli("import", "onnx", model, "--name", "../a", "--repo", repo.root, expect=2))
     assert "invalid model name '../a'" in line
@@ -201,7 +206,8 @@ def test_quantize_imported_graph_with_user_calibration_data(repo, tmp_path):
 class Server:
     def __init__(self, root: Path):
         self.proc = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--repo", str(root), "--port", "0",
-                                      "--grpc-port", "0", "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                      "--grpc-port", "0", "--threads", "1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stderr] + [self.lines.put(None)],
                          daemon=True).start()
@@ -312,7 +318,8 @@ def test_torch_import_export_predict_quantize_serve_distill(repo, tmp_path, user
     # the real CLI in a subprocess: the module is found in the current directory
     proc = subprocess.run([sys.executable, "-m", "dlkit", "import", "torch", f"{name}:classifier", "--weights",
                            "classifier.safetensors", "--example-input", "1,1,8,8", "--labels", labels, "--name", "tnet",
-                           "--repo", str(repo.root), "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                           "--repo", str(repo.root), "--json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["params"] == 64 * 32 + 32 + 32 * 10 + 10
@@ -390,7 +397,8 @@ def test_torch_import_several_inputs_int64(repo, tmp_path, user_code):
      r"pair.safetensors: weights do not fit the module: tensor '1.weight' is missing"),
     (["{m}:classifier", "--weights", "cut.safetensors", "--example-input", "1,1,8,8"],
      r"cut.safetensors: tensor '1.weight' has shape \[32, 63\], the module expects \[32, 64\]"),
-    (["{m}:classifier", "--weights", "evil.pt", "--example-input", "1,1,8,8"], r"evil.pt: not a readable safetensors file"),
+    (["{m}:classifier", "--weights", "evil.pt", "--example-input", "1,1,8,8"],
+     r"evil.pt: not a readable safetensors file"),
     (["{m}:classifier", "--weights", "classifier.safetensors", "--example-input", "1,8,x"], r"'1,8,x' is not a shape"),
     (["{m}:classifier", "--weights", "classifier.safetensors", "--example-input", "1,5"],
      r"forward on --example-input failed \(RuntimeError"),

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 

@@ -3,7 +3,6 @@ Ctrl-C prints continues it (real processes, a real SIGINT)."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import subprocess

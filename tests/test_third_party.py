@@ -20,8 +20,16 @@ import numpy as np
 import pytest
 
 from dlkit.store.repository import ModelRepository
-from dlkit.testing import (BROKEN_PLUGINS, check_build, check_command, check_compressor, check_dataset,
-                           check_trained, install_throwaway, run_cli)
+from dlkit.testing import (
+    BROKEN_PLUGINS,
+    check_build,
+    check_command,
+    check_compressor,
+    check_dataset,
+    check_trained,
+    install_throwaway,
+    run_cli,
+)
 
 SMALL_TCN = ["--set", "channels=[16,16]", "--epochs", "1", "--batch-size", "64"]
 
@@ -147,8 +155,8 @@ def test_hook_register_commands(tcn):
 def serve_and_infer(repo: ModelRepository, name: str, x: np.ndarray) -> dict:
     """Start ``dlkit serve`` on a free loopback port, POST one v2 infer request, stop it."""
     env = {**os.environ, "DLKIT_REPO": str(repo.root)}
-    proc = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--port", "0", "--grpc-port", "0", "--models", name,
-                             "--no-access-log"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--port", "0", "--grpc-port", "0",
+                             "--models", name, "--no-access-log"], stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = []
         for line in proc.stderr:

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from dlkit.training.callbacks import Callback
-from dlkit.training.state import BackgroundWriter, load_train_state, save_train_state
-from dlkit.store.atomic import atomic_path, write_json
-from dlkit.store.weights import load_tensors, save_tensors
 from dlkit.errors import DlkitError, InputError
+from dlkit.store.atomic import atomic_path, write_json
 from dlkit.store.recipe import Recipe
 from dlkit.store.repository import ModelRepository
-from dlkit.training.loop import TrainingDiverged
-from dlkit.training.supervised import evaluate_arrays, random_shift
+from dlkit.store.weights import load_tensors, save_tensors
 from dlkit.testing import run_cli
+from dlkit.training.callbacks import Callback
+from dlkit.training.loop import TrainingDiverged
 from dlkit.training.run import CHECKPOINT, train
+from dlkit.training.state import BackgroundWriter, load_train_state, save_train_state
+from dlkit.training.supervised import evaluate_arrays, random_shift
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small CNN on digits that uses every source of randomness the trainer must restore on resume:
@@ -193,10 +193,9 @@ def test_random_shift_pads_with_zeros_and_never_wraps():
 def test_atomic_write_leaves_no_temporary_file(tmp_path):
     target = tmp_path / "meta.json"
     write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text('{"v": 2, "torn')
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"v": 2, "torn')
+        raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
 
@@ -209,8 +208,9 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
 
 
 def test_training_state_round_trip(tmp_path):
-    tensors = {"w": torch.randn(3, 4), "t": torch.randn(4, 3).t(), "step": torch.tensor(7.0), "empty": torch.zeros(0, 2),
-               "count": torch.tensor(5), "rng": torch.get_rng_state(), "half": torch.randn(2, dtype=torch.bfloat16)}
+    tensors = {"w": torch.randn(3, 4), "t": torch.randn(4, 3).t(), "step": torch.tensor(7.0),
+               "empty": torch.zeros(0, 2), "count": torch.tensor(5), "rng": torch.get_rng_state(),
+               "half": torch.randn(2, dtype=torch.bfloat16)}
     state = {"epoch": 3, "best": {"val_loss": float("inf")}}
     save_train_state(tmp_path / "c.safetensors", tensors, state)
     loaded, loaded_state = load_train_state(tmp_path / "c.safetensors")

@@ -10,8 +10,6 @@ import click
 from dlkit import __version__
 from dlkit.errors import DlkitError
 
-
-
 DEBUG = False
 ARGS: list[str] | None = None  # the command line main() ran, for messages that repeat it
 

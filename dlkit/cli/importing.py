@@ -8,7 +8,8 @@ from dlkit.cli.group import cli
 from dlkit.cli.options import json_option, open_repo, repo_option
 
 labels_option = click.option("--labels", help="Class names: a,b,c, or a file (one per line, or a JSON array).")
-task_option = click.option("--task", help="A registered task (default: classification with --labels, else none: raw outputs).")
+task_option = click.option("--task", help="A registered task (default: classification with --labels, "
+                                          "else none: raw outputs).")
 
 
 @cli.group("import")

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-
 import click
+
 from dlkit.cli.group import cli
-from dlkit.cli.options import _int_list, json_option, open_repo, optimization_option, provider_option, repo_option, strict_provider_option, threads_option
+from dlkit.cli.options import (
+    _int_list,
+    json_option,
+    open_repo,
+    optimization_option,
+    provider_option,
+    repo_option,
+    strict_provider_option,
+    threads_option,
+)
 from dlkit.cli.output import console, emit, table
-
-
 
 
 @cli.group("export")
@@ -47,7 +54,8 @@ def export_onnx_cmd(ref, opset, exporter, repo, as_json):
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @provider_option
 @strict_provider_option
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Probabilities to show per input.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Probabilities to show per input.")
 @click.option("--invert", is_flag=True,
               help="Read images as their negative: a dark drawing on white paper for a model trained on light "
                    "strokes on black (the digits data).")
@@ -104,7 +112,8 @@ def _print_fields(r: dict) -> None:
 @cli.command("bench")
 @click.argument("ref")
 @click.option("--batch-sizes", default="1,8,64", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--runtimes", help="Comma-separated: torch, onnx (default both, or onnx for a model with only model.onnx).")
+@click.option("--runtimes",
+              help="Comma-separated: torch, onnx (default both, or onnx for a model with only model.onnx).")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Timed seconds per runtime and batch size (after warm-up).")
 @provider_option
@@ -128,7 +137,8 @@ def bench_cmd(ref, batch_sizes, runtimes, seconds, provider, strict_provider, th
     def human(r):
         speed = {s["batch_size"]: s["speedup"] for s in r["speedups"]}
         rows = [[x["batch_size"], x["runtime"], f"{x['p50_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['p99_ms']:.3f}",
-                 f"{x['throughput']:,.0f}", f"{speed[x['batch_size']]:.2f}x" if x["runtime"] == "onnx" and speed else ""]
+                 f"{x['throughput']:,.0f}",
+                 f"{speed[x['batch_size']]:.2f}x" if x["runtime"] == "onnx" and speed else ""]
                 for x in r["results"]]
         threads = ", ".join(f"{k} {v}" for k, v in r["thread_counts"].items())
         title = (f"{r['model']}:{r['version']}, threads: {threads}"
@@ -152,7 +162,8 @@ def providers_cmd(as_json):
     def human(r):
         names = {v: k for k, v in r["aliases"].items()}
         rows = [[p, names.get(p, ""), "yes" if p == r["auto"][0] else ""] for p in r["available"]]
-        console().print(table(f"onnxruntime {r['onnxruntime']} ({r['device']})", ["provider", "--provider", "auto"], rows))
+        console().print(table(f"onnxruntime {r['onnxruntime']} ({r['device']})",
+                              ["provider", "--provider", "auto"], rows))
 
     emit(report, as_json, human)
 

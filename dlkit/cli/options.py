@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-
 import click
-
-
 
 
 def _group_repo(ctx: click.Context, param: click.Parameter, value: str) -> str:

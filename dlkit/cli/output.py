@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
-
-
 
 
 def emit(obj: Any, as_json: bool, human: Callable[[Any], None] | None = None) -> None:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 import click
+
 from dlkit.cli.group import cli
-from dlkit.errors import DlkitError
 from dlkit.cli.options import json_option, open_repo, repo_option
 from dlkit.cli.output import console, emit, fmt_metric, table
-
-
+from dlkit.errors import DlkitError
 
 
 # -- plugins and the repository ----------------------------------------------------------------
@@ -59,7 +57,7 @@ def models_cmd(repo, as_json):
 
     def human(_):
         if not items:
-            missing = "" if r.root.is_dir() else f" (no such folder: check --repo or $DLKIT_REPO)"
+            missing = "" if r.root.is_dir() else " (no such folder: check --repo or $DLKIT_REPO)"
             click.echo(f"no models in {r.root} yet{missing}: try `dlkit train cnn`")
             return
         scores = [_key_metric(i) for i in items]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 
 import click
+
 from dlkit.cli import group
 from dlkit.cli.group import cli
 from dlkit.cli.options import json_option, open_repo, provider_option, repo_option, threads_option
 from dlkit.cli.output import emit, fmt_metric
-
-
 
 
 # -- training and evaluation ----------------------------------------------------------------------

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from dlkit.errors import InputError
 from dlkit.data.dataset import Dataset, check_data_options, make_dataset, make_regression_dataset, value_range
+from dlkit.errors import InputError
 
 
 # -- built-in data sets ----------------------------------------------------------------------------

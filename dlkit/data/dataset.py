@@ -10,7 +10,6 @@ from dlkit.data.streaming import take_rows
 from dlkit.errors import InputError
 
 
-
 @dataclass
 class Dataset:
     """A data set split three ways, with what a model needs to know about its inputs."""
@@ -69,7 +68,8 @@ def check_finite(ds: Dataset, source: str) -> None:
         x, _ = ds.split(part)
         if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
             idx = np.argwhere(~np.isfinite(x))[0]
-            raise InputError(f"{source}: non-finite value (NaN or inf) in the {part} split at {tuple(int(i) for i in idx)}")
+            raise InputError(f"{source}: non-finite value (NaN or inf) in the {part} split "
+                             f"at {tuple(int(i) for i in idx)}")
 
 
 def split_stratified(x: np.ndarray, y: np.ndarray, seed: int, val: float = 0.1, test: float = 0.2,

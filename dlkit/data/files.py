@@ -7,12 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from dlkit.data.dataset import (
+    Dataset,
+    _sorted_labels,
+    check_data_options,
+    make_dataset,
+    make_regression_dataset,
+    value_range,
+)
 from dlkit.data.streaming import STREAM_BYTES, RowArray, decoded_cache, default_workers
 from dlkit.errors import InputError
-from dlkit.data.dataset import (Dataset, _sorted_labels, check_data_options, make_dataset, make_regression_dataset,
-                                value_range)
-
-
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -174,7 +178,7 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
     for im in images:
         im = im.convert(mode)
         if im.size != size:
-            im = im.resize(size, Image.BILINEAR)
+            im = im.resize(size, Image.Resampling.BILINEAR)
         a = np.asarray(im, dtype=np.float32) / 255.0
         a = 1.0 - a if invert else a
         arrays.append(a.transpose(2, 0, 1) if color else a[None])

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from dlkit.errors import InputError
 from dlkit.data.dataset import Dataset, check_finite
-
+from dlkit.errors import InputError
 
 
 def load_dataset(source: str, options: dict | None = None, seed: int = 0) -> Dataset:
@@ -30,7 +28,8 @@ def load_dataset(source: str, options: dict | None = None, seed: int = 0) -> Dat
             if (s.directory and path.is_dir()) or (path.is_file() and path.suffix.lower() in s.suffixes)
         ]
         if not candidates:
-            raise InputError(f"--data {source}: no loader reads {'folders' if path.is_dir() else repr(path.suffix)} files")
+            what = "folders" if path.is_dir() else repr(path.suffix)
+            raise InputError(f"--data {source}: no loader reads {what} files")
         spec = candidates[0]
     ds = spec.load(source, options, seed)
     wanted = options.get("targets")

@@ -161,7 +161,7 @@ def _decode_chunk(job: tuple) -> None:
             with Image.open(p) as im:
                 im = im.convert(mode)
                 if im.size != tuple(size):
-                    im = im.resize(tuple(size), Image.BILINEAR)
+                    im = im.resize(tuple(size), Image.Resampling.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise InputError(f"{p}: cannot decode image ({exc})") from None

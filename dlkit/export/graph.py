@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from dlkit.data.random_inputs import random_in_range
 from dlkit.errors import DlkitError, InputError
 from dlkit.store.repository import ModelVersion
-from dlkit.data.random_inputs import random_in_range
-
-
 
 EXAMPLE_BATCH = 2  # torch.export specialises sizes 0 and 1, so trace with 2
 @dataclass

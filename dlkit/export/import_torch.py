@@ -62,14 +62,14 @@ def build_module(factory: str):
         sys.path.insert(0, str(Path.cwd()))  # what `python -c` does: the user's own code
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's module may raise anything while importing
+    except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while importing
         raise InputError(f"{factory}: importing {module_name!r} failed ({_first_line(exc)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise InputError(f"{factory}: module {module_name!r} has no callable {attr!r}")
     try:
         net = fn()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
         raise InputError(f"{factory}: {attr}() raised {_first_line(exc)}") from None
     if not isinstance(net, nn.Module):
         raise InputError(f"{factory}: {attr}() returned {type(net).__name__}, not a torch.nn.Module")
@@ -115,7 +115,7 @@ def _outputs(net, example: dict[str, dict], factory: str) -> list:
     try:
         with torch.inference_mode():
             out = net(*example_tensors(example, EXAMPLE_BATCH).values())
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the user's forward may raise anything
         raise InputError(f"{factory}: forward on --example-input failed ({_first_line(exc)})") from None
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
@@ -126,8 +126,8 @@ def _outputs(net, example: dict[str, dict], factory: str) -> list:
 def import_torch(repo: ModelRepository, factory: str, weights: str | Path, example: str | dict,
                  name: str | None = None, labels: str | list | None = None, task: str | None = None) -> dict:
     """Build FACTORY(), load ``weights`` strictly, run the example, publish the version."""
-    from dlkit.store.meta import import_task, parse_labels
     from dlkit.store.derive import derive
+    from dlkit.store.meta import import_task, parse_labels
     from dlkit.store.weights import save_tensors
 
     name = check_name(name or factory.rpartition(":")[2].replace("_", "-"))
@@ -207,7 +207,8 @@ def _graph(module, example: dict):
         out = module(*inputs.values())
     count = len(out) if isinstance(out, (tuple, list)) else 1
     names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-    return OnnxGraph(module, inputs, names, sample=lambda batch, gen: example_tensors(example, batch, gen.initial_seed()))
+    return OnnxGraph(module, inputs, names,
+                     sample=lambda batch, gen: example_tensors(example, batch, gen.initial_seed()))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,16 +11,13 @@ import warnings
 from datetime import datetime, timezone
 from typing import Any
 
-
 from dlkit import __version__
-from dlkit.store.atomic import json_bytes, temporary_beside, write_together
 from dlkit.errors import DlkitError, InputError
-from dlkit.store.repository import META, ModelVersion
 from dlkit.export.graph import OnnxGraph, export_graph
-from dlkit.export.parity import ParityError, TOLERANCE, compare, parity_cases, torch_runner
+from dlkit.export.parity import TOLERANCE, ParityError, compare, parity_cases, torch_runner
 from dlkit.export.triton import label_file_for, triton_config_for
-
-
+from dlkit.store.atomic import json_bytes, temporary_beside, write_together
+from dlkit.store.repository import META, ModelVersion
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter builds opset 18+ graphs; older ones come from the tracer
@@ -65,7 +62,7 @@ def export_onnx(version: ModelVersion, opset: int | None = None, exporter: str =
     for name in order:
         try:
             proto = _export(graph, name, opset)
-        except Exception as exc:  # each exporter raises its own error types
+        except Exception as exc:  # noqa: BLE001 - each exporter raises its own error types
             failures.append(f"{name} exporter failed: {_first_line(exc)}")
             continue
         got_opset = default_opset(proto)
@@ -75,7 +72,7 @@ def export_onnx(version: ModelVersion, opset: int | None = None, exporter: str =
         onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **props})
         try:
             onnx.checker.check_model(proto, full_check=True)
-        except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
+        except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError, shape inference errors
             failures.append(f"{name} exporter: onnx.checker: {_first_line(exc)}")
             continue
         tmp = temporary_beside(version.inside(version.onnx_path))
@@ -136,8 +133,9 @@ def _finish(version, tmp, session, parity, exporter, opset, tolerance, n_cases, 
     for note in failures:  # an auto export that needed its fallback says why
         print(f"dlkit: note: {note}", file=sys.stderr)
     return {"model": version.name, "version": version.version, "path": str(version.onnx_path),
-            "config": str(config), **{k: record[k] for k in ("opset", "exporter", "max_abs_diff", "max_rel_diff", "tolerance",
-                                                                 "bytes", "inputs", "outputs")},
+            "config": str(config),
+            **{k: record[k] for k in ("opset", "exporter", "max_abs_diff", "max_rel_diff", "tolerance",
+                                      "bytes", "inputs", "outputs")},
             "parity": parity, "seconds": round(time.perf_counter() - started, 3)}
 
 

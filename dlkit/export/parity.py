@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from dlkit.errors import DlkitError, InputError
 from dlkit.data.random_inputs import random_in_range, takes_data
+from dlkit.errors import DlkitError, InputError
 from dlkit.export.graph import OnnxGraph
-
-
 
 TOLERANCE = 1e-4  # max abs difference between onnxruntime and torch outputs (float32)
 PARITY_BATCHES = (1, 37)  # 37: odd, and different from any batch size used while tracing

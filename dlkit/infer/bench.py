@@ -11,7 +11,8 @@ neighbour on a shared machine slows both alike. torch is only imported when it i
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -41,7 +41,8 @@ def read_feeds(source: str | Path, inputs: list) -> dict[str, np.ndarray]:
     feeds = {info.name: fit_feed(arrays[info.name], f"{source}:{info.name}", info) for info in inputs}
     sizes = {len(a) for a, info in zip(feeds.values(), inputs) if _batched(info)}
     if len(sizes) > 1:
-        raise InputError(f"{source}: the arrays hold different numbers of samples ({', '.join(map(str, sorted(sizes)))})")
+        counts = ", ".join(map(str, sorted(sizes)))
+        raise InputError(f"{source}: the arrays hold different numbers of samples ({counts})")
     return feeds
 
 
@@ -85,7 +86,7 @@ def _load_npz(path: Path, names: list[str]) -> dict[str, np.ndarray]:
             return {n: npz[n] for n in names}
     except InputError:
         raise
-    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
+    except Exception as exc:  # noqa: BLE001 - a hostile .npz: BadZipFile, ValueError, OSError, ...
         raise InputError(f"{path}: not a readable .npz file ({_short(exc)})") from None
 
 

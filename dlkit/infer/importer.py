@@ -35,7 +35,7 @@ def import_onnx(repo: ModelRepository, file: str | Path, name: str, labels: str 
     try:
         proto = onnx.load(str(path))  # external data (checked above) is pulled into one file
         data = proto.SerializeToString()
-    except Exception as exc:  # protobuf DecodeError, a 2 GiB protobuf limit, a missing data file
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, 2 GiB limit, missing data file
         raise InputError(f"{path}: not a valid ONNX file ({_first_line(exc)})") from None
     session = _session(path, data)
     signature = {"inputs": [i.as_dict() for i in session.inputs], "outputs": [o.as_dict() for o in session.outputs]}

@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from dlkit.errors import InputError
 
@@ -60,7 +61,7 @@ def _load(path: Path):
         return onnx.load(str(path), load_external_data=False)
     except RecursionError:
         raise InputError(f"{path}: not a valid ONNX file (nested too deeply)") from None
-    except Exception as exc:  # protobuf's DecodeError and friends
+    except Exception as exc:  # noqa: BLE001 - a hostile file: protobuf's DecodeError and friends
         raise InputError(f"{path}: not a valid ONNX file ({str(exc)[:200]})") from None
 
 
@@ -145,7 +146,7 @@ def _check_allocation(path: Path, model) -> None:
 
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # onnxruntime reports graphs onnx cannot infer; the cap needs shapes
+    except Exception:  # noqa: BLE001 - onnxruntime reports graphs onnx cannot infer; the cap needs shapes
         return
     limit = max_graph_bytes()
     graph = inferred.graph
@@ -158,7 +159,7 @@ def _check_allocation(path: Path, model) -> None:
             continue  # dynamic: bounded by the request, which the caller checks
         try:
             itemsize = helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
-        except Exception:  # string or unknown element types: at least a byte each
+        except Exception:  # noqa: BLE001 - string or unknown element types: at least a byte each
             itemsize = 1
         size = math.prod(dims) * itemsize
         if size > limit:

@@ -17,10 +17,8 @@ import numpy as np
 
 from dlkit.data.dataset import is_number
 from dlkit.errors import InputError
-from dlkit.store.repository import ModelVersion
 from dlkit.store.meta import input_preprocessing
-
-
+from dlkit.store.repository import ModelVersion
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -223,7 +221,7 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
         raise InputError(f"{path}: cannot decode image ({_short(exc)})") from None
     size = (int(prep["width"]), int(prep["height"]))
     if image.size != size:
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     if bool(prep.get("invert")) != bool(info.get("invert")):  # trained on negatives xor --invert
         pixels = 1.0 - pixels

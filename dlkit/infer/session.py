@@ -111,7 +111,7 @@ class Session:
         check_external_data(self.path)  # before onnxruntime reads a byte of it
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph/... types
             raise InputError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:300]})") from None
         self.providers = self.session.get_providers()
         if strict and self.providers[0] != providers[0]:
@@ -128,7 +128,7 @@ class Session:
         names = outputs or [o.name for o in self.outputs]
         try:
             values = self.session.run(names, feeds)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own types, whatever the feeds trigger
             raise DlkitError(f"onnxruntime failed on {self.path.name}: {str(exc).splitlines()[0][:300]}") from None
         return dict(zip(names, values))
 

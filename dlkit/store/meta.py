@@ -9,9 +9,6 @@ from typing import Any
 from dlkit.errors import InputError
 
 
-
-
-
 def input_preprocessing(input_spec: dict) -> dict:
     """What a client does to raw data before feeding the graph (stored in the ONNX metadata).
 

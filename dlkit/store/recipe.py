@@ -44,7 +44,7 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=dict)
     task: str | None = None  # None: the architecture's default, or what the data's targets are
 
-    def check(self, where: str = "recipe") -> "Recipe":
+    def check(self, where: str = "recipe") -> Recipe:
         """Refuse values no run can use (InputError naming the field); returns the recipe."""
         if self.name is not None and not isinstance(self.name, str):
             raise InputError(f"{where}: name must be a string, got {self.name!r}")

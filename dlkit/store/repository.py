@@ -14,14 +14,15 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from dlkit.store.atomic import fsync_dir, pid_alive, read_json, write_json
 from dlkit.errors import DlkitError, InputError
+from dlkit.store.atomic import fsync_dir, pid_alive, read_json, write_json
 from dlkit.store.schema import check_meta
 
 # Used with fullmatch: "$" would accept a trailing newline, and str.isdigit() accepts "²" and
@@ -130,14 +131,14 @@ class ModelVersion:
 class StagedVersion:
     """A version under construction; :meth:`commit` publishes it under the next number."""
 
-    def __init__(self, repo: "ModelRepository", name: str, path: Path, created_root: bool = False):
+    def __init__(self, repo: ModelRepository, name: str, path: Path, created_root: bool = False):
         self.repo = repo
         self.name = name
         self.path = path
         self.created_root = created_root  # staging made the repository folder: discard removes it
         self._lock: int | None = None  # held by stage() and claim(); merely listing a folder holds nothing
 
-    def claim(self) -> "StagedVersion":
+    def claim(self) -> StagedVersion:
         """Hold this folder's lock (to resume it); an InputError if another process holds it."""
         if self._lock is None:
             self._lock = _try_lock(self.path)
@@ -154,7 +155,7 @@ class StagedVersion:
     def commit(self, meta: dict[str, Any]) -> ModelVersion:
         """Write meta.json last, then rename the folder to the next free version number."""
         base = self.repo.root / self.name
-        for attempt in range(100):
+        for _attempt in range(100):
             version = self.repo.next_version(self.name)
             meta = check_meta({**meta, "name": self.name, "version": version}, self.path / META)
             write_json(self.path / META, meta)

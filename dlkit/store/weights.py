@@ -10,8 +10,6 @@ from dlkit.errors import InputError
 from dlkit.store.atomic import atomic_path
 
 
-
-
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
     """Atomically write torch tensors with safetensors (contiguous copies, shared storage split)."""
     from safetensors.torch import save_file
@@ -19,7 +17,8 @@ def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str
     # safetensors refuses tensors that share memory (tied weights): those are saved as copies.
     # Counted once, not per tensor: a training checkpoint holds hundreds of tensors every epoch.
     owners = Counter(v.untyped_storage().data_ptr() for v in tensors.values())
-    clean = {k: v.detach().contiguous().clone() if owners[v.untyped_storage().data_ptr()] > 1 else v.detach().contiguous()
+    clean = {k: (v.detach().contiguous().clone() if owners[v.untyped_storage().data_ptr()] > 1
+                 else v.detach().contiguous())
              for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
@@ -34,7 +33,7 @@ def load_tensors(path: str | os.PathLike, device: str = "cpu") -> dict:
         raise InputError(f"{path}: weights file not found")
     try:
         return load_file(str(path), device=device)
-    except Exception as exc:  # safetensors raises its own SafetensorError / OSError variants
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError / OSError variants
         raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
 
 

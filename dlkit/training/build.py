@@ -74,8 +74,8 @@ def count_params(module) -> int:
 
 def load_model(version, device: str = "cpu"):
     """A stored version as an eval-mode torch module, with its registry spec."""
-    from dlkit.store.weights import load_weights
     from dlkit.plugins import get_registry
+    from dlkit.store.weights import load_weights
 
     meta = version.meta
     if (meta.get("source") or {}).get("kind") == "torch":  # dlkit import torch: the user's own factory

@@ -10,9 +10,6 @@ from dlkit.errors import InputError
 from dlkit.store.atomic import json_default, write_bytes
 from dlkit.store.weights import load_tensors
 
-
-
-
 # -- training state (resume) -------------------------------------------------------------------
 # One safetensors file holds every tensor of a training run (weights, optimizer moments, RNG
 # state) and, in its string metadata, the JSON rest (epoch, history, scheduler). A single
@@ -74,7 +71,7 @@ class BackgroundWriter:
         def run() -> None:
             try:
                 write(*args)
-            except BaseException as exc:  # handed to the training thread by wait()
+            except BaseException as exc:  # noqa: BLE001 - SystemExit too: handed to the training thread by wait()
                 self._error = exc
 
         self._thread = threading.Thread(target=run, name="dlkit-checkpoint")
@@ -127,7 +124,7 @@ def _unpack(tensors: dict, index: dict) -> dict:
     out = {}
     for name, (dtype, start, shape) in index.items():
         flat = tensors[f"packed.{dtype}"]
-        if not (isinstance(start, int) and 0 <= start and all(isinstance(d, int) and d >= 0 for d in shape)
+        if not (isinstance(start, int) and start >= 0 and all(isinstance(d, int) and d >= 0 for d in shape)
                 and start + _numel(shape) <= flat.numel()):
             raise ValueError(name)  # a slice outside the packed tensor: not ours
         out[name] = flat[start:start + _numel(shape)].reshape(shape).clone()

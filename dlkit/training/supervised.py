@@ -12,14 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlkit.plugins import get_registry
-
 from dlkit.data.streaming import is_streaming
+from dlkit.errors import InputError
+from dlkit.plugins import get_registry
 from dlkit.training.callbacks import Callback, CurvePlot, MetricsLog, ProgressBar
-from dlkit.training.memory_format import choose_channels_last
 from dlkit.training.distributed import all_reduce_sum, rank_and_world
 from dlkit.training.loop import EpochLoop
-from dlkit.errors import InputError
+from dlkit.training.memory_format import choose_channels_last
 from dlkit.training.supervised_options import DEFAULTS, validate
 
 __all__ = ["DEFAULTS", "SupervisedTrainer", "evaluate_arrays", "fit", "model_outputs", "validate"]

@@ -110,8 +110,7 @@ def register_tasks(register):
 def register_commands(cli):
     import click
 
-    from dlkit import emit
-    from dlkit import json_option, open_repo, provider_option, repo_option
+    from dlkit import emit, json_option, open_repo, provider_option, repo_option
 
     @cli.command("generate")
     @click.argument("ref")

@@ -49,8 +49,7 @@ def obtain_judge(ref: str, dataset, repo, seed: int, epochs: int, quiet: bool = 
         version = repo.resolve(f"{name}:{v}")
         if _same_data(version.meta, dataset):
             return version
-    from dlkit import Recipe
-    from dlkit import train
+    from dlkit import Recipe, train
 
     if not quiet:
         print(f"dlkit: training the judge classifier {name} for the quality metrics "
@@ -164,7 +163,8 @@ def measure(gan, judge: Judge, real: np.ndarray, samples: int, seed: int, untrai
 def summary(m: dict) -> str:
     """One line for people: the quality metrics of a trained GAN."""
     line = (f"quality ({m['judge']}, {m['quality_samples']} samples): "
-            f"class coverage {m['class_coverage']}/{m['classes']}, mean max-probability {m['mean_max_probability']:.3f}")
+            f"class coverage {m['class_coverage']}/{m['classes']}, "
+            f"mean max-probability {m['mean_max_probability']:.3f}")
     if "label_accuracy" in m:
         line += f", label accuracy {m['label_accuracy']:.3f}"
     line += f", Frechet distance {m['frechet_distance']:.2f}"
@@ -255,8 +255,8 @@ class FrechetCheck:
     columns = [("frechet", "frechet_distance", ".3f")]
 
     def calibration_feeds(self, samples: int) -> tuple[dict, dict]:
-        return self._feeds(samples, 0), {"source": "standard normal noise" + (" and cycling labels" if self.conditional else ""),
-                                         "seed": 0, "samples": int(samples)}
+        source = "standard normal noise" + (" and cycling labels" if self.conditional else "")
+        return self._feeds(samples, 0), {"source": source, "seed": 0, "samples": int(samples)}
 
     def latency_feeds(self, batch: int) -> dict:
         return self._feeds(batch, 1)
