@@ -101,10 +101,29 @@ def preprocess(src: Path, dst: Path) -> dict:
         try:
             with quiet():
                 quant_pre_process(str(folded_path), str(dst), **settings)
+            name_nodes(dst)
             return {"batchnorm_folded": folded, "quant_pre_process": True, **settings}
         except Exception as exc:  # each stage raises its own types
             errors.append(f"{settings or 'defaults'}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
     raise DlkitError(f"quant_pre_process failed on {src.name}: {'; '.join(errors)}")
+
+
+def name_nodes(path: Path) -> None:
+    """Give every unnamed node a unique name: per-layer fallback and the sensitivity report name
+    the nodes they keep float."""
+    import onnx
+
+    model = onnx.load(str(path))
+    taken = {n.name for n in model.graph.node if n.name}
+    unnamed = [n for n in model.graph.node if not n.name]
+    for i, node in enumerate(unnamed):
+        name = f"{node.op_type}_{i}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+    if unnamed:
+        onnx.save(model, str(path))
 
 
 def fold_batchnorm(src: Path, dst: Path) -> int:
