@@ -139,6 +139,7 @@ def test_static_cnn_calibrates_on_the_training_split(exported, fmt, calibrate, e
     # 50 samples: two batches of 32, the second completed from the start (histograms need equal batches)
     assert (cal["split"], cal["samples"], cal["method"], cal["source"]) == ("train", 50, calibrate, "digits")
     assert cal["seed"] == parent.meta["data"]["seed"]
+    assert "stratified by class and shuffled" in cal["selection"]
     assert q.meta["method"] == "quantize-static"
 
 
@@ -465,3 +466,19 @@ def test_fallback_keeps_the_fewest_sensitive_layers_float_until_it_passes(export
     # without fallback nothing passes; the human --report prints the per-layer table
     human = dlkit("quantize", name, "--tolerance", "2", "--no-fallback", "--report", "--name", "other", *FAST)
     assert human.exit_code == 1 and "Per-layer sensitivity" in human.stdout and "gemm2" in human.stdout
+
+
+# -- calibration -----------------------------------------------------------------------------------------
+def test_calibration_is_a_stratified_shuffled_sample_not_the_first_n():
+    from dlkit.data.dataset import stratified_sample
+
+    y = np.repeat(np.arange(4), [100, 100, 100, 700])  # a file sorted by class, one class dominant
+    idx = stratified_sample(y, 50, seed=3)
+    assert len(idx) == len(set(idx.tolist())) == 50
+    assert np.bincount(y[idx]).tolist() == [5, 5, 5, 35]  # in proportion; the first 50 are all class 0
+    assert idx.tolist() != sorted(idx.tolist())  # shuffled
+    assert stratified_sample(y, 50, seed=3).tolist() == idx.tolist()  # from the seed
+    assert stratified_sample(y, 50, seed=4).tolist() != idx.tolist()
+    assert len(stratified_sample(y, 5000, seed=0)) == len(y)
+    values = np.linspace(0, 1, 40)  # regression targets: a uniform sample
+    assert len(set(stratified_sample(values, 10, seed=0).tolist())) == 10

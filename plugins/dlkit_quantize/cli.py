@@ -117,11 +117,11 @@ def sensitivity_table(rep: dict):
 
 
 def console():
-    """A rich console at least 120 columns wide: the table is wider than a pipe's default 80."""
+    """A rich console at least 190 columns wide: the table is wider than a pipe's default 80."""
     from rich.console import Console
 
     out = Console()
-    return out if out.is_terminal else Console(width=max(out.width, 120))
+    return out if out.is_terminal else Console(width=max(out.width, 190))
 
 
 def _quality(rep: dict, row: dict) -> str:
