@@ -482,3 +482,31 @@ def test_calibration_is_a_stratified_shuffled_sample_not_the_first_n():
     assert len(stratified_sample(y, 5000, seed=0)) == len(y)
     values = np.linspace(0, 1, 40)  # regression targets: a uniform sample
     assert len(set(stratified_sample(values, 10, seed=0).tolist())) == 10
+
+
+# -- weight-only -------------------------------------------------------------------------------------------
+def test_weight_only_int4_stores_matmul_weights_in_4_bit_blocks(exported):
+    """MatMulNBits (onnxruntime's MatMulNBitsQuantizer): int4 weights, float activations; auto
+    offers int4 and int8 weight-only for a graph of MatMul/Gemm without Conv."""
+    parent = exported.resolve("mlp-digits")
+    result = dlkit("quantize", "mlp-digits", "--method", "weight-only", "--tolerance", "100", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    check_table(out, parent)
+    q = exported.resolve("mlp-digits-int4")
+    assert q.meta["method"] == "quantize-weight-only" and q.meta["quantization"]["options"] == {"bits": 4}
+    graph = ops(q.onnx_path)
+    assert "MatMulNBits" in graph and not graph & {"Gemm", "QuantizeLinear", "MatMulInteger"}
+    assert q.onnx_path.stat().st_size < 0.5 * parent.onnx_path.stat().st_size
+    from dlkit.infer.evaluate import evaluate
+
+    assert evaluate(q, runtime="onnx", provider="cpu")["accuracy"] == pytest.approx(q.meta["metrics"]["test_accuracy"])
+    from dlkit_quantize.graph import inspect_graph
+    from dlkit_quantize.methods import candidates
+
+    auto = [c.name for c in candidates(inspect_graph(parent.onnx_path), "auto", per_channel=None, fmt=None,
+                                       calibrate="minmax", op_types=None, accelerator=False)]
+    assert auto[-2:] == ["weight-only-int4", "weight-only-int8"]
+    cnn = [c.name for c in candidates(inspect_graph(exported.resolve("cnn-digits").onnx_path), "auto",
+                                      per_channel=None, fmt=None, calibrate="minmax", op_types=None, accelerator=False)]
+    assert not any(n.startswith("weight-only") for n in cnn)  # a Conv graph's time is in its convolutions
