@@ -510,3 +510,33 @@ def test_weight_only_int4_stores_matmul_weights_in_4_bit_blocks(exported):
     cnn = [c.name for c in candidates(inspect_graph(exported.resolve("cnn-digits").onnx_path), "auto",
                                       per_channel=None, fmt=None, calibrate="minmax", op_types=None, accelerator=False)]
     assert not any(n.startswith("weight-only") for n in cnn)  # a Conv graph's time is in its convolutions
+
+
+# -- quantization-aware training ---------------------------------------------------------------------------
+def test_qat_fine_tunes_with_fake_quantization_and_exports_qdq(exported):
+    parent = exported.resolve("cnn-digits")
+    result = dlkit("quantize", "cnn-digits", "--method", "qat", "--qat-epochs", "1", "--tolerance", "100",
+                   "--name", "cnn-qat", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    check_table(out, parent)
+    assert [r["candidate"] for r in out["table"]] == ["float32", "qat"]
+    q = exported.resolve("cnn-qat")
+    assert q.meta["method"] == "quantize-qat"
+    assert q.meta["quantization"]["options"] == {"format": "qdq", "per_channel": True, "epochs": 1}
+    assert q.meta["quantization"]["calibration"]["split"] == "train"
+    graph = ops(q.onnx_path)
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= graph
+    # the fine-tuned weights differ from the parent's: the int8 weights are not the PTQ ones
+    from onnx import numpy_helper
+
+    def int8_weights(path):
+        model = onnx.load(str(path))
+        return [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+
+    ptq = dlkit("quantize", "cnn-digits", "--method", "static", "--tolerance", "100", "--name", "cnn-ptq", *FAST)
+    assert ptq.exit_code == 0, ptq.stderr
+    a, b = int8_weights(q.onnx_path), int8_weights(exported.resolve("cnn-ptq").onnx_path)
+    assert len(a) == len(b) and any(x.shape == y.shape and (x != y).any() for x, y in zip(a, b))
+    bad = dlkit("quantize", "cnn-digits", "--method", "qat", "--qat-epochs", "0", *FAST)
+    assert bad.exit_code == 2 and "--qat-epochs must be an integer >= 1" in bad.stderr

@@ -11,6 +11,8 @@ parent: size and latency at batch 1 and 64. Nothing heavy is imported here.
 
 from dlkit import hookimpl
 
+DEFAULTS = {"base": {"arch": "mlp", "hparams": {}}, "shapes": {}}
+
 
 def compress(source, options, repo):
     """The ``prune`` compressor: ``options`` are :func:`dlkit_prune.prune.prune`'s keyword arguments."""
@@ -34,7 +36,9 @@ def export(module, meta):
 
 @hookimpl
 def register_models(register):
-    register("pruned", build, input_kinds={"tabular", "image", "sequence"}, defaults={},
+    # The defaults (an MLP, nothing pruned) exist so the architecture builds like every registered
+    # one (conformance checks); real pruned models record their base and shapes in meta.json.
+    register("pruned", build, input_kinds={"tabular", "image"}, defaults=DEFAULTS,
              task=["classification", "regression"], export=export,
              description="a registered architecture at the sizes `dlkit prune` left (made by dlkit prune only)")
 

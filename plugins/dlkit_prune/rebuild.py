@@ -34,7 +34,7 @@ def base_spec(hparams: dict):
 def build_pruned(hparams: dict, input_spec: dict, num_outputs: int):
     """The base architecture at the recorded pruned sizes."""
     spec, base_hparams = base_spec(hparams)
-    module = spec.build(dict(base_hparams), input_spec, num_outputs)
+    module = spec.build({**spec.defaults, **base_hparams}, input_spec, num_outputs)
     resize(module, hparams["shapes"])
     return module
 

@@ -23,6 +23,9 @@ def add_command(cli) -> None:
                                         "max_batch_size, else 1,64).")
     @click.option("--report", "show_report", is_flag=True,
                   help="Also measure and print the per-layer sensitivity table (each layer quantized alone).")
+    @click.option("--qat-epochs", type=int, default=3, show_default=True,
+                  help="Epochs of quantization-aware fine-tuning (--method qat, or auto when no post-training "
+                       "candidate is within --tolerance).")
     @click.option("--fallback/--no-fallback", default=True, show_default=True,
                   help="When a candidate misses --tolerance, keep its most sensitive layers float until it passes.")
     @click.option("--calibration-samples", type=int, default=256, show_default=True,
@@ -47,8 +50,8 @@ def add_command(cli) -> None:
     @repo_option
     @json_option
     def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
-                     op_types, measure_seconds, threads, optimize_for, batch_sizes, show_report, fallback,
-                     repo, as_json):
+                     op_types, measure_seconds, threads, optimize_for, batch_sizes, show_report, qat_epochs,
+                     fallback, repo, as_json):
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
         from .quantize import NoCandidateError, quantize
 
@@ -59,7 +62,7 @@ def add_command(cli) -> None:
                    "provider": provider, "measure_seconds": measure_seconds, "threads": threads,
                    "op_types": op_types.split(",") if op_types is not None else None,
                    "optimize_for": optimize_for, "batch_sizes": _batch_sizes(batch_sizes), "report": show_report,
-                   "fallback": fallback}
+                   "fallback": fallback, "qat_epochs": qat_epochs}
         try:
             report = quantize(version, r, **options)
         except NoCandidateError as exc:

@@ -28,7 +28,7 @@ from dlkit import InputError
 
 from .graph import GraphInfo, gemm_to_matmul, quiet
 
-METHODS = ("auto", "dynamic", "static", "weight-only", "fp16")
+METHODS = ("auto", "dynamic", "static", "weight-only", "fp16", "qat")
 ACTIVATIONS = ("uint8", "int8")
 WEIGHT_BITS = (4, 8)
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -52,6 +52,8 @@ class Candidate:
 
     @property
     def suffix(self) -> str:
+        if self.method == "qat":
+            return "int8"
         if self.method == "weight-only":
             return f"int{self.options.get('bits', 4)}"
         return "fp16" if self.method == "fp16" else "int8"
@@ -82,7 +84,7 @@ def candidates(info: GraphInfo, method: str, *, per_channel: bool | None, fmt: s
     if method == "weight-only":
         return [Candidate("weight-only-int4", "weight-only", {"bits": 4})]
     if method == "qat":
-        return []  # built from the torch model by dlkit_quantize.qat, not from the graph
+        return [qat_candidate(3)]
     if method != "auto":
         raise InputError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}")
     found: list[Candidate] = []
@@ -130,6 +132,12 @@ def _static_candidates(fmt, recurrent: bool, granularities: list[bool], static_o
     return found
 
 
+def qat_candidate(epochs: int) -> Candidate:
+    """Fine-tuned with fake quantization, then static QDQ (built by :mod:`dlkit_quantize.qat`)."""
+    return Candidate("qat", "qat", {"format": "qdq", "per_channel": True, "epochs": int(epochs)},
+                     f"{epochs} epoch(s) of quantization-aware fine-tuning, then static QDQ")
+
+
 def _granularity(per_channel: bool) -> str:
     return "per-channel" if per_channel else "per-tensor"
 
@@ -144,6 +152,8 @@ def build(candidate: Candidate, prepared: Path, out: Path, calibration=None) -> 
         quantize_static(prepared, out, calibration, **candidate.options)
     elif candidate.method == "fp16":
         convert_fp16(prepared, out)
+    elif candidate.method == "qat":
+        raise ValueError("QAT candidates are built from the torch model (dlkit_quantize.qat.build_qat)")
     elif candidate.method == "weight-only":
         quantize_weight_only(prepared, out, **candidate.options)
     else:

@@ -26,14 +26,14 @@ from dlkit import ModelRepository, ModelVersion, check_name
 from . import measure
 from .fallback import fallback, probe_feeds, sensitivity
 from .graph import inspect_graph, preprocess
-from .methods import CALIBRATIONS, FORMATS, METHODS, Calibration, Candidate, build, candidates
+from .methods import CALIBRATIONS, FORMATS, METHODS, Calibration, Candidate, build, candidates, qat_candidate
 from .publish import PARENT, build_meta, parent_ref, publish, stamp
 from .select import OBJECTIVES, select, time_rounds
 
 DEFAULTS = {
     "method": "auto", "calibration_samples": 256, "calibrate": "minmax", "per_channel": None, "format": None,
     "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 2.0, "threads": None,
-    "batch_sizes": None, "optimize_for": "served", "report": False, "fallback": True,
+    "batch_sizes": None, "optimize_for": "served", "report": False, "fallback": True, "qat_epochs": 3,
 }
 CPU = "CPUExecutionProvider"
 MAX_FALLBACKS = 3  # failing candidates (one per method and format) that get a per-layer fallback
@@ -59,6 +59,8 @@ def check_options(version: ModelVersion, options: dict) -> dict:
         raise InputError(f"--calibrate {o['calibrate']}: expected one of {', '.join(CALIBRATIONS)}")
     if o["format"] is not None and o["format"] not in FORMATS:
         raise InputError(f"--format {o['format']}: expected one of {', '.join(FORMATS)}")
+    if isinstance(o["qat_epochs"], bool) or not isinstance(o["qat_epochs"], int) or o["qat_epochs"] < 1:
+        raise InputError(f"--qat-epochs must be an integer >= 1, got {o['qat_epochs']!r}")
     if not isinstance(o["calibration_samples"], int) or o["calibration_samples"] < 1:
         raise InputError(f"--calibration-samples must be at least 1, got {o['calibration_samples']}")
     tol = o["tolerance"]
@@ -118,16 +120,13 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     info = _check_graph(version)
     from dlkit import Session, evaluation_data
 
-    if o["method"] == "qat":
-        from .qat import quantize_aware
-
-        return quantize_aware(version, repo, o, log)
     batch_sizes = o["batch_sizes"] or served_batch_sizes(version)
     parent_session = Session(version.onnx_path, o["provider"], threads=o["threads"])
     check = measure.quality_check(version, evaluation_data(version), repo, parent_session)
     tolerance = check.default_tolerance if o["tolerance"] is None else float(o["tolerance"])
     todo = candidates(info, o["method"], per_channel=o["per_channel"], fmt=o["format"], calibrate=o["calibrate"],
                       op_types=o["op_types"], accelerator=parent_session.providers[0] != CPU)
+    todo = [qat_candidate(o["qat_epochs"]) if c.method == "qat" else c for c in todo]
     explicit = o["method"] != "auto"
 
     def session_of(path):
@@ -139,7 +138,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         log(f"preparing {version.ref} (quant_pre_process)")
         prep = preprocess(version.onnx_path, prepared)
         calibration = None
-        if any(c.method == "static" for c in todo) or o["report"] or o["fallback"]:
+        if any(c.method in ("static", "qat") for c in todo) or o["report"] or o["fallback"] or not explicit:
             feeds, described = check.calibration_feeds(o["calibration_samples"])
             calibration = Calibration(feeds, {**described, "method": o["calibrate"]})
         built, errors = _build_all(todo, prepared, folder, calibration, explicit, version, log)
@@ -171,6 +170,16 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         if o["fallback"] and failing and layers:
             _fallbacks(failing, layers, prepared, folder, calibration, check, quality, outputs, sessions, built,
                        todo, tolerance, session_of, log)
+        if not explicit and not any(passes(c.name) for c in todo) and version.has_weights():
+            log("no post-training candidate is within the tolerance: trying quantization-aware training")
+            extra = qat_candidate(o["qat_epochs"])
+            todo.append(extra)
+            more, failed = _build_all([extra], prepared, folder, calibration, False, version, log)
+            errors.update(failed)
+            for name, path in more.items():
+                built[name] = path
+                sessions[name] = session_of(path)
+                quality[name], outputs[name] = check.measure(sessions[name])
         for c in todo:  # the metadata each would be published with, so that its measured size is final
             if c.name in built and c.name in sessions:
                 stamp(built[c.name], version, repo, o["name"] or f"{version.name}-{c.suffix}", c)
@@ -281,7 +290,12 @@ def _build_all(todo: list[Candidate], prepared: Path, folder: Path, calibration,
         log(f"building {c.name}" + (f" ({c.why})" if c.why else ""))
         path = folder / f"{c.name}.onnx"
         try:
-            build(c, prepared, path, calibration)
+            if c.method == "qat":
+                from .qat import build_qat
+
+                build_qat(version, c, path, calibration, log)
+            else:
+                build(c, prepared, path, calibration)
             built[c.name] = path
         except Exception as exc:  # onnxruntime's quantizers raise anything; auto moves on
             errors[c.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
