@@ -110,9 +110,13 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
             "baseline": None,
         }
         if baseline:
+            from .subset import labelled_only
+
+            # The baseline has the labels only: with `labelled`, only the labelled subset.
+            base_data = labelled_only(dataset, config["labelled"], seed) if config["labelled"] else dataset
             with tempfile.TemporaryDirectory(prefix="dlkit-baseline-") as workdir:
-                scratch = build_student(spec, hparams, dataset, seed)
-                _, base = train_student(scratch, spec, dataset, config, seed, workdir, quiet, None)
+                scratch = build_student(spec, hparams, base_data, seed)
+                _, base = train_student(scratch, spec, base_data, config, seed, workdir, quiet, None)
             report["baseline"] = {"arch": student, "params": params, "test_accuracy": base["test_accuracy"],
                                   "val_accuracy": base["val_accuracy"], "test_loss": base["test_loss"]}
         report.update(summarise(report))
