@@ -80,7 +80,7 @@ class Server:
 
 
 def dlkit_server(repo: Path, *flags: str) -> Server:
-    argv = [sys.executable, "-m", "dlkit", "serve", "--repo", str(repo), "--port", "0", *flags]
+    argv = [sys.executable, "-m", "dlkit", "serve", "--repo", str(repo), "--port", "0", "--grpc-port", "0", *flags]
     return Server(argv, r"on http://127\.0\.0\.1:(\d+)")
 
 

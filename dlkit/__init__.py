@@ -43,6 +43,7 @@ _API: dict[str, str] = {
     "validate_supervised": "dlkit.training.supervised_options:validate",
     "CHECKPOINT": "dlkit.training.state", "STAGING": "dlkit.store.repository",
     "SupervisedTrainer": "dlkit.training.supervised", "evaluate_arrays": "dlkit.training.supervised",
+    "random_shift": "dlkit.training.supervised",
     "Callback": "dlkit.training.callbacks", "CurvePlot": "dlkit.training.callbacks", "MetricsLog": "dlkit.training.callbacks",
     "ProgressBar": "dlkit.training.callbacks",
     "build_model": "dlkit.training.build", "load_model": "dlkit.training.build", "count_params": "dlkit.training.build",
@@ -53,8 +54,12 @@ _API: dict[str, str] = {
     "Session": "dlkit.infer.session", "check_external_data": "dlkit.infer.onnx_files",
     "evaluate": "dlkit.infer.evaluate", "evaluation_data": "dlkit.infer.evaluate", "graph_outputs": "dlkit.infer.evaluate",
     "softmax_cross_entropy": "dlkit.infer.evaluate",
+    # tasks
+    "ScoreCheck": "dlkit.tasks.checks",
     # what a plugin's CLI command needs
     "repo_option": "dlkit.cli.options", "json_option": "dlkit.cli.options", "open_repo": "dlkit.cli.options",
+    "threads_option": "dlkit.cli.options", "provider_option": "dlkit.cli.options", "use_threads": "dlkit.training.threads",
+    "resolve_threads": "dlkit.training.threads",
     "emit": "dlkit.cli.output", "console": "dlkit.cli.output", "table": "dlkit.cli.output",
 }
 

@@ -43,8 +43,8 @@ def register_datasets(register):
              description="diabetes progression bundled with scikit-learn (442 rows, 10 features; regression)")
     register("blobs", _lazy("dlkit.data.builtin:load_blobs"), kind="tabular", description="synthetic separable tabular data (tests)")
     register("waves", _lazy("dlkit.data.builtin:load_waves"), kind="sequence", description="synthetic sine sequences (tests)")
-    register("csv", _lazy("dlkit.data.files:load_csv"), suffixes=(".csv",), kind="tabular",
-             description="CSV of numeric features and a label column (data.target)")
+    register("csv", _lazy("dlkit.data.files:load_csv"), suffixes=(".csv", ".tsv"), kind="tabular",
+             description="CSV/TSV of numeric features and a label column (data.target, data.missing)")
     register("npz", _lazy("dlkit.data.files:load_npz"), suffixes=(".npz",), description="NumPy .npz with arrays x and y")
     register("image-folder", _lazy("dlkit.data.files:load_image_folder"), directory=True, kind="image",
              description="a folder with one sub-folder of images per class")
@@ -56,6 +56,7 @@ def register_tasks(register):
              loss=_lazy("dlkit.tasks.classification:loss"), score="accuracy", higher_is_better=True,
              batch_score=_lazy("dlkit.tasks.classification:batch_score"), export=_lazy("dlkit.tasks.classification:export"),
              describe=_lazy("dlkit.tasks.classification:describe"), quality=_lazy("dlkit.tasks.classification:quality"),
+             scores=("probabilities", "logits"),
              description="one label per sample: cross-entropy, accuracy")
     register("regression", _lazy("dlkit.tasks.regression:metrics"), output="prediction", target_dtype="float32",
              loss=_lazy("dlkit.tasks.regression:loss"), score="rmse", higher_is_better=False,

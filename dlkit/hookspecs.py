@@ -84,7 +84,7 @@ def register_tasks(register):
 
     ``register(name, metrics, *, output="output", loss=None, target_dtype="float32",
     score="loss", higher_is_better=False, batch_score=None, export=None, describe=None,
-    quality=None, description="")``
+    quality=None, scores=(), description="")``
 
     :param metrics: ``metrics(outputs: np.ndarray, targets: np.ndarray) -> dict`` of floats,
         computed in numpy from the graph's ``output`` (torch and onnxruntime alike); must
@@ -103,6 +103,9 @@ def register_tasks(register):
     :param quality: ``quality(version, dataset, repo, session) -> check``: the check a
         compressor keeps within its tolerance (``dlkit.tasks.checks`` has the interface and a
         ready ``ScoreCheck``).
+    :param scores: the graph outputs that hold one score per class label (``meta["labels"]``),
+        preferred first; ``dlkit serve`` attaches the labels to them and serves Triton's
+        classification extension on them (classification: ``("probabilities", "logits")``).
     """
 
 

@@ -81,6 +81,7 @@ class TaskSpec:
     export: Callable[..., Any] | None = None
     describe: Callable[..., Any] | None = None
     quality: Callable[..., Any] | None = None
+    scores: tuple[str, ...] = ()
     description: str = ""
     plugin: str = ""
 

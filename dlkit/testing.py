@@ -295,7 +295,8 @@ def check_model(name: str, repo, *, data: str | None = None, hparams: dict | Non
 
 # -- tasks ----------------------------------------------------------------------------------------
 def check_task(name: str, repo, *, arch: str | None = None, data: str | None = None):
-    """Every conformance check for a registered task trained on targets; returns the version.
+    """Every conformance check for a registered task whose predictions ``predict`` prints (trained
+    on targets, or like ``clustering`` by its architecture's own trainer); returns the version.
 
     Trains ``arch`` (default: an architecture that lists the task, tabular if one is) on ``data`` (default:
     a built-in set with the right kind of targets: ``diabetes`` for values, ``blobs`` for labels)
@@ -316,7 +317,8 @@ def check_task(name: str, repo, *, arch: str | None = None, data: str | None = N
     registry = get_registry()
     repo = _repository(repo)
     task = registry.task(name)
-    assert task.loss is not None, f"task {name!r} has no training loss: check_task is for supervised tasks"
+    assert task.loss is not None or task.describe is not None, \
+        f"task {name!r} has neither a training loss nor a describe(): check_task is for tasks predict prints"
     archs = sorted((s for s in registry.all("model") if name in s.tasks), key=lambda s: "tabular" not in s.input_kinds)
     assert archs, f"no registered architecture lists task {name!r}"
     arch = arch or archs[0].name  # one that reads the default (tabular) data, if any does
@@ -425,8 +427,9 @@ def pytest_configure(config) -> None:
 def pytest_generate_tests(metafunc) -> None:
     from dlkit.plugins import get_registry
 
-    if "dlkit_task" in metafunc.fixturenames:  # every registered task trained on targets
-        metafunc.parametrize("dlkit_task", [t.name for t in get_registry().all("task") if t.loss is not None])
+    if "dlkit_task" in metafunc.fixturenames:  # every registered task trained on targets or printed by predict
+        metafunc.parametrize("dlkit_task", [t.name for t in get_registry().all("task")
+                                            if t.loss is not None or t.describe is not None])
     if "dlkit_model" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("dlkit_plugin")

@@ -11,14 +11,7 @@ import pytest
 # Keep torch from oversubscribing the 2 CI cores when tests run beside a server thread.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-FAST = {"epochs": 2, "batch_size": 64, "patience": 0}
-# name -> (arch, model hparams): small but real models on the real digits data.
-TRAINED = {
-    "mlp-digits": ("mlp", {"hidden": [64]}),
-    "cnn-digits": ("cnn", {"channels": [8, 16], "hidden": 32}),
-    "rnn-digits": ("rnn", {"hidden": 32, "cell": "lstm"}),
-    "gru-digits": ("rnn", {"hidden": 32, "cell": "gru"}),
-}
+from trained_models import FAST, TRAINED  # noqa: E402  (after the thread setting)
 
 
 @pytest.fixture

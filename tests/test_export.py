@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TRAINED
+from trained_models import TRAINED
 from google.protobuf import text_format
 
 from dlkit.errors import DlkitError, InputError

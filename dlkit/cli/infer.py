@@ -46,24 +46,43 @@ def export_onnx_cmd(ref, opset, exporter, repo, as_json):
 @provider_option
 @strict_provider_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Probabilities to show per input.")
+@click.option("--invert", is_flag=True,
+              help="Read images as their negative: a dark drawing on white paper for a model trained on light "
+                   "strokes on black (the digits data).")
 @threads_option
 @optimization_option
 @repo_option
 @json_option
-def predict_cmd(ref, inputs, provider, strict_provider, top_k, threads, optimization, repo, as_json):
+def predict_cmd(ref, inputs, provider, strict_provider, top_k, invert, threads, optimization, repo, as_json):
     """Classify INPUT files (.npy, .npz, .csv rows, PNG/JPEG images) with NAME[:V]'s model.onnx."""
     from dlkit.infer.predict import predict
 
     result = predict(open_repo(repo).resolve(ref), list(inputs), provider, top_k, strict=strict_provider,
-                     threads=threads, optimization=optimization)
+                     threads=threads, optimization=optimization, invert=invert)
+    for p in result["predictions"]:  # on stderr, also under --json: a confident answer may be wrong
+        if p["warning"]:
+            click.secho(f"warning: {p['input']}: {p['warning']}; the model expects {result['expects']}",
+                        fg="yellow", err=True)
 
     def human(r):
+        click.echo(f"expects: {r['expects']}")
+        if r["predictions"] and "label" not in r["predictions"][0]:  # a task that prints no labels
+            return _print_fields(r)
         rows = [[p["input"], p["label"], f"{p['probability']:.4f}",
                  "  ".join(f"{t['label']} {t['probability']:.3f}" for t in p["top_k"])] for p in r["predictions"]]
         console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
                               ["input", "label", "probability", f"top {top_k}"], rows))
 
     emit(result, as_json, human)
+
+
+def _print_fields(r: dict) -> None:
+    """Predictions as a table of their scalar fields (a regressor's values, a cluster and its distance)."""
+    first = r["predictions"][0]
+    keys = [k for k, v in first.items() if k not in ("input", "warning") and isinstance(v, (int, float, str))]
+    rows = [[p["input"], *(f"{p[k]:.4f}" if isinstance(p[k], float) else str(p[k]) for k in keys)]
+            for p in r["predictions"]]
+    console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}", ["input", *keys], rows))
 
 
 @cli.command("bench")
@@ -95,10 +114,13 @@ def bench_cmd(ref, batch_sizes, runtimes, seconds, provider, strict_provider, th
         rows = [[x["batch_size"], x["runtime"], f"{x['p50_ms']:.3f}", f"{x['p90_ms']:.3f}", f"{x['p99_ms']:.3f}",
                  f"{x['throughput']:,.0f}", f"{speed[x['batch_size']]:.2f}x" if x["runtime"] == "onnx" and speed else ""]
                 for x in r["results"]]
-        title = (f"{r['model']}:{r['version']}, {r['threads']} threads"
+        threads = ", ".join(f"{k} {v}" for k, v in r["thread_counts"].items())
+        title = (f"{r['model']}:{r['version']}, threads: {threads}"
                  + (f", onnxruntime on {r['providers'][0]}" if r["providers"] else ""))
         console().print(table(title, ["batch", "runtime", "p50 ms", "p90 ms", "p99 ms", "samples/s",
                                       "onnx speedup (torch p50 / onnx p50)"], rows))
+        if r["speedup_note"]:
+            click.secho(r["speedup_note"], fg="yellow", err=True)
 
     emit(result, as_json, human)
 

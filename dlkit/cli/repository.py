@@ -49,7 +49,8 @@ def models_cmd(repo, as_json):
 
     def human(_):
         if not items:
-            click.echo(f"no models in {r.root} yet: try `dlkit train cnn`")
+            missing = "" if r.root.is_dir() else f" (no such folder: check --repo or $DLKIT_REPO)"
+            click.echo(f"no models in {r.root} yet{missing}: try `dlkit train cnn`")
             return
         scores = [_key_metric(i) for i in items]
         names = {name for name, _ in scores if name}
@@ -87,10 +88,46 @@ def show_cmd(ref, repo, as_json):
     meta = {**v.meta, "path": str(v.path), "files": sorted(p.name for p in v.path.iterdir())}
 
     def human(m):
-        from rich.pretty import Pretty
-
-        console().print(Pretty(m, expand_all=False))
+        rows = [[key, _cell(value)] for key, value in m.items()]
+        console().print(table(f"{v.ref} ({v.path})", ["field", "value"], rows))
 
     emit(meta, as_json, human)
+
+
+def _cell(value) -> str:
+    """A meta.json value for a table cell: scalars as they are, a dict one ``key: value`` a line."""
+    import json
+
+    if isinstance(value, dict):
+        return "\n".join(f"{k}: {_cell(v) if isinstance(v, dict) else json.dumps(v, default=str)}"
+                         for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) if all(not isinstance(x, (dict, list)) for x in value) \
+            else json.dumps(value, default=str)
+    return f"{value:.6g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+@cli.command("show-arch")
+@click.argument("arch")
+@json_option
+def show_arch_cmd(arch, as_json):
+    """The --set keys of architecture ARCH: its model hyper-parameters and its trainer's options,
+    with their defaults."""
+    from dlkit.plugins import get_registry
+
+    registry = get_registry()
+    spec = registry.model(arch)
+    trainer = registry.trainer(spec.trainer)
+    report = {"arch": spec.name, "plugin": spec.plugin, "task": spec.task, "inputs": list(spec.input_kinds),
+              "trainer": trainer.name, "model": dict(spec.defaults), "train": dict(trainer.defaults)}
+
+    def human(r):
+        rows = [[f"model.{k}", _cell(v)] for k, v in r["model"].items()]
+        rows += [[f"train.{k}", _cell(v)] for k, v in r["train"].items()]
+        click.echo(f"{r['arch']}: {r['task']}, inputs {', '.join(r['inputs'])}, trainer {r['trainer']} "
+                   f"(plugin {r['plugin']})")
+        console().print(table("--set KEY=VALUE", ["key", "default"], rows))
+
+    emit(report, as_json, human)
 
 

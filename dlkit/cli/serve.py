@@ -42,6 +42,10 @@ from dlkit.cli.options import open_repo, repo_option
               help="Seconds a connection may take to send its request headers.")
 @click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds a request body may take to arrive (408 beyond).")
+@click.option("--model-control-mode", type=click.Choice(["none", "explicit", "poll"]), default="none", show_default=True,
+              help="As Triton's: none (fixed set), explicit (load/unload over the API), poll (follow the repository).")
+@click.option("--repository-poll-secs", type=click.FloatRange(0, min_open=True), default=15.0, show_default=True,
+              help="Poll mode: seconds between checks of the repository.")
 def serve_cmd(repo, host, port, grpc_port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,
               token, max_request_bytes, threads, access_log, **limits):
     """Serve the repository's ONNX models over the Open Inference Protocol (KServe v2) until Ctrl+C."""

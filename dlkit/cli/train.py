@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 import click
+from dlkit.cli import group
 from dlkit.cli.group import cli
-from dlkit.cli.options import json_option, open_repo, repo_option
+from dlkit.cli.options import json_option, open_repo, provider_option, repo_option, threads_option
 from dlkit.cli.output import emit, fmt_metric
 
 
@@ -15,22 +16,27 @@ from dlkit.cli.output import emit, fmt_metric
 # -- training and evaluation ----------------------------------------------------------------------
 @cli.command("train")
 @click.argument("target")
-@click.option("--data", help="Data set name (digits) or a file/folder: .csv, .npz, image folder.")
-@click.option("--name", help="Model name in the repository (default ARCH-DATA).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--seed", type=int)
+@click.option("--data", help="Data set name or a file/folder: .csv, .tsv, .npz, image folder.  [default: digits]")
+@click.option("--name", help="Model name in the repository.  [default: ARCH-DATA]")
+@click.option("--epochs", type=int, help="Training epochs (train.epochs).  [default: the recipe's, else the "
+                                         "trainer's: see `dlkit show-arch ARCH`]")
+@click.option("--batch-size", type=int, help="Samples per step (train.batch_size).  [default: as --epochs]")
+@click.option("--lr", type=float, help="Learning rate (train.lr).  [default: as --epochs]")
+@click.option("--seed", type=int, help="Seed of the weights' initialisation and of the batches.  [default: 0]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a model hyper-parameter (model.KEY), train option (train.KEY) or data option (data.KEY).")
-@click.option("--device", type=str, help="auto, cpu or cuda[:N].")
+              help="Override a model hyper-parameter (model.KEY), train option (train.KEY) or data option "
+                   "(data.KEY, see docs/data.md); `dlkit show-arch ARCH` lists the keys.")
+@click.option("--device", type=str, help="auto, cpu or cuda[:N].  [default: auto]")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run of this model name.")
+@click.option("--restart", is_flag=True, help="Discard the interrupted run of this model name and start over.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on GPU).")
+@threads_option
 @repo_option
 @json_option
 @click.pass_context
-def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, device, resume, nproc, repo, as_json):
+def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, device, resume, restart, nproc, threads,
+              repo, as_json):
     """Train ARCH (mlp, cnn, rnn...) or a RECIPE.toml; CLI flags override the recipe.
 
     For several machines, start `torchrun --nproc-per-node N ... -m dlkit train ...` on each.
@@ -41,10 +47,18 @@ def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, devic
         args = [a for a in sys.argv[1:] if a != "--debug"]
         args = _without_option(args, "--nproc")
         ctx.exit(launch(nproc, args + ["--repo", repo]))
-    from dlkit.training.run import train
+    from dlkit.training.run import TrainingInterrupted, train
 
-    result = train(target, open_repo(repo), sets=sets, data=data, name=name, seed=seed, epochs=epochs,
-                   batch_size=batch_size, lr=lr, device=device, resume=resume, quiet=False)
+    try:
+        result = train(target, open_repo(repo), sets=sets, data=data, name=name, seed=seed, epochs=epochs,
+                       batch_size=batch_size, lr=lr, device=device, resume=resume, restart=restart, quiet=False,
+                       threads=threads)
+    except TrainingInterrupted as exc:
+        if group.DEBUG:
+            raise
+        click.secho(f"interrupted: the last checkpoint is kept in {exc.path}", fg="red", err=True)
+        click.echo(f"continue with: {resume_command(ctx)}", err=True)
+        ctx.exit(130)
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
 
@@ -52,11 +66,21 @@ def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, devic
         m = res["metrics"]
         shown = "  ".join(f"{k} {fmt_metric(m[k])}" for k in ("test_accuracy", "val_accuracy", "test_loss",
                                                               "train_seconds") if k in m)
-        click.echo(f"trained {res['model']}:{res['version']} ({res['params']:,} parameters) -> {res['path']}")
+        target = f", {res['target']}" if res.get("target") else ""
+        click.echo(f"trained {res['model']}:{res['version']} ({res['params']:,} parameters{target}) -> {res['path']}")
         if shown:
             click.echo(f"  {shown}")
 
     emit(result.as_dict(), as_json, human)
+
+
+def resume_command(ctx) -> str:
+    """The command line that continues this run: the same one, with --resume and without --restart."""
+    import shlex
+
+    args = group.ARGS if group.ARGS is not None else [ctx.info_name, *sys.argv[1:]]
+    args = [a for a in args if a not in ("--restart", "--resume", "--debug")]
+    return shlex.join(["dlkit", *args, "--resume"])
 
 
 def _without_option(args: list[str], option: str) -> list[str]:
@@ -77,17 +101,19 @@ def _without_option(args: list[str], option: str) -> list[str]:
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]),
               help="Default: torch, or onnx for a model with only model.onnx (quantized models).")
 @click.option("--data", help="Evaluate on another data set or file (default: the model's own).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--provider", default="auto", show_default=True, help="onnxruntime provider (--runtime onnx).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="Which split of the data set to score.")
+@provider_option
+@threads_option
 @repo_option
 @json_option
-def evaluate_cmd(ref, runtime, data, split, provider, repo, as_json):
+def evaluate_cmd(ref, runtime, data, split, provider, threads, repo, as_json):
     """Accuracy and loss of a classifier on its data set's test split."""
     from dlkit.infer.evaluate import evaluate
 
     version = open_repo(repo).resolve(ref)
     runtime = runtime or ("torch" if version.has_weights() or not version.has_onnx() else "onnx")
-    result = evaluate(version, runtime=runtime, data=data, split=split, provider=provider)
+    result = evaluate(version, runtime=runtime, data=data, split=split, provider=provider, threads=threads)
 
     def human(r):
         click.echo(f"{r['model']}:{r['version']} on {r['data']} ({r['split']}, {r['samples']} samples, "

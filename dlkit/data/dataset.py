@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlkit.data.streaming import take_rows
 from dlkit.errors import InputError
 
 
@@ -39,8 +40,11 @@ class Dataset:
 
     @property
     def targets(self) -> str:
-        """``labels`` (class indices) or ``values`` (numbers): what ``y`` holds."""
-        return "values" if self.target_spec else "labels"
+        """``labels`` (class indices), ``values`` (numbers) or ``none`` (``data.targets=none``: ``y``
+        is -1 for every sample): what ``y`` holds."""
+        if self.target_spec:
+            return "values"
+        return "labels" if self.labels else "none"
 
     @property
     def kind(self) -> str:
@@ -63,7 +67,7 @@ class Dataset:
 def check_finite(ds: Dataset, source: str) -> None:
     for part in ("train", "val", "test"):
         x, _ = ds.split(part)
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
             idx = np.argwhere(~np.isfinite(x))[0]
             raise InputError(f"{source}: non-finite value (NaN or inf) in the {part} split at {tuple(int(i) for i in idx)}")
 
@@ -85,7 +89,7 @@ def split_stratified(x: np.ndarray, y: np.ndarray, seed: int, val: float = 0.1, 
     for chunks in parts:
         idx = np.concatenate(chunks) if chunks else np.array([], dtype=int)
         rng.shuffle(idx)
-        out += [x[idx], y[idx]]
+        out += [take_rows(x, idx), y[idx]]
     if min(len(out[1]), len(out[3]), len(out[5])) == 0:
         raise InputError(f"{name}: too few samples ({len(y)}) to split into train, validation and test")
     return tuple(out)
@@ -116,7 +120,12 @@ def stratified_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def make_dataset(name: str, x: np.ndarray, y: np.ndarray, labels: list[str], input_spec: dict,
                  seed: int, options: dict) -> Dataset:
-    """Split arrays into a :class:`Dataset` (``options`` may set ``val`` and ``test`` fractions)."""
+    """Split arrays into a :class:`Dataset` (``options`` may set ``val`` and ``test`` fractions;
+    ``targets=none`` drops the labels)."""
+    if options.get("targets") == "none":
+        from dlkit.data.unlabelled import make_unlabelled_dataset
+
+        return make_unlabelled_dataset(name, x, input_spec, seed, options)
     if options.get("targets", "labels") != "labels":
         raise InputError(f"{name}: has class labels, not numeric targets (regression needs numbers: "
                          f"a CSV column with data.target, or an .npz whose y holds values)")
@@ -148,14 +157,14 @@ def make_regression_dataset(name: str, x: np.ndarray, y: np.ndarray, target_name
     std = train_y.std(axis=0)
     spec = {"names": list(target_names),
             "mean": [float(v) for v in train_y.mean(axis=0)], "std": [float(v) if v > 0 else 1.0 for v in std]}
-    arrays = [a for idx in parts for a in (x[idx], y[idx])]
+    arrays = [a for idx in parts for a in (take_rows(x, idx), y[idx])]
     return Dataset(name, *arrays, input_spec=input_spec, labels=[], target_spec=spec)
 
 
 def check_data_options(name: str, options: dict, known: tuple[str, ...] = ()) -> None:
     """Refuse a ``data.KEY`` the loader does not read (a misspelt ``data.target`` would otherwise
     be ignored silently); ``val``, ``test`` and ``targets`` (``labels`` or ``values``, set from the
-    recipe's task) are read by every loader."""
+    recipe's task, or ``none``: no targets at all, for tasks that need none) are read by every loader."""
     allowed = {*known, "val", "test", "targets"}
     unknown = sorted(set(options) - allowed)
     if unknown:

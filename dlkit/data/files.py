@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dlkit.data.streaming import STREAM_BYTES, RowArray, decoded_cache, default_workers
 from dlkit.errors import InputError
-from dlkit.data.dataset import (Dataset, _sorted_labels, check_data_options, is_number, make_dataset,
-                                make_regression_dataset, value_range)
+from dlkit.data.dataset import (Dataset, _sorted_labels, check_data_options, make_dataset, make_regression_dataset,
+                                value_range)
 
 
 
@@ -20,73 +19,63 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 # -- user files ------------------------------------------------------------------------------------
 def load_csv(source: str, options: dict, seed: int) -> Dataset:
-    """Numeric features and one label column (``data.target``, default the last); header detected.
+    """Numeric features and one target column (see :mod:`dlkit.data.csv_table` for how the file
+    is read and the target chosen); ``data.missing`` = error (default), drop or mean.
 
     Features are standardised with the training split's mean and standard deviation, recorded
     in the input spec so the exported graph accepts raw feature values.
     """
+    from dlkit.data.csv_table import check_target, features_and_labels, read_table, target_column
+
     path = Path(source)
-    check_data_options(str(path), options, ("target",))
-    try:
-        with open(path, newline="") as f:
-            rows = [r for r in csv.reader(f)]
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text CSV file") from None
-    rows = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
-    if not rows:
-        raise InputError(f"{path}: empty CSV file")
-    first = rows[0][1]
-    # A header is a first row with a word where the next row has a number (as csv.Sniffer
-    # judges it): a header-less file with string labels ("5.1,3.5,setosa") keeps its first row.
-    if len(rows) > 1:
-        has_header = any(not is_number(a) and is_number(b) for a, b in zip(first, rows[1][1]))
-    else:
-        has_header = not all(is_number(c) for c in first)
-    header = [c.strip() for c in first] if has_header else [f"column {i + 1}" for i in range(len(first))]
-    body = rows[1:] if has_header else rows
-    target = options.get("target")
-    if target is None:
-        t = len(header) - 1
-    elif isinstance(target, int) or str(target).lstrip("-").isdigit():
-        t = int(target)
-        if not -len(header) <= t < len(header):
-            raise InputError(f"{path}: data.target={target} is out of range ({len(header)} columns)")
-        t %= len(header)
-    elif target in header:
-        t = header.index(target)
-    else:
-        raise InputError(f"{path}: data.target={target!r} is not a column (columns: {', '.join(header)})")
-    feats, labels = [], []
-    for line, row in body:
-        if len(row) != len(header):
-            raise InputError(f"{path}:{line}: expected {len(header)} columns, found {len(row)}")
-        values = []
-        for col, cell in enumerate(row):
-            if col == t:
-                continue
-            try:
-                values.append(float(cell))
-            except ValueError:
-                raise InputError(
-                    f"{path}:{line}: column {col + 1} ({header[col]!r}) is not a number: {cell.strip()!r}"
-                ) from None
-            if not math.isfinite(values[-1]):
-                raise InputError(f"{path}:{line}: column {col + 1} ({header[col]!r}) is {cell.strip()!r}")
-        feats.append(values)
-        labels.append(row[t].strip())
+    if options.get("targets") == "none":  # every column is a feature (clustering)
+        from dlkit.data.unlabelled import load_csv_unlabelled
+
+        return load_csv_unlabelled(path, options, seed)
+    check_data_options(str(path), options, ("target", "missing"))
+    table = read_table(path)
+    t = target_column(table, options.get("target"))
+    feats, labels = features_and_labels(table, t, str(options.get("missing", "error")),
+                                        chosen=options.get("target") is not None)
     if not feats:
         raise InputError(f"{path}: no data rows")
+    target = table.header[t]
     x = np.asarray(feats, dtype=np.float32)
+    features = [h for i, h in enumerate(table.header) if i != t]
+    if options.get("targets") == "values":  # --set task=regression: the target holds numbers
+        return _csv_regression(path, x, labels, target, features, seed, options)
+    check_target(path, target, labels)
     names = _sorted_labels(labels)
     y = np.array([names.index(v) for v in labels])
+    if table.class_names and len(table.class_names) == len(names) and names == [str(i) for i in range(len(names))]:
+        names = table.class_names  # sklearn's file: class i is the i-th name of its first line
     spec = {"kind": "tabular", "shape": [x.shape[1]], "dtype": "float32", "range": value_range(x),
-            "features": [h for i, h in enumerate(header) if i != t]}
+            "features": features, "target": target,
+            "rows": len(labels)}
     ds = make_dataset(path.name, x, y, names, spec, seed, options)
+    _standardize(ds)
+    return ds
+
+
+def _csv_regression(path: Path, x: np.ndarray, cells: list[str], target: str, features: list[str], seed: int,
+                    options: dict) -> Dataset:
+    from dlkit.data.dataset import is_number
+
+    bad = next((c for c in cells if not is_number(c)), None)
+    if bad is not None:
+        raise InputError(f"{path}: target column {target!r} holds {bad!r}: regression needs numbers")
+    spec = {"kind": "tabular", "shape": [x.shape[1]], "dtype": "float32", "range": value_range(x),
+            "features": features, "target": target, "rows": len(cells)}
+    ds = make_regression_dataset(path.name, x, np.asarray(cells, dtype=np.float32), [target], spec, seed, options)
+    _standardize(ds)
+    return ds
+
+
+def _standardize(ds: Dataset) -> None:
     mean = ds.x_train.mean(axis=0)
     std = ds.x_train.std(axis=0)
     std[std == 0] = 1.0
     ds.input_spec["preprocessing"] = {"standardize": {"mean": mean.tolist(), "std": std.tolist()}}
-    return ds
 
 
 def load_npz(source: str, options: dict, seed: int) -> Dataset:
@@ -99,10 +88,11 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
     check_data_options(str(path), options, ("kind",))
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = {"x", "y"} - set(npz.files)
+            missing = {"x"} - set(npz.files) if options.get("targets") == "none" else {"x", "y"} - set(npz.files)
             if missing:
                 raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(npz.files)})")
-            x, y = npz["x"], npz["y"]
+            x = npz["x"]
+            y = npz["y"] if "y" in npz.files else np.zeros(len(x), np.int64)
     except InputError:
         raise
     except Exception as exc:
@@ -135,12 +125,18 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
     """One sub-folder per class of PNG/JPEG images; grayscale unless any image has colour.
 
     Images are resized to ``data.size`` (``"28x28"``), default the most common size, and scaled
-    to [0, 1].
+    to [0, 1]; ``data.invert=true`` takes their negative (dark drawings on white paper, to match
+    light-on-dark data), and the model's preprocessing records it so ``predict`` does the same.
+    A folder whose float32 pixels would pass 2 GiB (or ``data.stream=true``) is decoded once by
+    worker processes into a cached uint8 file and streamed from it (dlkit.data.streaming).
     """
     from PIL import Image, UnidentifiedImageError
 
     root = Path(source)
-    check_data_options(str(root), options, ("size",))
+    check_data_options(str(root), options, ("size", "invert", "stream"))
+    invert = options.get("invert", False)
+    if not isinstance(invert, bool):
+        raise InputError(f"data.invert must be true or false, got {invert!r}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {c: sorted(f for f in (root / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
     files = {c: fs for c, fs in files.items() if fs}
@@ -148,17 +144,28 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
         raise InputError(
             f"{root}: an image folder needs one sub-folder per class with at least 2 classes, found {len(files)}"
         )
-    images, y = [], []
-    for label, (cls, paths) in enumerate(files.items()):
-        for p in paths:
-            try:
-                with Image.open(p) as im:
-                    im.load()
-                    images.append(im.copy())
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise InputError(f"{p}: cannot decode image ({exc})") from None
-            y.append(label)
-    color = any(im.mode not in ("L", "1", "I", "I;16", "LA") for im in images)
+    paths = [p for fs in files.values() for p in fs]
+    y = np.array([label for label, fs in enumerate(files.values()) for _ in fs])
+    stream = options.get("stream", "auto")
+    if stream not in ("auto", True, False):
+        raise InputError(f"{root}: data.stream must be auto, true or false, got {stream!r}")
+    if stream is not False:
+        size, mode = _folder_geometry(paths, options)
+        nbytes = len(paths) * (3 if mode == "RGB" else 1) * size[0] * size[1] * 4
+        if stream is True or nbytes > STREAM_BYTES:
+            # Too large for float32 arrays: decode once, in parallel, into a uint8 cache the
+            # splits read rows of (dlkit.data.streaming).
+            x = RowArray(decoded_cache(root, paths, size, mode, default_workers()), divisor=255.0, invert=invert)
+            return make_dataset(root.name, x, y, list(files), _image_spec(x.shape, mode, size, invert), seed, options)
+    images = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                images.append(im.copy())
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{p}: cannot decode image ({exc})") from None
+    color = any(im.mode not in GRAY_MODES for im in images)
     if "size" in options:
         size = parse_size(options["size"])
     else:
@@ -171,11 +178,36 @@ def load_image_folder(source: str, options: dict, seed: int) -> Dataset:
         if im.size != size:
             im = im.resize(size, Image.BILINEAR)
         a = np.asarray(im, dtype=np.float32) / 255.0
+        a = 1.0 - a if invert else a
         arrays.append(a.transpose(2, 0, 1) if color else a[None])
     x = np.stack(arrays)
-    spec = {"kind": "image", "shape": list(x.shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
-            "layout": "NCHW", "preprocessing": f"{mode} image resized to {size[0]}x{size[1]}, pixel / 255"}
-    return make_dataset(root.name, x, np.array(y), list(files), spec, seed, options)
+    return make_dataset(root.name, x, y, list(files), _image_spec(x.shape, mode, size, invert), seed, options)
+
+
+GRAY_MODES = ("L", "1", "I", "I;16", "LA")
+
+
+def _image_spec(shape: tuple, mode: str, size: tuple[int, int], invert: bool) -> dict:
+    return {"kind": "image", "shape": list(shape[1:]), "dtype": "float32", "range": [0.0, 1.0],
+            "layout": "NCHW", "invert": invert,
+            "preprocessing": f"{mode} image resized to {size[0]}x{size[1]}, "
+                             f"{'1 - pixel / 255' if invert else 'pixel / 255'}"}
+
+
+def _folder_geometry(paths: list[Path], options: dict) -> tuple[tuple[int, int], str]:
+    """(size, mode) the images will be decoded to, from their headers alone (no pixel decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes, color = [], False
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                sizes.append(im.size)
+                color = color or im.mode not in GRAY_MODES
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{p}: cannot decode image ({exc})") from None
+    size = parse_size(options["size"]) if "size" in options else max(set(sizes), key=sizes.count)
+    return size, "RGB" if color else "L"
 
 
 def parse_size(value: Any) -> tuple[int, int]:

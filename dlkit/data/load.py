@@ -39,6 +39,11 @@ def load_dataset(source: str, options: dict | None = None, seed: int = 0) -> Dat
     ds.source = {"source": source if source in names else str(Path(source).resolve()),
                  "loader": spec.name, "options": options, "seed": seed}
     check_finite(ds, source)
+    from dlkit.data.input_stats import input_stats
+
+    # What the inputs look like, recorded by every model trained on them, so that predict can warn
+    # about an input that is nothing like them.
+    ds.input_spec.setdefault("stats", input_stats(ds.x_train, ds.kind))
     return ds
 
 

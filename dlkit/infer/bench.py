@@ -1,14 +1,15 @@
 """``dlkit bench``: latency and throughput of torch and onnxruntime, side by side in one process.
 
-Both runtimes get the same inputs and the same number of intra-op threads (torch's own default
-unless ``threads`` is given), torch runs under ``torch.inference_mode()`` (no autograd
+Both runtimes get the same inputs and the same number of intra-op threads (``threads``, else
+``$DLKIT_THREADS``, else the CPUs this process may use), and the counts each runtime really ran
+with are read back and reported: a speed-up between runtimes on different numbers of cores
+would measure the cores, so none is given then. torch runs under ``torch.inference_mode()`` (no autograd
 bookkeeping: the fair eager baseline), and they take turns in short rounds so that a noisy
 neighbour on a shared machine slows both alike. torch is only imported when it is benchmarked.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable
 
@@ -44,7 +45,9 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
         raise InputError(f"--threads must be at least 1, got {threads}")
     if "onnx" in runtimes and not version.has_onnx():
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
-    threads = threads or _default_threads(runtimes)
+    from dlkit.training.threads import resolve_threads
+
+    threads = resolve_threads(threads)
     runners: dict[str, Any] = {}
     providers = session = graph = None
     if "onnx" in runtimes:
@@ -66,6 +69,7 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
         # on different numbers of cores would measure the cores.
         restore = torch.get_num_threads()
         torch.set_num_threads(threads)
+    counts = thread_counts(session, runtimes)
     try:
         results = []
         for b in sizes:
@@ -76,22 +80,38 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
             import torch
 
             torch.set_num_threads(restore)
-    speedups = []
-    if set(RUNTIMES) <= set(runtimes):
-        for b in sizes:
-            t, o = (next(r for r in results if r["runtime"] == k and r["batch_size"] == b) for k in ("torch", "onnx"))
-            speedups.append({"batch_size": b, "speedup": t["p50_ms"] / o["p50_ms"],
-                             "throughput_ratio": o["throughput"] / t["throughput"]})
-    return {"model": version.name, "version": version.version, "threads": threads, "providers": providers,
-            "seconds": seconds, "results": results, "speedups": speedups}
+    speedups, note = compare(results, counts)
+    same = len(set(counts.values())) == 1
+    return {"model": version.name, "version": version.version, "threads": threads if same else None,
+            "thread_counts": counts, "providers": providers, "seconds": seconds, "results": results,
+            "speedups": speedups, "speedup_note": note}
 
 
-def _default_threads(runtimes) -> int:
+def thread_counts(session, runtimes) -> dict[str, int]:
+    """The intra-op threads each runtime will really use, read back from the runtime itself."""
+    counts = {}
     if "torch" in runtimes:
         import torch
 
-        return torch.get_num_threads()
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        counts["torch"] = torch.get_num_threads()
+    if "onnx" in runtimes:
+        counts["onnx"] = int(session.session.get_session_options().intra_op_num_threads)
+    return counts
+
+
+def compare(results: list[dict], counts: dict[str, int]) -> tuple[list[dict], str | None]:
+    """Per batch size, torch p50 / onnx p50; none (and why) unless both ran on the same thread count."""
+    if not set(RUNTIMES) <= set(counts):
+        return [], None
+    if counts["torch"] != counts["onnx"]:
+        return [], (f"no speed-up: torch ran on {counts['torch']} threads and onnxruntime on "
+                    f"{counts['onnx']}; the ratio would measure the cores")
+    speedups = []
+    for b in dict.fromkeys(r["batch_size"] for r in results):
+        t, o = (next(r for r in results if r["runtime"] == k and r["batch_size"] == b) for k in RUNTIMES)
+        speedups.append({"batch_size": b, "speedup": t["p50_ms"] / o["p50_ms"],
+                         "throughput_ratio": o["throughput"] / t["throughput"]})
+    return speedups, None
 
 
 def session_runner(session) -> Callable[[dict], Any]:

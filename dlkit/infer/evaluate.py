@@ -31,6 +31,21 @@ def graph_outputs(session, x: np.ndarray, output: str, batch_size: int = 256) ->
 
 def evaluation_data(version: ModelVersion, data: str | None = None):
     """The data set recorded in meta.json (the same split), or another source given by the user."""
+    from dlkit.data.streaming import cache_dir
+
+    with cache_dir(version.path.parent.parent / ".cache"):  # the repository's, as when it trained
+        ds = _load(version, data)
+    expected = version.meta["input_spec"]
+    if list(ds.input_spec["shape"]) != list(expected["shape"]) and expected["kind"] != "sequence":
+        raise InputError(f"data {ds.name} has input shape {ds.input_spec['shape']}, model {version.ref} "
+                         f"expects {expected['shape']}")
+    if ds.labels != version.meta.get("labels"):
+        raise InputError(f"data {ds.name} has labels {ds.labels}, model {version.ref} has {version.meta.get('labels')}")
+    return ds
+
+
+def _load(version: ModelVersion, data: str | None):
+    """Load ``data``, or the data set meta.json records, with the options it was trained with."""
     from dlkit.data.load import load_dataset
 
     recorded = version.meta.get("data") or {}
@@ -43,20 +58,17 @@ def evaluation_data(version: ModelVersion, data: str | None = None):
         if "source" not in recorded:
             raise InputError(f"model {version.ref} records no data set; pass --data")
         ds = load_dataset(recorded["source"], recorded.get("options", {}), recorded.get("seed", 0))
-    expected = version.meta["input_spec"]
-    if list(ds.input_spec["shape"]) != list(expected["shape"]) and expected["kind"] != "sequence":
-        raise InputError(f"data {ds.name} has input shape {ds.input_spec['shape']}, model {version.ref} "
-                         f"expects {expected['shape']}")
-    if ds.labels != version.meta.get("labels"):
-        raise InputError(f"data {ds.name} has labels {ds.labels}, model {version.ref} has {version.meta.get('labels')}")
     return ds
 
 
 def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = None, split: str = "test",
-             provider: str = "auto") -> dict:
-    """The task's metrics of ``version`` on a split of its data set (or of ``data``)."""
+             provider: str = "auto", threads: int | None = None) -> dict:
+    """The task's metrics of ``version`` on a split of its data set (or of ``data``), on ``threads``
+    compute threads (default :func:`dlkit.training.threads.resolve_threads`)."""
     from dlkit.plugins import get_registry
+    from dlkit.training.threads import use_threads
 
+    threads = use_threads(threads)
     task = get_registry().task_of(version.meta)
     if task is None:
         raise InputError(f"model {version.ref} records no task: evaluate needs one (classification, regression...)")
@@ -74,11 +86,12 @@ def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = N
 
         if not version.has_onnx():
             raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
-        session = Session(version.onnx_path, provider)
+        session = Session(version.onnx_path, provider, threads=threads)
         outputs = graph_outputs(session, x, task.output)
         providers = session.providers
     else:
         raise InputError(f"unknown runtime {runtime!r}: expected torch or onnx")
     metrics = task.metrics(outputs, y)
     return {"model": version.name, "version": version.version, "runtime": runtime, "providers": providers,
-            "task": task.name, "data": ds.name, "split": split, "samples": int(len(y)), **metrics}
+            "task": task.name, "data": ds.name, "split": split, "samples": int(len(y)), **metrics,
+            "threads": threads}

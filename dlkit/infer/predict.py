@@ -27,8 +27,14 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 
 
 def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", top_k: int = 3, *,
-            strict: bool = False, threads: int | None = None, optimization: str = "all") -> dict:
-    """Run ``version``'s model.onnx on each input file; one prediction per sample, as its task describes it."""
+            strict: bool = False, threads: int | None = None, optimization: str = "all",
+            invert: bool = False) -> dict:
+    """Run ``version``'s model.onnx on each input file; one prediction per sample, as its task describes it.
+
+    ``invert``: read images as their negative (a black-on-white drawing for a model trained on
+    light-on-dark digits). A sample far outside the training inputs gets a ``warning``.
+    """
+    from dlkit.data.input_stats import expected_input, unusual_inputs
     from dlkit.infer.session import Session
 
     if not inputs:
@@ -39,6 +45,7 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
     session = Session(version.onnx_path, provider, strict=strict, threads=threads, optimization=optimization)
     info = model_info(session, version)
+    info["invert"] = invert
     from dlkit.plugins import get_registry
 
     task = get_registry().task_of({"task": info["task"]})
@@ -50,9 +57,11 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
     for source in inputs:
         batch, names = read_input(source, info, feed)
         outputs = session.run({feed.name: batch})
-        predictions += task.describe(outputs, names, info, top_k)
+        described = task.describe(outputs, names, info, top_k)
+        for prediction, unusual in zip(described, unusual_inputs(batch, info["input_spec"])):
+            predictions.append({**prediction, "warning": unusual})
     return {"model": version.name, "version": version.version, "providers": session.providers,
-            "predictions": predictions}
+            "expects": expected_input(info["input_spec"]), "predictions": predictions}
 
 
 def model_info(session, version: ModelVersion) -> dict:
@@ -207,6 +216,8 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
     if image.size != size:
         image = image.resize(size, Image.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if bool(prep.get("invert")) != bool(info.get("invert")):  # trained on negatives xor --invert
+        pixels = 1.0 - pixels
     lo, hi = prep.get("range") or [0.0, 1.0]
     pixels = lo + (hi - lo) * pixels
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

@@ -10,6 +10,7 @@ tensor is allocated.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -41,6 +42,11 @@ INFER_OPENAPI = {"requestBody": {"required": True, "content": {"application/json
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string"}, "parameters": {"type": "object"}}}}}}}}}}
 
+
+# Every error answer, documented once for the whole app (schema-driven clients and fuzzers read it).
+_ERROR = {"description": "an error", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
+ERROR_RESPONSES = {code: _ERROR for code in (400, 401, 404, 405, 408, 409, 413, 500, 503)}
 
 GRPC_GRACE_SECONDS = 30
 # Bodies from this size are parsed in a worker thread, off the event loop.
@@ -80,12 +86,14 @@ def create_app(repo=None, models: list[str] | None = None, *, settings: ServeSet
             await plane.stop()  # in-flight requests have finished when uvicorn gets here
 
     app = FastAPI(title="dlkit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False, responses=ERROR_RESPONSES,  # a 307 to another spelling is not an answer (spec conformance)
                   description="Open Inference Protocol (KServe v2) with Triton's binary tensor data extension.")
     app.state.plane = plane
     app.state.models = plane.models
     app.state.metrics = plane.metrics
     _server_routes(app, plane)
     _model_routes(app, plane)
+    _repository_routes(app, plane)
     _error_handlers(app)
     app.add_middleware(Guard, token=settings.token, metrics=plane.metrics, log_access=settings.log_access)
     return app
@@ -93,6 +101,7 @@ def create_app(repo=None, models: list[str] | None = None, *, settings: ServeSet
 
 def _server_routes(app: FastAPI, plane: DataPlane) -> None:
     @app.get("/v2", summary="Server metadata")
+    @app.get("/v2/", include_in_schema=False)  # the spec writes "v2": both spellings answer, no redirect
     async def server_metadata():
         return json_response(plane.server_metadata())
 
@@ -111,7 +120,8 @@ def _server_routes(app: FastAPI, plane: DataPlane) -> None:
     async def all_statistics():
         return json_response(plane.statistics())
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics",
+             responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}}})
     async def prometheus():
         return Response(plane.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -142,13 +152,13 @@ def _model_routes(app: FastAPI, plane: DataPlane) -> None:
     for suffix, version_part in (("", False), ("/versions/{version}", True)):
         base = "/v2/models/{name}" + suffix
         latest = "" if version_part else " (latest version)"
-        app.add_api_route(base, _getter(plane.model_metadata), methods=["GET"], summary="Model metadata" + latest)
-        app.add_api_route(base + "/ready", _getter(plane.model_ready), methods=["GET"],
-                          summary="Model readiness" + latest)
-        app.add_api_route(base + "/config", _getter(plane.model_config), methods=["GET"],
-                          summary="Model configuration (Triton's JSON form)" + latest)
-        app.add_api_route(base + "/stats", _getter(plane.statistics), methods=["GET"],
-                          summary="Model statistics (Triton's statistics extension)" + latest)
+        extra = {"parameters": [_path_param("name")] + ([_path_param("version")] if version_part else [])}
+        for path, call, summary in (("", plane.model_metadata, "Model metadata"),
+                                    ("/ready", plane.model_ready, "Model readiness"),
+                                    ("/config", plane.model_config, "Model configuration (Triton's JSON form)"),
+                                    ("/stats", plane.statistics, "Model statistics (Triton's statistics extension)")):
+            app.add_api_route(base + path, _getter(call), methods=["GET"], summary=summary + latest,
+                              openapi_extra=extra)
 
     # The infer endpoints take only the Request: FastAPI's per-parameter validation would cost
     # more than the rest of the routing, so the path parameters are read (and documented) by hand.
@@ -162,6 +172,46 @@ def _model_routes(app: FastAPI, plane: DataPlane) -> None:
     async def infer_version(request: Request):
         params = request.path_params
         return await infer(request, params["name"], params["version"])
+
+
+def _repository_routes(app: FastAPI, plane: DataPlane) -> None:
+    """Triton's model repository extension: index, load, unload (see ``control``)."""
+    s = plane.settings
+    bodies = BodyReader(s.max_request_bytes, s.max_inflight_bytes, s.body_timeout)
+
+    async def body_of(request: Request) -> dict:
+        with bodies.reserve(request):
+            raw = await bodies.read(request)
+        if not raw.strip():
+            return {}
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ProtocolError("malformed JSON in the request body") from None
+        if not isinstance(doc, dict):
+            raise ProtocolError("the request body must be a JSON object")
+        return doc
+
+    @app.post("/v2/repository/index", summary="Every model of the repository and its state")
+    async def repository_index(request: Request):
+        ready = (await body_of(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise ProtocolError(f"'ready' must be true or false, received {ready!r}"[:200])
+        return json_response(plane.control.index(ready))
+
+    @app.post("/v2/repository/models/{name}/load", summary="Load or reload a model (explicit mode)",
+              openapi_extra={"parameters": [_path_param("name")]})
+    async def load(request: Request):
+        doc = await body_of(request)
+        await plane.control.load(request.path_params["name"], doc.get("parameters"))
+        return Response(status_code=200)
+
+    @app.post("/v2/repository/models/{name}/unload", summary="Unload a model (explicit mode)",
+              openapi_extra={"parameters": [_path_param("name")]})
+    async def unload(request: Request):
+        doc = await body_of(request)
+        await plane.control.unload(request.path_params["name"], doc.get("parameters"))
+        return Response(status_code=200)
 
 
 def _getter(call):

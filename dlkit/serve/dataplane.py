@@ -8,6 +8,7 @@ status that each transport maps to its own codes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,12 +18,14 @@ from .. import __version__
 from ..errors import DlkitError
 from ..store.repository import ModelRepository
 from .batcher import DynamicBatcher, QueueFull
+from .control import ModelControl
 from .metrics import Metrics
 from .model_set import ModelSet, ServedModel, load_models
 from .protocol import InferRequest, ProtocolError
 from .settings import ServeSettings
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository", "classification"]
+RETIRE_POLL_SECONDS = 0.01
 T = TypeVar("T")
 
 
@@ -44,27 +47,45 @@ class DataPlane:
         self.settings = settings
         self.repo = repo if repo is not None else ModelRepository(settings.repo)
         self.models = ModelSet(load_models(self.repo, list(settings.models) if settings.models else None,
-                                           settings.provider, settings.threads, settings.max_batch_size))
+                                           settings.provider, settings.threads, settings.max_batch_size,
+                                           allow_empty=settings.model_control_mode != "none"))
         self.metrics = Metrics()
-        self.executor = ThreadPoolExecutor(max_workers=min(len(list(self.models)), os.cpu_count() or 1),
-                                           thread_name_prefix="dlkit-infer")
+        # Threads start on demand: one per core at most, whatever is loaded later.
+        self.executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="dlkit-infer")
         for model in self.models:
             self._attach(model)
+        self.control = ModelControl(self)
         self._ready = False
+        self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start every batcher on the running event loop; the server is ready afterwards."""
         for model in self.models:
             model.batcher.start()
-        self._ready = True
+        self.control.start()
+        self._started = self._ready = True
 
     async def stop(self) -> None:
         """Not ready any more; finish what is queued, then release the worker threads."""
         self._ready = False
+        await self.control.stop()
         for model in self.models:
             await model.batcher.close()
         self.executor.shutdown(wait=True)
+
+    def add_model(self, model: ServedModel) -> None:
+        """Give a model opened after start-up its batcher and metrics (the caller then serves it)."""
+        self._attach(model)
+        if self._started:
+            model.batcher.start()
+
+    async def retire(self, model: ServedModel) -> None:
+        """Once no longer served: let its in-flight requests finish, then stop its batcher."""
+        while model.active:
+            await asyncio.sleep(RETIRE_POLL_SECONDS)
+        await model.batcher.close()
+        self.metrics.queue_depth.pop((model.name, model.version), None)
 
     def _attach(self, model: ServedModel) -> None:
         """Give ``model`` its metrics and its batcher."""
@@ -128,11 +149,12 @@ class DataPlane:
         started = time.perf_counter()
         stats = model.metrics
         stats.requests += 1
+        model.active += 1  # before the first await: an unload waits for this request
         try:
             with model.batcher.arriving():
                 request = await receive()
             outputs, queued = await model.batcher.infer(request.inputs, request.batch)
-            response = encode(request, outputs)
+            response = encode(request, model.classify(request.outputs, outputs))
         except ProtocolError as exc:
             stats.failed(exc.status, time.perf_counter() - started)
             raise
@@ -142,6 +164,8 @@ class DataPlane:
         except DlkitError as exc:  # the runtime failed on input that passed validation
             stats.failed(500, time.perf_counter() - started)
             raise ProtocolError(str(exc), 500) from None
+        finally:
+            model.active -= 1
         stats.succeeded(request.batch, time.perf_counter() - started, queued)
         return response
 

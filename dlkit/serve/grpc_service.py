@@ -17,12 +17,13 @@ import numpy as np
 from google.protobuf import json_format
 
 from .dataplane import DataPlane
+from .model_set import NotLoaded
 from .proto import kserve_v2_pb2 as pb
-from .protocol import NUMPY_TO_V2, ProtocolError, parse_infer_doc
+from .protocol import NUMPY_TO_V2, ProtocolError, parse_infer_doc, tensor_bytes
 
 SERVICE = "inference.GRPCInferenceService"  # the spec's name: what clients call
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-          404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
+          404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,
           413: grpc.StatusCode.RESOURCE_EXHAUSTED, 499: grpc.StatusCode.CANCELLED,
           503: grpc.StatusCode.UNAVAILABLE}
 # Which InferTensorContents field holds each datatype (FP16 and BF16 travel only as raw bytes).
@@ -68,6 +69,19 @@ class InferenceServicer:
     async def ModelStatistics(self, request, context):
         stats = self.plane.statistics(request.name or None, request.version or None)
         return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request, context):
+        entries = self.plane.control.index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**e) for e in entries])
+
+    async def RepositoryModelLoad(self, request, context):
+        params = {k: _param(v) for k, v in request.parameters.items()}
+        await self.plane.control.load(request.model_name, params)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        await self.plane.control.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request, context):
         model = self.plane.model(request.model_name, request.model_version or None)
@@ -122,7 +136,9 @@ def infer_response(name: str, version: int, req, outputs: dict[str, np.ndarray])
         datatype = NUMPY_TO_V2[array.dtype.name]
         tensor = response.outputs.add(name=want.name, datatype=datatype, shape=array.shape)
         if want.binary:
-            response.raw_output_contents.append(np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes())
+            response.raw_output_contents.append(tensor_bytes(array))
+        elif datatype == "BYTES":
+            tensor.contents.bytes_contents.extend(v.encode() if isinstance(v, str) else bytes(v) for v in array.ravel())
         else:
             getattr(tensor.contents, CONTENTS[datatype]).extend(array.ravel().tolist())
     return response
@@ -138,6 +154,8 @@ def _handler(servicer: InferenceServicer, name: str, token: str | None):
                                 "this server requires the metadata 'authorization: Bearer <token>'")
         try:
             return await method(request, context)
+        except NotLoaded as exc:  # Triton: a model with no available version is UNAVAILABLE
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except ProtocolError as exc:
             await context.abort(STATUS.get(exc.status, grpc.StatusCode.INTERNAL), str(exc))
 
@@ -159,7 +177,10 @@ RPCS = {"ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
         "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
-        "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse)}
+        "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+        "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+        "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse)}
 
 
 async def start_grpc(plane: DataPlane, host: str, port: int) -> grpc.aio.Server:

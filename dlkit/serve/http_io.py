@@ -13,6 +13,8 @@ import logging
 import re
 import time
 import zlib
+
+import orjson
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -33,7 +35,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 def json_response(obj, status: int = 200) -> Response:
     """A compact JSON response."""
-    return Response(json.dumps(obj, separators=(",", ":")), status, media_type="application/json")
+    return Response(orjson.dumps(obj), status, media_type="application/json")
 
 
 class BodyReader:

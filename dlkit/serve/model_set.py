@@ -7,6 +7,7 @@ and a version, which are looked up among what was loaded.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -19,6 +20,9 @@ from .batcher import DynamicBatcher
 from .metrics import ModelMetrics
 from .protocol import ProtocolError, TensorSpec, spec_from_runtime
 
+# Triton's name, chosen over the spec's example "onnx_onnxv1": it is what config.pbtxt says, so the
+# metadata and the configuration agree, and what Triton answers for the same folder, which is what
+# tritonclient-based tools (perf_analyzer, model navigator) expect.
 PLATFORM = "onnxruntime_onnx"
 _VERSION = re.compile(r"[0-9]{1,18}")
 # The most bytes one element takes in a valid JSON request ("-1.2345678901234567e-300, " and the
@@ -41,15 +45,35 @@ class ServedModel:
     batcher: DynamicBatcher | None = None
     metrics: ModelMetrics | None = None
     max_body_bytes: int | None = None  # no valid request is larger; None: not bounded by the signature
+    labels: dict[str, list[str]] | None = None  # output name -> class labels (the task's score outputs)
+    fingerprint: tuple = ()  # model.onnx's (mtime_ns, size) when opened: a reload re-opens only changed files
+    active: int = 0  # requests between look-up and answer: an unload waits for them
 
     def run(self, feeds):
         """One runtime call (in a worker thread)."""
         return self.session.run(feeds)
 
+    def classify(self, requested, outputs: dict) -> dict:
+        """Triton's classification extension on the outputs that ask for it."""
+        wanted = [w for w in requested if w.classification]
+        if not wanted:
+            return outputs
+        from .strings import classify
+
+        outputs = dict(outputs)
+        for want in wanted:
+            labels = (self.labels or {}).get(want.name)
+            outputs[want.name] = classify(outputs[want.name], want.classification, labels,
+                                          self.max_batch_size is not None)
+        return outputs
+
     def metadata(self, versions: list[int]) -> dict:
         """The v2 model metadata response."""
-        return {"name": self.name, "versions": [str(v) for v in versions], "platform": PLATFORM,
+        meta = {"name": self.name, "versions": [str(v) for v in versions], "platform": PLATFORM,
                 "inputs": [s.as_dict() for s in self.inputs], "outputs": [s.as_dict() for s in self.outputs]}
+        if self.labels:  # the labels, and which outputs they index (not in the spec's schema: an addition)
+            meta["parameters"] = {"labels": next(iter(self.labels.values())), "label_outputs": list(self.labels)}
+        return meta
 
     def config(self, max_queue_delay_ms: float, batching: bool) -> dict:
         """The model's configuration in Triton's JSON form (``GET .../config``)."""
@@ -62,9 +86,20 @@ class ServedModel:
         config = {"name": self.name, "platform": PLATFORM, "backend": "onnxruntime",
                   "max_batch_size": self.max_batch_size or 0,
                   "input": [tensor(s) for s in self.inputs], "output": [tensor(s) for s in self.outputs]}
+        if self.labels:  # Triton names a label file per output; the labels themselves travel here
+            config["parameters"] = {"labels": {"string_value": json.dumps(next(iter(self.labels.values())))},
+                                    "label_outputs": {"string_value": ",".join(self.labels)}}
         if self.max_batch_size and batching:
             config["dynamic_batching"] = {"max_queue_delay_microseconds": int(max_queue_delay_ms * 1000)}
         return config
+
+
+class NotLoaded(ProtocolError):
+    """A model the repository has but the server unloaded: 404 over REST, UNAVAILABLE over gRPC
+    (as Triton answers a model with no available version)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 404)
 
 
 class ModelSet:
@@ -72,6 +107,7 @@ class ModelSet:
 
     def __init__(self, models: list[ServedModel]):
         self.by_name: dict[str, dict[int, ServedModel]] = {}
+        self.unloaded: set[str] = set()  # names unloaded on request: they answer "not loaded"
         for m in models:
             self.by_name.setdefault(m.name, {})[m.version] = m
 
@@ -82,11 +118,21 @@ class ModelSet:
     def versions(self, name: str) -> list[int]:
         return sorted(self.by_name.get(name, {}))
 
+    def replace(self, name: str, models: list[ServedModel]) -> list[ServedModel]:
+        """Serve ``models`` as every version of ``name`` (none: unload it); returns the ones replaced."""
+        old = list(self.by_name.pop(name, {}).values())
+        if models:
+            self.by_name[name] = {m.version: m for m in models}
+        kept = {id(m) for m in models}
+        return [m for m in old if id(m) not in kept]
+
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The version named (the latest when None) or a 404 ProtocolError listing what exists."""
         versions = self.by_name.get(name)
         if versions is None:
             shown = name[:100]
+            if name in self.unloaded:
+                raise NotLoaded(f"model {shown!r} is not loaded (unloaded through the repository API)")
             raise ProtocolError(f"unknown model {shown!r} (serving: {', '.join(self.by_name) or 'none'})", 404)
         if version is None:
             return versions[max(versions)]
@@ -98,11 +144,13 @@ class ModelSet:
 
 
 def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: str = "auto",
-                threads: int | None = None, max_batch_size: int = 64) -> list[ServedModel]:
+                threads: int | None = None, max_batch_size: int = 64,
+                allow_empty: bool = False) -> list[ServedModel]:
     """Open every exported version in ``repo`` (or those of ``refs``: NAME or NAME:V).
 
     A model named in ``refs`` that cannot be served is an error; one found by listing the
-    repository that onnxruntime refuses is skipped with a warning.
+    repository that onnxruntime refuses is skipped with a warning. ``allow_empty``: nothing to
+    serve is fine (model control modes load models later).
     """
     if refs:
         chosen = []
@@ -115,6 +163,8 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
             chosen.extend((v, True) for v in found if all(v != c for c, _ in chosen))
     else:
         chosen = [(v, False) for v in repo.all_versions() if v.has_onnx()]
+    if not chosen and allow_empty:
+        return []
     if not chosen:
         raise InputError(f"no model in {repo.root} has a model.onnx: run `dlkit export onnx NAME` first")
     served = []
@@ -131,7 +181,7 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
             if named:
                 raise InputError(f"{version.ref} cannot be served: {reason}") from None
             print(f"dlkit serve: warning: skipping {version.ref}: {reason}", file=sys.stderr)
-    if not served:
+    if not served and not allow_empty:
         raise InputError(f"no model in {repo.root} could be loaded")
     return served
 
@@ -143,6 +193,7 @@ def open_version(version: ModelVersion, provider: str = "auto", threads: int | N
     from ..infer.session import Session
 
     check_external_data(version.onnx_path)
+    fingerprint = onnx_fingerprint(version)
     session = Session(version.onnx_path, provider, threads=threads)
     inputs = [spec_from_runtime(i) for i in session.inputs]
     outputs = [spec_from_runtime(o) for o in session.outputs]
@@ -150,7 +201,31 @@ def open_version(version: ModelVersion, provider: str = "auto", threads: int | N
     batchable = all(s.shape and s.shape[0] == -1 for s in inputs + outputs)
     batch = max_batch_size if batchable else None
     return ServedModel(version.name, version.version, version.path, session, inputs, outputs, batch,
-                       max_body_bytes=body_bound(inputs, batch))
+                       max_body_bytes=body_bound(inputs, batch), fingerprint=fingerprint,
+                       labels=class_labels(version, outputs))
+
+
+def class_labels(version: ModelVersion, outputs: list[TensorSpec]) -> dict[str, list[str]]:
+    """The labels of meta.json for each graph output the model's task says holds class scores."""
+    try:
+        meta = version.meta
+        labels = meta.get("labels")
+        if not isinstance(labels, list) or not labels:
+            return {}
+        from ..plugins import get_registry
+
+        task = get_registry().task_of(meta)
+    except DlkitError:  # no meta.json, or a task no installed plugin registers: no labels
+        return {}
+    present = {spec.name for spec in outputs}
+    names = [name for name in (task.scores if task is not None else ()) if name in present]
+    return {name: [str(label) for label in labels] for name in names}
+
+
+def onnx_fingerprint(version: ModelVersion) -> tuple:
+    """What tells a re-exported model.onnx from the one loaded: its mtime and size."""
+    st = version.onnx_path.stat()
+    return (st.st_mtime_ns, st.st_size)
 
 
 def body_bound(inputs: list[TensorSpec], max_batch_size: int | None) -> int | None:

@@ -13,23 +13,26 @@ it (``parameters.binary_data_output`` for all, or ``binary_data`` per output).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..errors import InputError
 
-# v2 datatype <-> numpy dtype. BYTES (strings) and BF16 are left out: no dlkit model takes them.
+# v2 datatype <-> numpy dtype. BYTES are numpy object arrays (of bytes in, str out of onnxruntime);
+# BF16 is left out: numpy has no such type.
 V2_TO_NUMPY = {
     "BOOL": np.dtype(bool), "UINT8": np.dtype("uint8"), "UINT16": np.dtype("uint16"),
     "UINT32": np.dtype("uint32"), "UINT64": np.dtype("uint64"), "INT8": np.dtype("int8"),
     "INT16": np.dtype("int16"), "INT32": np.dtype("int32"), "INT64": np.dtype("int64"),
     "FP16": np.dtype("float16"), "FP32": np.dtype("float32"), "FP64": np.dtype("float64"),
 }
-NUMPY_TO_V2 = {dtype.name: v2 for v2, dtype in V2_TO_NUMPY.items()}
+ALL_DTYPES = {**V2_TO_NUMPY, "BYTES": np.dtype(object)}  # the numeric types, and strings
+NUMPY_TO_V2 = {dtype.name: v2 for v2, dtype in ALL_DTYPES.items()}
+RUNTIME_TO_V2 = {**NUMPY_TO_V2, "tensor(string)": "BYTES"}  # onnxruntime's name for string tensors
 KNOWN_DATATYPES = set(V2_TO_NUMPY) | {"BYTES", "BF16"}
 # Which JSON number kinds (numpy dtype.kind of the parsed list) each target kind accepts.
 ACCEPTS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
@@ -53,7 +56,7 @@ class TensorSpec:
 
     @property
     def dtype(self) -> np.dtype:
-        return V2_TO_NUMPY[self.datatype]
+        return ALL_DTYPES[self.datatype]
 
     def as_dict(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -63,6 +66,7 @@ class TensorSpec:
 class RequestedOutput:
     name: str
     binary: bool
+    classification: int = 0  # Triton's classification extension: the top K as strings (0: off)
 
 
 @dataclass
@@ -77,7 +81,7 @@ class InferRequest:
 
 def spec_from_runtime(info) -> TensorSpec:
     """A :class:`TensorSpec` from a ``dlkit.infer.session.TensorInfo``."""
-    v2 = NUMPY_TO_V2.get(str(info.dtype))
+    v2 = RUNTIME_TO_V2.get(str(info.dtype))
     if v2 is None:
         raise InputError(f"tensor {info.name!r} has type {info.dtype}, which dlkit serve does not support")
     return TensorSpec(info.name, v2, tuple(-1 if d is None else int(d) for d in info.shape))
@@ -91,12 +95,8 @@ def parse_infer_request(body: bytes, header_length: str | None, inputs: list[Ten
     """
     header, tail = _split(body, header_length)
     try:
-        doc = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"malformed JSON in the request body: {exc}") from None
-    except RecursionError:
-        raise ProtocolError("malformed JSON in the request body: nested too deeply") from None
-    except ValueError as exc:  # integers beyond Python's 4300-digit conversion limit
+        doc = orjson.loads(header)  # 3-5x faster than json on number lists; refuses NaN tokens (not JSON)
+    except orjson.JSONDecodeError as exc:  # also: nesting beyond 1024, integers beyond 64 bits
         raise ProtocolError(f"malformed JSON in the request body: {str(exc)[:200]}") from None
     return parse_infer_doc(doc, tail, inputs, outputs, max_batch_size)
 
@@ -163,21 +163,54 @@ def encode_infer_response(model_name: str, version: int, request_id: str | None,
         entry: dict[str, Any] = {"name": want.name, "datatype": NUMPY_TO_V2[array.dtype.name],
                                  "shape": list(array.shape)}
         if want.binary:
-            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            data = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
+        elif array.dtype.kind == "O":
+            from .strings import to_json
+
+            entry["data"] = to_json(want.name, array)
+        elif array.dtype.kind in "fc" and not np.isfinite(array).all():
+            entry["data"] = json_numbers(array)
         else:
-            entry["data"] = array.ravel().tolist()
+            entry["data"] = np.ascontiguousarray(array).ravel()  # orjson writes numpy arrays natively
         outs.append(entry)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": str(version)}
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = outs
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, {"content-type": "application/json"}
     return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
                                         "inference-header-content-length": str(len(header))}
+
+
+NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def json_numbers(array: np.ndarray) -> list:
+    """A numeric tensor as a flat JSON list; NaN and infinities as the strings "NaN", "Infinity"
+    and "-Infinity" (protobuf's JSON mapping), because JSON has no such numbers. Triton writes
+    bare NaN/Infinity tokens, which strict parsers refuse; numpy reads these strings back
+    (``np.array(data, dtype=np.float32)``, what tritonclient's ``as_numpy`` does)."""
+    data = array.ravel().tolist()
+    if array.dtype.kind == "f":
+        flat = array.ravel()
+        bad = np.flatnonzero(~np.isfinite(flat))
+        for i in bad.tolist():
+            v = data[i]
+            data[i] = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    return data
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """A tensor's binary form: raw little-endian row-major data, or length-prefixed BYTES elements."""
+    if array.dtype.kind == "O":
+        from .strings import serialize
+
+        return serialize(array)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -250,13 +283,17 @@ def _binary_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, si
         raise ProtocolError(f"input {name!r}: binary_data_size must be a non-negative integer, received {size!r}"[:300])
     if "data" in raw:
         raise ProtocolError(f"input {name!r}: has both 'data' and parameters.binary_data_size")
+    if offset + size > len(tail):
+        raise ProtocolError(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+                            f"({len(tail) - offset} bytes left)")
+    if spec.datatype == "BYTES":  # length-prefixed elements: their count is checked while reading
+        from .strings import deserialize
+
+        return deserialize(name, tail[offset:offset + size], count).reshape(shape)
     needed = count * spec.dtype.itemsize
     if size != needed:
         raise ProtocolError(f"input {name!r}: shape {shape} of {spec.datatype} needs {needed} bytes, "
                             f"binary_data_size is {size}")
-    if offset + size > len(tail):
-        raise ProtocolError(f"input {name!r}: binary_data_size {size} runs past the end of the body "
-                            f"({len(tail) - offset} bytes left)")
     array = np.frombuffer(tail[offset:offset + size], dtype=spec.dtype.newbyteorder("<"))
     return array.astype(spec.dtype, copy=True).reshape(shape)  # own, aligned, native-order memory
 
@@ -266,6 +303,10 @@ def _json_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, data
         raise ProtocolError(f"input {name!r}: no 'data' (nor parameters.binary_data_size)")
     if not isinstance(data, list):
         data = [data]
+    if spec.datatype == "BYTES":
+        from .strings import from_json
+
+        return from_json(name, _flatten(data, len(shape)), count).reshape(shape)
     # A flat list's length is known before anything is built; nested lists are checked after
     # numpy has built them (their size is bounded by the body anyway).
     if data and not isinstance(data[0], list) and len(data) != count:
@@ -274,6 +315,8 @@ def _json_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, data
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
         raise ProtocolError(f"input {name!r}: data is not a rectangular list of numbers") from None
+    if array.dtype.kind == "U" and spec.dtype.kind == "f":
+        array = _non_finite(name, spec.datatype, data, len(shape))
     if array.size != count:
         raise ProtocolError(f"input {name!r}: shape {shape} declares {count} elements, data holds {array.size}")
     if count and array.dtype.kind not in ACCEPTS[spec.dtype.kind]:
@@ -284,6 +327,34 @@ def _json_tensor(name: str, spec: TensorSpec, shape: list[int], count: int, data
         if array.min() < info.min or array.max() > info.max:
             raise ProtocolError(f"input {name!r}: values out of range for {spec.datatype}")
     return array.astype(spec.dtype, copy=False).reshape(shape)
+
+
+def _non_finite(name: str, datatype: str, data: list, rank: int) -> np.ndarray:
+    """Float data holding the strings "NaN", "Infinity" or "-Infinity" (what responses use)."""
+    flat = _flatten(data, rank)
+    values = []
+    for v in flat:
+        if isinstance(v, str):
+            if v not in NON_FINITE:
+                raise ProtocolError(f"input {name!r}: {datatype} data expected, received non-numbers (the only "
+                                    f"strings it may hold are \"NaN\", \"Infinity\" and \"-Infinity\"; "
+                                    f"received {v[:40]!r})")
+            v = NON_FINITE[v]
+        elif type(v) not in (int, float):
+            raise ProtocolError(f"input {name!r}: data is not a rectangular list of numbers")
+        values.append(v)
+    return np.array(values, dtype=np.float64)
+
+
+def _flatten(data: list, depth: int) -> list:
+    """A nested list of at most ``depth`` levels, flat (strings are leaves, not sequences)."""
+    for _ in range(depth):
+        if not any(isinstance(v, list) for v in data):
+            break
+        if not all(isinstance(v, list) for v in data):
+            raise ProtocolError("data mixes lists and values at one level")
+        data = [v for row in data for v in row]
+    return data
 
 
 def _outputs(doc: dict, outputs: list[TensorSpec], binary_default: bool) -> list[RequestedOutput]:
@@ -303,10 +374,12 @@ def _outputs(doc: dict, outputs: list[TensorSpec], binary_default: bool) -> list
         if any(c.name == name for c in chosen):
             raise ProtocolError(f"output {name!r} is requested twice")
         params = _params(raw, f"output {name!r}")
-        if params.get("classification"):
-            raise ProtocolError(f"output {name!r}: the classification extension is not supported")
+        classification = params.get("classification", 0)
+        if type(classification) is not int or classification < 0:
+            raise ProtocolError(f"output {name!r}: parameters.classification must be a positive integer (the "
+                                f"number of classes to return), received {classification!r}"[:300])
         binary = params.get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise ProtocolError(f"output {name!r}: parameters.binary_data must be true or false, received {binary!r}"[:300])
-        chosen.append(RequestedOutput(name, binary))
+        chosen.append(RequestedOutput(name, binary, classification))
     return chosen

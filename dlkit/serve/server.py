@@ -132,7 +132,7 @@ class _Server(uvicorn.Server):
             for sock in s.sockets:
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
-                print(f"dlkit serve: serving {', '.join(self.names)} on http://{shown}:{port} "
+                print(f"dlkit serve: serving {', '.join(self.names) or 'no model yet'} on http://{shown}:{port} "
                       "(Ctrl+C to stop)", file=sys.stderr, flush=True)
 
     async def shutdown(self, sockets=None):

@@ -41,6 +41,8 @@ class ServeSettings:
     header_timeout: float = 10.0  # seconds from connecting to the end of the request headers
     body_timeout: float = 60.0  # seconds for a request body to arrive (408 beyond)
     keep_alive: float = 5.0  # seconds an idle keep-alive connection stays open
+    model_control_mode: str = "none"  # none | explicit | poll, as Triton's --model-control-mode
+    repository_poll_secs: float = 15.0  # poll mode: seconds between checks of the repository (Triton's default)
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_request_bytes < 1 \
@@ -49,6 +51,11 @@ class ServeSettings:
         if min(self.header_timeout, self.body_timeout, self.keep_alive) <= 0 or self.max_connections < 1 \
                 or self.max_inflight_bytes < 1:
             raise InputError("timeouts must be > 0, the connection and in-flight byte limits >= 1")
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
+            raise InputError(f"--model-control-mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+                             f"received {self.model_control_mode!r}")
+        if self.repository_poll_secs <= 0:
+            raise InputError("--repository-poll-secs must be > 0")
         if self.token is not None and not self.token.strip():
             raise InputError("--token must not be empty")
 

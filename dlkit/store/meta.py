@@ -12,7 +12,8 @@ def input_preprocessing(input_spec: dict) -> dict:
     """What a client does to raw data before feeding the graph (stored in the ONNX metadata).
 
     Images: convert to ``mode``, resize to ``width`` x ``height`` (bilinear), scale pixels
-    linearly from 0..255 to ``range``, lay out as ``layout``. Tabular inputs that the model
+    linearly from 0..255 to ``range`` (from 255..0 when ``invert``: the model learnt from
+    inverted files), lay out as ``layout``. Tabular inputs that the model
     standardises do so inside the graph: feed raw values.
     """
     kind = input_spec.get("kind")
@@ -23,6 +24,8 @@ def input_preprocessing(input_spec: dict) -> dict:
         out["image"] = {"mode": {1: "L", 3: "RGB"}.get(channels), "width": width, "height": height,
                         "range": list(input_spec.get("range") or [0.0, 1.0]),
                         "layout": input_spec.get("layout", "NCHW"), "resample": "bilinear"}
+        if input_spec.get("invert"):
+            out["image"]["invert"] = True
     if isinstance(note, dict) and "standardize" in note:
         out["note"] = "standardisation is inside the graph: feed raw feature values"
     elif note:

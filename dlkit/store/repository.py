@@ -188,6 +188,24 @@ class ModelRepository:
         return [ModelVersion(n, v, self.root / n / str(v)) for n in self.names() for v in self.versions(n)]
 
     # -- writing -------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Refuse, before any expensive work, a repository this process cannot write to: a
+        read-only or full file system, a folder without permission, a path through a file."""
+        import tempfile
+
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(existing))
+            # A real write: os.access answers yes for root on a read-only bind mount's folders.
+            with tempfile.TemporaryFile(dir=existing, prefix=".dlkit-probe-"):
+                pass
+        except OSError as exc:
+            raise InputError(f"--repo {self.root}: cannot write there ({exc.strerror or exc}"
+                             f"{': ' + str(existing) if existing != self.root else ''})") from None
+
     def stage(self, name: str) -> StagedVersion:
         """A fresh staging folder for a new version of ``name``."""
         check_name(name)

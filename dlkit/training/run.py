@@ -22,6 +22,14 @@ from dlkit.training.state import CHECKPOINT
 RECIPE_FILE = "recipe.json"
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run whose last checkpoint is kept: ``resume=True`` continues it."""
+
+    def __init__(self, name: str, path: Path):
+        super().__init__(f"training of {name!r} interrupted; its checkpoint is kept in {path}")
+        self.name, self.path = name, path
+
+
 @dataclass
 class TrainRun:
     """What a trainer's ``fit`` receives."""
@@ -50,10 +58,14 @@ class TrainResult:
     version: ModelVersion
     metrics: dict
     params: int
+    target: str | None = None  # which column of a table was learnt, e.g. "target: species, 3 classes, ..."
 
     def as_dict(self) -> dict:
-        return {"model": self.version.name, "version": self.version.version,
-                "path": str(self.version.path), "params": self.params, "metrics": self.metrics}
+        out = {"model": self.version.name, "version": self.version.version,
+               "path": str(self.version.path), "params": self.params, "metrics": self.metrics}
+        if self.target:
+            out["target"] = self.target
+        return out
 
 
 def default_name(arch: str, data_source: str) -> str:
@@ -120,8 +132,8 @@ def recipe_from(target: str | Recipe, *, sets: list[str] | tuple = (), data: str
 
 
 def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: list[str] | tuple = (),
-          resume: bool = False, quiet: bool = False, callbacks: list | None = None, **overrides: Any
-          ) -> TrainResult | None:
+          resume: bool = False, restart: bool = False, quiet: bool = False, callbacks: list | None = None,
+          threads: int | None = None, **overrides: Any) -> TrainResult | None:
     """Train ``recipe`` and publish the result as the next version of its model name.
 
     ``recipe`` is a :class:`Recipe`, a RECIPE.toml path or an architecture name; ``sets`` and
@@ -129,8 +141,16 @@ def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: li
     ``dlkit train``'s ``--set`` and flags do (:func:`recipe_from`). Bad input raises
     :class:`InputError` before anything is written. A run that fails after its first checkpoint
     leaves a staging folder that ``resume=True`` continues. Under torchrun every rank trains its
-    shard and only rank 0 writes and returns the result (others: None).
+    shard and only rank 0 writes and returns the result (others: None). An interrupted run of the
+    same name is never discarded silently: without ``resume`` (continue it) or ``restart`` (discard
+    it) the call refuses; Ctrl-C after a checkpoint raises :class:`TrainingInterrupted`. ``threads``: torch's
+    compute threads (default :func:`dlkit.training.threads.resolve_threads`), set before torch starts.
     """
+    from dlkit.training.threads import use_threads
+
+    repo = repo or ModelRepository()
+    repo.check_writable()  # a read-only repository is found before torch is imported, not after
+    use_threads(threads)
     from dlkit.training.distributed import env_world_size, init_from_env, shutdown
 
     if sets or overrides or not isinstance(recipe, Recipe):
@@ -139,7 +159,8 @@ def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: li
     try:
         if env_world_size() > 1:
             started = init_from_env(str(recipe.train.get("device", "auto")))
-        return _train(recipe, repo or ModelRepository(), resume=resume, quiet=quiet, callbacks=callbacks)
+        return _train(recipe, repo or ModelRepository(), resume=resume, restart=restart, quiet=quiet,
+                      callbacks=callbacks)
     finally:
         if started:
             shutdown()
@@ -172,11 +193,20 @@ def _resumed_recipe(repo: ModelRepository, name: str, recipe: Recipe) -> tuple[A
     return staged, stored
 
 
-def _prepare(recipe: Recipe) -> _Prepared:
+def _refuse_to_discard(repo: ModelRepository, name: str) -> None:
+    """A fresh run must not delete an interrupted one of the same name without being told to."""
+    found = repo.interrupted(name, CHECKPOINT)
+    if found:
+        raise InputError(f"an interrupted run of {name!r} is kept in {found[0].path}: continue it with --resume, "
+                         f"or discard it and start over with --restart")
+
+
+def _prepare(recipe: Recipe, repo: ModelRepository) -> _Prepared:
     """Check every option, load the data and build the model: all bad input is found here."""
     import torch
 
     from dlkit.data.load import load_dataset
+    from dlkit.data.streaming import cache_dir
     from dlkit.plugins import get_registry
     from dlkit.training.build import build_model, check_compatible
     from dlkit.training.distributed import rank_and_world
@@ -197,9 +227,12 @@ def _prepare(recipe: Recipe) -> _Prepared:
         check_task(spec, recipe.task)
         if registry.task(recipe.task).target_dtype == "float32":
             data_options["targets"] = "values"
-    dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
+    with cache_dir(repo.root / ".cache"):  # decoded data too large for memory is cached in the repository
+        dataset = load_dataset(source, data_options, int(recipe.data.get("seed", 0)))
     check_compatible(spec, dataset.input_spec, source)
     task = recipe.task or task_for(spec, dataset, registry)
+    if dataset.targets == "none" and registry.task(task).loss is not None:
+        raise InputError(f"--data {source}: task {task!r} trains on targets, and data.targets=none gives none")
     torch.manual_seed(recipe.seed)
     model = build_model(spec, hparams, dataset.input_spec, dataset.num_outputs, dataset.target_spec)
     return _Prepared(recipe, spec, trainer, hparams, config, dataset, model, world, task)
@@ -208,14 +241,18 @@ def _prepare(recipe: Recipe) -> _Prepared:
 def check_task(spec: ModelSpec, task: str) -> None:
     """Refuse a task the architecture does not solve, naming the ones it does."""
     if task not in spec.tasks:
+        from dlkit.plugins import get_registry
+
+        others = [s.name for s in get_registry().all("model") if task in s.tasks]
+        hint = f"; architectures that do {task}: {', '.join(others)}" if others else ""
         raise InputError(f"architecture {spec.name!r} does not do {task} (it does: {', '.join(spec.tasks)}); "
-                         f"set task= to one of those")
+                         f"set task= to one of those{hint}")
 
 
 def task_for(spec: ModelSpec, dataset: Any, registry: Any) -> str:
     """The task a run with no ``task=`` trains: the architecture's default for class labels, its
     first task on values for numeric targets (a CSV target with many distinct numbers)."""
-    if dataset.targets == "labels":
+    if dataset.targets != "values":  # class labels, or none (a task that learns without targets)
         return spec.task
     for name in spec.tasks:
         if name in registry.names("task") and registry.task(name).target_dtype == "float32":
@@ -224,15 +261,23 @@ def task_for(spec: ModelSpec, dataset: Any, registry: Any) -> str:
                      f"predicts numbers (it does: {', '.join(spec.tasks)})")
 
 
-def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
+def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, restart: bool, quiet: bool,
            callbacks: list | None) -> TrainResult | None:
+    from dlkit.data.csv_table import target_summary
     from dlkit.training.distributed import broadcast_text, rank_and_world
 
     name = recipe.name or default_name(recipe.arch, str(recipe.data.get("source", "digits")))
     staged = None
+    if resume and restart:
+        raise InputError("--resume continues the interrupted run and --restart discards it: give one")
     if resume:
         staged, recipe = _resumed_recipe(repo, name, recipe)
-    p = _prepare(recipe)
+    elif not restart:
+        _refuse_to_discard(repo, name)
+    p = _prepare(recipe, repo)
+    target = target_summary(p.dataset.input_spec, p.dataset.num_classes if p.dataset.targets == "labels" else None)
+    if target and rank_and_world()[0] == 0 and not quiet:
+        print(f"dlkit: {target}", file=sys.stderr)  # the column chosen is never a silent guess
     if rank_and_world()[0] > 0:  # only rank 0 writes; the others train their shard in rank 0's folder
         workdir = Path(broadcast_text(""))
         p.trainer.fit(TrainRun(model=p.model, spec=p.spec, data=p.dataset, config=p.config, seed=recipe.seed,
@@ -252,14 +297,16 @@ def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, quiet: bool,
     except InputError:
         staged.release() if resume else staged.discard()
         raise
-    except BaseException:
+    except BaseException as exc:
         # Keep what a later --resume can continue; drop a folder that holds nothing useful.
         if (staged.path / CHECKPOINT).is_file():
             staged.release()
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, TrainingInterrupted):
+                raise TrainingInterrupted(name, staged.path) from exc
         else:
             staged.discard()
         raise
-    return TrainResult(version, metrics, params)
+    return TrainResult(version, metrics, params, target)
 
 
 def _fit_and_publish(p: _Prepared, run: TrainRun, staged: Any) -> tuple[ModelVersion, dict, int]:
@@ -274,7 +321,9 @@ def _fit_and_publish(p: _Prepared, run: TrainRun, staged: Any) -> tuple[ModelVer
     save_tensors(staged.path / WEIGHTS, model.state_dict())
     meta = trained_meta(p.spec, p.spec.trainer, p.hparams, p.config, p.recipe.seed, p.dataset, model, metrics,
                         p.task)
-    meta.update(world_size=p.world, recipe=p.recipe.as_dict())
+    import torch
+
+    meta.update(world_size=p.world, recipe=p.recipe.as_dict(), threads=torch.get_num_threads())
     for leftover in (CHECKPOINT, RECIPE_FILE):
         (staged.path / leftover).unlink(missing_ok=True)
     for torn in staged.path.glob(".*.tmp"):  # a write killed mid-way, before a --resume

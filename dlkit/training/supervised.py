@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,9 @@ import torch.nn.functional as F
 
 from dlkit.plugins import get_registry
 
+from dlkit.data.streaming import is_streaming
 from dlkit.training.callbacks import Callback, CurvePlot, MetricsLog, ProgressBar
+from dlkit.training.memory_format import choose_channels_last
 from dlkit.training.distributed import all_reduce_sum
 from dlkit.training.loop import EpochLoop
 from dlkit.errors import InputError
@@ -56,16 +60,41 @@ def random_shift(x, max_shift: int, generator):
 
 def model_outputs(model, x, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
     """A model's outputs on an array of inputs, in batches, as float32 numpy."""
-    x = torch.as_tensor(x, dtype=torch.float32)
     model.eval()
-    with torch.inference_mode():
-        parts = [model(x[i:i + batch_size].to(device)).float().cpu().numpy() for i in range(0, len(x), batch_size)]
+    with torch.inference_mode():  # sliced before conversion: a streamed split reads only each batch
+        parts = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)).to(device))
+                 .float().cpu().numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
 def evaluate_arrays(model, x, y, device: str = "cpu", batch_size: int = 1024, task: str = "classification") -> dict:
     """The task's metrics of a model on arrays (a classifier's ``accuracy`` and ``loss``)."""
     return get_registry().task(task).metrics(model_outputs(model, x, device, batch_size), np.asarray(y))
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Item ``i`` is step ``i``'s whole batch, read from a streamed split (in a DataLoader worker)."""
+
+    def __init__(self, x, y, steps: list[np.ndarray]):
+        self.x, self.y, self.steps = x, y, steps
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> tuple:
+        idx = self.steps[i]
+        return torch.from_numpy(self.x[idx]), self.y[torch.from_numpy(idx)]
+
+
+def _workers(setting: int) -> int:
+    """DataLoader worker processes for streamed data: ``train.workers``, -1 for the CPUs available, up to 4."""
+    if setting >= 0:
+        return setting
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
 
 
 class SupervisedTrainer(EpochLoop):
@@ -107,6 +136,10 @@ class SupervisedTrainer(EpochLoop):
         self.autocast_dtype = (torch.float16 if self.device.startswith("cuda") else torch.bfloat16) if amp else None
         self.scaler = torch.amp.GradScaler("cuda") if amp and self.device.startswith("cuda") else None
         self._data: tuple | None = None
+        self.workers = _workers(config["workers"])
+        self.channels_last = choose_channels_last(self.model, run, self.device, config["channels_last"])
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
 
     # -- state beyond the loop's -------------------------------------------------------------------
     def extra_state(self) -> tuple[dict, dict]:
@@ -131,15 +164,47 @@ class SupervisedTrainer(EpochLoop):
                 torch.use_deterministic_algorithms(False)
 
     def _tensors(self) -> tuple:
+        """The training split on the device (in-memory data), or as it is (streamed data)."""
         if self._data is None:
             data = self.run.data
-            self._data = (torch.as_tensor(data.x_train, dtype=torch.float32).to(self.device),
-                          torch.as_tensor(data.y_train, dtype=TARGET_DTYPES[self.task.target_dtype]).to(self.device))
+            y = torch.as_tensor(np.asarray(data.y_train), dtype=TARGET_DTYPES[self.task.target_dtype])
+            if is_streaming(data.x_train):
+                self._data = (data.x_train, y)
+            else:
+                # Contiguous (NCHW): a strided array would run other, not bit-equal, conv kernels.
+                x = np.ascontiguousarray(data.x_train, dtype=np.float32)
+                self._data = (torch.from_numpy(x).to(self.device), y.to(self.device))
         return self._data
+
+    def batches(self, perm, stops: list[int]) -> Iterator[tuple]:
+        """``(idx, xb, yb)`` per step of an epoch, ``idx`` the rows of this rank's share. In-memory
+        data is sliced on the device; streamed data is read by a DataLoader's worker processes
+        (pinned memory on CUDA), a bounded number of batches ahead, in the same order."""
+        x, y = self._tensors()
+        bs = self.config["batch_size"]
+        steps = []
+        for i in stops:
+            idx = perm[i:i + bs]
+            if self.world > 1:
+                if len(idx) < self.world:
+                    continue  # every rank skips it alike: a rank with no rows would hang DDP
+                idx = idx[self.rank::self.world]
+            steps.append(idx)
+        if not is_streaming(x):
+            for idx in steps:
+                yield idx, x[idx], y[idx]
+            return
+        loader = torch.utils.data.DataLoader(
+            _Rows(x, y, [idx.cpu().numpy() for idx in steps]), batch_size=None, shuffle=False,
+            num_workers=self.workers, pin_memory=self.device.startswith("cuda"),
+            prefetch_factor=2 if self.workers else None,
+            generator=torch.Generator())  # its own: seeding workers must not draw from the run's random stream
+        for idx, (xb, yb) in zip(steps, loader):
+            yield idx, xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
 
     def train_epoch(self, epoch: int) -> dict:
         cfg, model = self.config, self.model
-        x, y = self._tensors()
+        x, _ = self._tensors()
         n, bs = len(x), cfg["batch_size"]
         augment = cfg["augment"] if self.run.data.kind == "image" else 0
         # Batch norm cannot train on a batch of one sample: skip such a trailing batch.
@@ -155,15 +220,11 @@ class SupervisedTrainer(EpochLoop):
         model.train()
         total_loss = torch.zeros((), device=self.device)
         total_score = torch.zeros((), device=self.device)
-        for step, i in enumerate(stops):
-            idx = perm[i:i + bs]
-            if self.world > 1:
-                if len(idx) < self.world:
-                    continue  # every rank skips it alike: a rank with no rows would hang DDP
-                idx = idx[self.rank::self.world]
-            xb, yb = x[idx], y[idx]
+        for step, (idx, xb, yb) in enumerate(self.batches(perm, stops)):
             if augment:
                 xb = random_shift(xb, augment, gen)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast():
                 out = self.forward(xb)
                 loss = self.loss(out.float(), xb, yb, idx)
@@ -207,8 +268,10 @@ class SupervisedTrainer(EpochLoop):
     def finish(self, logs: dict) -> dict:
         if self.config["restore_best"] and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+        if self.channels_last:  # stored weights are contiguous tensors either way
+            self.model.to(memory_format=torch.contiguous_format)
         return {"epochs": self.epoch, "best_epoch": self.best["epoch"], "train_seconds": round(self.seconds, 3),
-                "stopped_early": self.epoch < self.config["epochs"]}
+                "stopped_early": self.epoch < self.config["epochs"], "channels_last": self.channels_last}
 
     def loss(self, out, xb, yb, idx):
         """One batch's training loss: ``out`` the logits for inputs ``xb`` (augmented, if on),

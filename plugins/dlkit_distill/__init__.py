@@ -39,7 +39,7 @@ def register_compressors(register):
 def register_commands(cli):
     import click
 
-    from dlkit import json_option, repo_option
+    from dlkit import json_option, repo_option, threads_option
 
     from .options import ALPHA, TEMPERATURE
 
@@ -55,14 +55,17 @@ def register_commands(cli):
     @click.option("--baseline", is_flag=True, help="Also train the student from scratch (same seed, "
                                                    "options, data) and report the gap recovered.")
     @click.option("--name", help="Name of the student model (default TEACHER-distilled-ARCH).")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the student's initialisation.")
     @click.option("--data", help="Train on another data set with the teacher's labels (default: the teacher's).")
+    @threads_option
     @repo_option
     @json_option
-    def distill_cmd(teacher, student, sets, temperature, alpha, epochs, baseline, name, seed, data, repo, as_json):
+    def distill_cmd(teacher, student, sets, temperature, alpha, epochs, baseline, name, seed, data, threads, repo,
+                    as_json):
         """Train a small STUDENT on the soft targets of TEACHER (a classifier in the repository)."""
-        from dlkit import emit
-        from dlkit import open_repo
+        from dlkit import emit, open_repo, use_threads
+
+        use_threads(threads)  # before the student's trainer imports torch
 
         from .distill import distill
 

@@ -111,7 +111,7 @@ def register_commands(cli):
     import click
 
     from dlkit import emit
-    from dlkit import json_option, open_repo, repo_option
+    from dlkit import json_option, open_repo, provider_option, repo_option
 
     @cli.command("generate")
     @click.argument("ref")
@@ -120,7 +120,7 @@ def register_commands(cli):
     @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed: the same seed, the same images.")
     @click.option("--out", default="generated.png", show_default=True, help="PNG grid to write ('' for none).")
     @click.option("--npy", help="Also write the raw (N, C, H, W) float32 array to this .npy file.")
-    @click.option("--provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda...")
+    @provider_option
     @repo_option
     @json_option
     def generate_cmd(ref, n, label, seed, out, npy, provider, repo, as_json):

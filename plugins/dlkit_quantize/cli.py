@@ -9,14 +9,17 @@ import click
 
 def add_command(cli) -> None:
     from dlkit import emit
-    from dlkit import json_option, open_repo, repo_option
+    from dlkit import json_option, open_repo, provider_option, repo_option, threads_option
 
     @cli.command("quantize")
     @click.argument("ref")
-    @click.option("--method", default="auto", show_default=True,
+    # Free text checked by quantize() (one line naming the value, as for every bad option), with
+    # the choices shown in help as click.Choice would.
+    @click.option("--method", metavar="[auto|dynamic|static|weight-only|fp16|qat]", default="auto",
+                  show_default=True,
                   help="auto (build candidates, measure, keep the fastest within --tolerance), dynamic, static, "
                        "weight-only (int4 MatMulNBits), fp16 or qat (fine-tune with fake quantization, then QDQ).")
-    @click.option("--optimize-for", default="served", show_default=True,
+    @click.option("--optimize-for", metavar="[served|latency|throughput|size]", default="served", show_default=True,
                   help="What auto minimises: served (every --batch-sizes), latency (the smallest batch), "
                        "throughput (the largest) or size.")
     @click.option("--batch-sizes", help="Batch sizes to time, e.g. 1,64 (default: 1 and config.pbtxt's "
@@ -30,23 +33,22 @@ def add_command(cli) -> None:
                   help="When a candidate misses --tolerance, keep its most sensitive layers float until it passes.")
     @click.option("--calibration-samples", type=int, default=256, show_default=True,
                   help="Training-split samples that calibrate static quantization.")
-    @click.option("--calibrate", default="minmax", show_default=True, help="Calibration: minmax, entropy or percentile.")
+    @click.option("--calibrate", metavar="[minmax|entropy|percentile]", default="minmax",
+                  show_default=True, help="Calibration of static quantization's activation ranges.")
     @click.option("--per-channel/--no-per-channel", default=None,
                   help="One scale per output channel of each weight, or one per tensor (default: per channel "
                        "for static, per tensor for dynamic; auto tries both for dynamic).")
-    @click.option("--format", "fmt", help="Static quantization form: qdq or qoperator (default qdq; auto tries both).")
+    @click.option("--format", "fmt", metavar="[qdq|qoperator]",
+                  help="Static quantization form (default qdq; --method auto tries both).")
     @click.option("--tolerance", type=float,
                   help="Quality loss allowed: validation accuracy points (default 0.5); for generators, percent "
                        "increase of the Frechet distance (default 10).")
     @click.option("--name", help="Name of the new model (default NAME-int8, or NAME-fp16).")
-    @click.option("--provider", default="auto", show_default=True,
-                  help="onnxruntime provider to measure on: auto, cpu, cuda, tensorrt...")
+    @provider_option
     @click.option("--op-types", help="Quantize only these op types, comma-separated (e.g. MatMul,LSTM).")
     @click.option("--measure-seconds", type=float, default=2.0, show_default=True,
                   help="Seconds of timing per batch size (more: steadier latencies).")
-    @click.option("--threads", type=int,
-                  help="onnxruntime intra-op threads while measuring (default: the runtime's own choice; 1 gives "
-                       "steadier timings on a busy machine).")
+    @threads_option
     @repo_option
     @json_option
     def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
@@ -55,6 +57,9 @@ def add_command(cli) -> None:
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
         from .quantize import NoCandidateError, quantize
 
+        from dlkit import use_threads
+
+        threads = use_threads(threads)
         r = open_repo(repo)
         version = r.resolve(ref)
         options = {"method": method, "calibration_samples": calibration_samples, "calibrate": calibrate,

@@ -227,8 +227,8 @@ def outputs_name(session) -> str:
 
 
 def _check_graph(version: ModelVersion):
-    """The graph's info, after refusing what cannot be quantized (no ONNX, float16, int8, a task
-    without a quality check)."""
+    """The graph's info, after refusing what cannot be quantized (no ONNX, float16, int8; a task
+    without a quality check is refused by :func:`measure.quality_check`)."""
     if not version.has_onnx():
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
     from dlkit import check_external_data
@@ -241,9 +241,6 @@ def _check_graph(version: ModelVersion):
     if info.precision == "int8":
         raise InputError(f"model {version.ref} is already quantized (int8); quantize its float32 parent "
                          f"{parent_ref(version) or 'model'} instead")
-    task = version.meta.get("task", "classification")
-    if task not in ("classification", "generation"):
-        raise InputError(f"model {version.ref} is a {task} model; quantize handles classifiers and generators")
     return info
 
 

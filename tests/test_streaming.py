@@ -1,0 +1,86 @@
+"""Data that does not fit in memory: an image folder decoded in parallel into a cached memory map,
+streamed through a DataLoader with workers, trains bit-identically to the in-memory path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlkit import ModelRepository, load_dataset, train
+from dlkit.data.streaming import RowArray, cache_dir
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Two classes of 12x12 colour images: bright squares and dark ones, with noise."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for label, level in (("bright", 200), ("dark", 60)):
+        (root / label).mkdir()
+        for i in range(40):
+            a = np.clip(rng.normal(level, 40, size=(12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(a, "RGB").save(root / label / f"{i:03d}.png")
+    return root
+
+
+def test_streamed_splits_equal_the_in_memory_ones(folder, tmp_path):
+    with cache_dir(tmp_path / "cache"):
+        streamed = load_dataset(str(folder), {"stream": True}, 3)
+    in_memory = load_dataset(str(folder), {"stream": False}, 3)
+    assert isinstance(streamed.x_train, RowArray) and isinstance(in_memory.x_train, np.ndarray)
+    for part in ("train", "val", "test"):
+        xs, ys = streamed.split(part)
+        xm, ym = in_memory.split(part)
+        assert xs.shape == xm.shape and np.array_equal(np.asarray(xs), xm) and np.array_equal(ys, ym)
+    assert np.array_equal(streamed.x_train[[5, 1, 3]], in_memory.x_train[[5, 1, 3]])  # order kept
+    assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 1
+
+
+def test_a_changed_folder_gets_a_new_cache(folder, tmp_path):
+    with cache_dir(tmp_path / "cache"):
+        load_dataset(str(folder), {"stream": True}, 0)
+        before = {p.name for p in (tmp_path / "cache").glob("images-*.npy")}
+        extra = folder / "dark" / "999.png"
+        Image.fromarray(np.full((12, 12, 3), 10, np.uint8), "RGB").save(extra)
+        try:
+            ds = load_dataset(str(folder), {"stream": True}, 0)
+            after = {p.name for p in (tmp_path / "cache").glob("images-*.npy")}
+        finally:
+            extra.unlink()
+    assert len(before) == len(after) == 1 and before != after  # the old cache is gone, not kept beside
+    assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == 81
+
+
+def test_streamed_training_is_bit_identical_to_in_memory(folder, tmp_path):
+    results = {}
+    for stream, workers in ((False, 0), (True, 2)):
+        repo = ModelRepository(tmp_path / f"repo-{stream}")
+        results[stream] = train("cnn", repo, data=str(folder), epochs=2, quiet=True,
+                                sets=[f"data.stream={str(stream).lower()}", f"workers={workers}",
+                                      "channels=[8]", "hidden=16", "channels_last=false"])
+    import safetensors.numpy
+
+    a = safetensors.numpy.load_file(str(results[False].version.weights_path))
+    b = safetensors.numpy.load_file(str(results[True].version.weights_path))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert results[False].metrics["test_accuracy"] == results[True].metrics["test_accuracy"]
+    assert list((tmp_path / "repo-True" / ".cache").glob("images-*.npy"))  # the cache lives in the repository
+
+
+def test_channels_last_is_measured_once_and_recorded(tmp_path):
+    repo = ModelRepository(tmp_path / "repo")
+    first = train("cnn", repo, epochs=1, quiet=True, name="a", sets=["channels=[8]", "hidden=16"])
+    cached = (tmp_path / "repo" / ".cache" / "channels_last.json")
+    assert cached.is_file()
+    import json
+
+    (key, record), = json.loads(cached.read_text()).items()
+    assert record["channels_last"] == first.metrics["channels_last"] and record["nchw_s"] > 0
+    second = train("cnn", repo, epochs=1, quiet=True, name="b", sets=["channels=[8]", "hidden=16"])
+    assert second.metrics["channels_last"] == first.metrics["channels_last"]
+    import safetensors.numpy
+
+    a = safetensors.numpy.load_file(str(first.version.weights_path))
+    b = safetensors.numpy.load_file(str(second.version.weights_path))
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # measuring left the random stream alone
