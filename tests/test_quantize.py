@@ -448,6 +448,8 @@ def test_fallback_keeps_the_fewest_sensitive_layers_float_until_it_passes(export
     layers = out["sensitivity"]
     assert [r["node"] for r in layers] == ["gemm2", "gemm1"]  # most sensitive first, measured alone
     assert layers[0]["argmax_changed"] > 0.5 and layers[1]["argmax_changed"] < 0.05
+    # onnxruntime's qdq_loss_debug view beside it: the whole QDQ graph's SQNR at each node's output
+    assert all("sqnr_db" in r for r in layers)
     rows = {r["candidate"]: r for r in out["table"]}
     # every whole-graph candidate missed the tolerance; the fallbacks keep gemm2 float and pass
     assert all(not r["passed"] for n, r in rows.items() if "+float" not in n and n != "float32" and not r["error"])

@@ -112,15 +112,17 @@ def sensitivity_table(rep: dict):
 
     t = Table(title="Per-layer sensitivity (each node quantized alone, on calibration data; most sensitive first)",
               title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("node", "op", "output error %", "argmax changed", ""):
+    for col in ("node", "op", "output error %", "argmax changed", "SQNR dB (whole QDQ graph)", ""):
         t.add_column(col, justify="left" if col in ("node", "op", "") else "right")
     kept = set(rep.get("kept_float") or [])
     for r in rep["sensitivity"]:
         if r["error"]:
-            t.add_row(r["node"], r["op_type"], "", "", f"failed: {r['error']}")
+            t.add_row(r["node"], r["op_type"], "", "", "", f"failed: {r['error']}")
             continue
         changed = "" if r["argmax_changed"] is None else f"{r['argmax_changed']:.1%}"
-        t.add_row(r["node"], r["op_type"], f"{r['error_percent']:.3f}", changed, "kept float" if r["node"] in kept else "")
+        sqnr = "" if r.get("sqnr_db") is None else f"{r['sqnr_db']:.1f}"
+        t.add_row(r["node"], r["op_type"], f"{r['error_percent']:.3f}", changed, sqnr,
+                  "kept float" if r["node"] in kept else "")
     return t
 
 

@@ -68,6 +68,39 @@ def sensitivity(candidate: Candidate, prepared: Path, folder: Path, calibration,
     return rows
 
 
+def add_sqnr(rows: list[dict], prepared: Path, qdq: Path, folder: Path, calibration) -> None:
+    """Add onnxruntime's ``qdq_loss_debug`` view to the rows, in place: ``sqnr_db``, the signal to
+    quantization noise ratio of each node's output in the whole QDQ graph against float (what
+    the error has accumulated to there), None where it does not apply."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    from .graph import quiet
+
+    for r in rows:
+        r["sqnr_db"] = None
+    try:
+        with quiet():
+            float_aug, qdq_aug = folder / "float-debug.onnx", folder / "qdq-debug.onnx"
+            modify_model_output_intermediate_tensors(str(prepared), str(float_aug))
+            modify_model_output_intermediate_tensors(str(qdq), str(qdq_aug))
+            errors = compute_activation_error(create_activation_matching(
+                collect_activations(str(qdq_aug), calibration.reader()),
+                collect_activations(str(float_aug), calibration.reader())))
+    except Exception:  # a debugging view: a graph it cannot follow keeps the measured columns only
+        return
+    outputs = {n.name: n.output[0] for n in onnx.load(str(prepared), load_external_data=False).graph.node}
+    for r in rows:
+        err = errors.get(outputs.get(r["node"], ""), {})
+        value = err.get("xmodel_err")
+        r["sqnr_db"] = float(value) if value is not None and np.isfinite(value) else None
+
+
 def _run(session, feeds: dict, output: str) -> np.ndarray:
     names = [o.name for o in session.outputs]
     out = session.session.run([output if output in names else names[0]], feeds)[0]

@@ -24,7 +24,7 @@ from dlkit import DlkitError, InputError
 from dlkit import ModelRepository, ModelVersion, check_name
 
 from . import measure
-from .fallback import fallback, probe_feeds, sensitivity
+from .fallback import add_sqnr, fallback, probe_feeds, sensitivity
 from .graph import inspect_graph, preprocess
 from .methods import CALIBRATIONS, FORMATS, METHODS, Calibration, Candidate, build, candidates, qat_candidate
 from .publish import PARENT, build_meta, parent_ref, publish, stamp
@@ -167,6 +167,8 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
             log(f"measuring per-layer sensitivity ({probe.name}, each quantizable node alone)")
             layers = sensitivity(probe, prepared, folder, calibration, session_of, probe_feeds(calibration),
                                  check.output if hasattr(check, "output") else outputs_name(parent_session))
+            if probe.method == "static" and probe.options.get("format") == "qdq" and probe.name in built:
+                add_sqnr(layers, prepared, built[probe.name], folder, calibration)
         if o["fallback"] and failing and layers:
             _fallbacks(failing, layers, prepared, folder, calibration, check, quality, outputs, sessions, built,
                        todo, tolerance, session_of, log)
