@@ -7,7 +7,7 @@ PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 DEMO_REPO ?= models
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean proto
+.PHONY: install demo test lint bench clean proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # Re-install when the project's metadata changes.
 $(VENV)/.installed: pyproject.toml $(wildcard examples/*/pyproject.toml) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet $(PIP_FLAGS) -e '.[test]'
+	$(BIN)/python -m pip install --quiet $(PIP_FLAGS) -e '.[test,lint]'
 	@for ex in examples/*/; do \
 	  if [ -f "$$ex/pyproject.toml" ]; then $(BIN)/python -m pip install --quiet $(PIP_FLAGS) -e "$$ex"; fi; \
 	done
@@ -34,6 +34,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff (rules and every ignore in pyproject.toml) and mypy on the core, the store and the tasks.
+lint: install
+	$(BIN)/python -m ruff check dlkit plugins examples tests benchmarks
+	$(BIN)/python -m mypy
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 
-
 # Small tabular data: a narrow network, strong weight decay, patient early stopping.
 MLP_SETTINGS = ["lr=0.003", "patience=30", "hidden=[32]", "dropout=0.2", "weight_decay=0.1"]
 

@@ -25,7 +25,7 @@ def sample_three() -> list[float]:
 
 
 def main() -> None:
-    server = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--port", "0", "--models", MODEL,
+    server = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--port", "0", "--grpc-port", "0", "--models", MODEL,
                                "--no-access-log"], stderr=subprocess.PIPE, text=True)
     try:
         url = None

@@ -147,7 +147,7 @@ def test_hook_register_commands(tcn):
 def serve_and_infer(repo: ModelRepository, name: str, x: np.ndarray) -> dict:
     """Start ``dlkit serve`` on a free loopback port, POST one v2 infer request, stop it."""
     env = {**os.environ, "DLKIT_REPO": str(repo.root)}
-    proc = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--port", "0", "--models", name,
+    proc = subprocess.Popen([sys.executable, "-m", "dlkit", "serve", "--port", "0", "--grpc-port", "0", "--models", name,
                              "--no-access-log"], stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = []

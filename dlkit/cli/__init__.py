@@ -7,7 +7,7 @@ the work. ``--debug`` (anywhere on the line) shows tracebacks.
 Each command module registers its commands on the group when imported here.
 """
 
-from dlkit.cli import infer, repository, serve, train  # noqa: F401  (registers the commands)
+from dlkit.cli import importing, infer, repository, serve, train  # noqa: F401  (registers the commands)
 from dlkit.cli.group import cli, main
 
 __all__ = ["cli", "main"]

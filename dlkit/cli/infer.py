@@ -59,12 +59,18 @@ def predict_cmd(ref, inputs, provider, strict_provider, top_k, invert, threads, 
 
     result = predict(open_repo(repo).resolve(ref), list(inputs), provider, top_k, strict=strict_provider,
                      threads=threads, optimization=optimization, invert=invert)
-    for p in result["predictions"]:  # on stderr, also under --json: a confident answer may be wrong
+    for p in result.get("predictions", []):  # on stderr, also under --json: a confident answer may be wrong
         if p["warning"]:
             click.secho(f"warning: {p['input']}: {p['warning']}; the model expects {result['expects']}",
                         fg="yellow", err=True)
 
     def human(r):
+        if "outputs" in r:  # a graph that is not a classifier: its outputs, summarised
+            rows = [[o["input"], name, "x".join(map(str, o["shapes"][name])), _preview(values)]
+                    for o in r["outputs"] for name, values in o["outputs"].items()]
+            console().print(table(f"{r['model']}:{r['version']} on {r['providers'][0]}",
+                                  ["input", "output", "shape", "values"], rows))
+            return
         click.echo(f"expects: {r['expects']}")
         if r["predictions"] and "label" not in r["predictions"][0]:  # a task that prints no labels
             return _print_fields(r)
@@ -74,6 +80,14 @@ def predict_cmd(ref, inputs, provider, strict_provider, top_k, invert, threads, 
                               ["input", "label", "probability", f"top {top_k}"], rows))
 
     emit(result, as_json, human)
+
+
+def _preview(values, n: int = 6) -> str:
+    import numpy as np
+
+    flat = np.asarray(values).ravel()
+    text = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat[:n].tolist())
+    return text + (", ..." if flat.size > n else "")
 
 
 def _print_fields(r: dict) -> None:

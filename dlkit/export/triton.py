@@ -56,7 +56,8 @@ def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_
             dtype = TRITON_TYPES.get(t["dtype"])
             if dtype is None:
                 raise DlkitError(f"config.pbtxt: {kind} {t['name']!r} has dtype {t['dtype']}, which Triton cannot take")
-            dims = ", ".join("-1" if d is None else str(d) for d in t["shape"][1:])
+            # max_batch_size 0: no implicit batch axis, the dims are the whole shape.
+            dims = ", ".join("-1" if d is None else str(d) for d in t["shape"][1 if max_batch_size else 0:])
             # A tensor of one value per sample (shape [batch]) is dims [1] reshaped to [] for Triton.
             shape = f"dims: [ {dims} ]" if dims else "dims: [ 1 ]\n    reshape: { shape: [ ] }"
             blocks.append(f'  {{\n    name: "{t["name"]}"\n    data_type: {dtype}\n    {shape}\n  }}')

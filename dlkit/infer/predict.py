@@ -49,9 +49,8 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
     from dlkit.plugins import get_registry
 
     task = get_registry().task_of({"task": info["task"]})
-    if task is None or task.describe is None:
-        raise InputError(f"model {version.ref} is a {info['task']} model: its task says nothing about how to "
-                         f"print predictions")
+    if task is None or task.describe is None or len(session.inputs) != 1:
+        return predict_outputs(version, session, inputs)  # any other graph: every output, as arrays
     feed = session.inputs[0]
     predictions = []
     for source in inputs:
@@ -62,6 +61,19 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
             predictions.append({**prediction, "warning": unusual})
     return {"model": version.name, "version": version.version, "providers": session.providers,
             "expects": expected_input(info["input_spec"]), "predictions": predictions}
+
+
+def predict_outputs(version: ModelVersion, session, inputs: list[str]) -> dict:
+    """Every output of the graph for each ``.npy``/``.npz`` file (one array per input name)."""
+    from dlkit.infer.feeds import read_feeds
+
+    results = []
+    for source in inputs:
+        out = session.run(read_feeds(source, session.inputs))
+        results.append({"input": source, "outputs": {k: v.tolist() for k, v in out.items()},
+                        "shapes": {k: list(v.shape) for k, v in out.items()}})
+    return {"model": version.name, "version": version.version, "providers": session.providers,
+            "outputs": results}
 
 
 def model_info(session, version: ModelVersion) -> dict:

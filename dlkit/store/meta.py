@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
+
+from dlkit.errors import InputError
 
 
 
@@ -35,3 +39,40 @@ def input_preprocessing(input_spec: dict) -> dict:
     return out
 
 
+def parse_labels(labels: str | None) -> list[str] | None:
+    """``a,b,c``, or a file: one label per line, or a JSON array of strings."""
+    if labels is None:
+        return None
+    path = Path(labels)
+    if path.is_file():
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--labels {labels}: cannot read it ({exc})") from None
+        if text.lstrip().startswith("["):
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"--labels {labels}: not a JSON array ({exc})") from None
+            if not isinstance(values, list) or not all(isinstance(v, (str, int)) for v in values):
+                raise InputError(f"--labels {labels}: expected a JSON array of strings")
+            names = [str(v) for v in values]
+        else:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+    else:
+        names = [x.strip() for x in labels.split(",")]
+    if not names or any(not n for n in names):
+        raise InputError(f"--labels {labels!r}: give names as a,b,c or a file with one name per line")
+    if len(set(names)) != len(names):
+        raise InputError(f"--labels {labels!r}: names repeat")
+    return names
+
+
+def import_task(task: str | None, labels: list[str] | None) -> str | None:
+    """An imported model's task: ``--task`` (a registered one), else classification when it has
+    labels, else None (no task: predict prints its outputs, quantize checks agreement)."""
+    if task is None:
+        return "classification" if labels else None
+    from dlkit.plugins import get_registry  # lazily: the store layer does not load plugins
+
+    return get_registry().task(task).name  # an unknown name is an InputError listing the registered ones

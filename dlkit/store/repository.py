@@ -19,6 +19,7 @@ from typing import Any
 
 from dlkit.store.atomic import fsync_dir, pid_alive, read_json, write_json
 from dlkit.errors import DlkitError, InputError
+from dlkit.store.schema import check_meta
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGING = ".staging"
@@ -66,10 +67,7 @@ class ModelVersion:
 
     @cached_property
     def meta(self) -> dict[str, Any]:
-        meta = read_json(self.path / META)
-        if not isinstance(meta, dict):
-            raise InputError(f"{self.path / META}: expected a JSON object")
-        return meta
+        return check_meta(read_json(self.path / META), self.path / META)
 
     @property
     def weights_path(self) -> Path:
@@ -108,7 +106,7 @@ class StagedVersion:
         base = self.repo.root / self.name
         for attempt in range(100):
             version = self.repo.next_version(self.name)
-            meta = {**meta, "name": self.name, "version": version}
+            meta = check_meta({**meta, "name": self.name, "version": version}, self.path / META)
             write_json(self.path / META, meta)
             target = base / str(version)
             try:

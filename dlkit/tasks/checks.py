@@ -11,7 +11,8 @@ on labelled data (accuracy, RMSE).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -78,6 +78,11 @@ def load_model(version, device: str = "cpu"):
     from dlkit.plugins import get_registry
 
     meta = version.meta
+    if (meta.get("source") or {}).get("kind") == "torch":  # dlkit import torch: the user's own factory
+        from dlkit.export.import_torch import load_imported
+
+        module, spec = load_imported(version)
+        return module.to(device).eval(), spec
     arch = meta.get("arch")
     if not arch:
         raise InputError(f"{version.path / 'meta.json'}: no 'arch' field")

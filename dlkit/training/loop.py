@@ -19,8 +19,15 @@ import torch
 
 from dlkit.errors import DlkitError, InputError
 from dlkit.training.callbacks import Callback
-from dlkit.training.state import (CHECKPOINT, BackgroundWriter, load_train_state, optimizer_from_flat,
-                               optimizer_to_flat, pack_train_state, write_train_state)
+from dlkit.training.state import (
+    CHECKPOINT,
+    BackgroundWriter,
+    load_train_state,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    pack_train_state,
+    write_train_state,
+)
 
 EVENTS = ("on_train_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_train_end", "teardown")
 

@@ -49,11 +49,17 @@ def add_command(cli) -> None:
     @click.option("--measure-seconds", type=float, default=2.0, show_default=True,
                   help="Seconds of timing per batch size (more: steadier latencies).")
     @threads_option
+    @click.option("--calibration-data", type=click.Path(dir_okay=False),
+                  help="An .npz with one array per graph input that calibrates static quantization "
+                       "(for models without a recorded data set, e.g. imported graphs).")
+    @click.option("--data", type=click.Path(),
+                  help="What quality is measured on: labelled data (an .npz with y, or any file dlkit trains on) "
+                       "for the task's check, or an .npz of inputs only for agreement with the float model.")
     @repo_option
     @json_option
     def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
-                     op_types, measure_seconds, threads, optimize_for, batch_sizes, show_report, qat_epochs,
-                     fallback, repo, as_json):
+                     op_types, measure_seconds, threads, calibration_data, data, optimize_for, batch_sizes,
+                     show_report, qat_epochs, fallback, repo, as_json):
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
         from .quantize import NoCandidateError, quantize
 
@@ -67,7 +73,8 @@ def add_command(cli) -> None:
                    "provider": provider, "measure_seconds": measure_seconds, "threads": threads,
                    "op_types": op_types.split(",") if op_types is not None else None,
                    "optimize_for": optimize_for, "batch_sizes": _batch_sizes(batch_sizes), "report": show_report,
-                   "fallback": fallback, "qat_epochs": qat_epochs}
+                   "fallback": fallback, "qat_epochs": qat_epochs,
+                   "calibration_data": calibration_data, "data": data}
         try:
             report = quantize(version, r, **options)
         except NoCandidateError as exc:

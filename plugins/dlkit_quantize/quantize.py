@@ -23,7 +23,7 @@ import numpy as np
 from dlkit import DlkitError, InputError
 from dlkit import ModelRepository, ModelVersion, check_name
 
-from . import measure
+from . import agreement, measure
 from .fallback import add_sqnr, fallback, probe_feeds, sensitivity
 from .graph import inspect_graph, preprocess
 from .methods import CALIBRATIONS, FORMATS, METHODS, Calibration, Candidate, build, candidates, qat_candidate
@@ -34,6 +34,7 @@ DEFAULTS = {
     "method": "auto", "calibration_samples": 256, "calibrate": "minmax", "per_channel": None, "format": None,
     "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 2.0, "threads": None,
     "batch_sizes": None, "optimize_for": "served", "report": False, "fallback": True, "qat_epochs": 3,
+    "calibration_data": None, "data": None,
 }
 CPU = "CPUExecutionProvider"
 MAX_FALLBACKS = 3  # failing candidates (one per method and format) that get a per-layer fallback
@@ -112,17 +113,18 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     ``measure_seconds`` (timing budget per batch size), ``threads`` (onnxruntime intra-op threads
     of the measured sessions), ``batch_sizes`` (None: from config.pbtxt), ``optimize_for``
     served|latency|throughput|size, ``report`` (add the per-layer sensitivity table),
-    ``fallback`` (keep the most sensitive layers float when a candidate misses the tolerance).
-    Raises :class:`NoCandidateError` (nothing written) when no candidate stays within the tolerance.
+    ``fallback`` (keep the most sensitive layers float when a candidate misses the tolerance),
+    ``calibration_data`` (an .npz with one array per input) and ``data`` (what quality is measured
+    on; see :mod:`.agreement`). Raises :class:`NoCandidateError` (nothing written) when no candidate stays within the tolerance.
     """
     log = log or (lambda msg: print(f"dlkit: {msg}", file=sys.stderr))
     o = check_options(version, options)
     info = _check_graph(version)
-    from dlkit import Session, evaluation_data
+    from dlkit import Session
 
     batch_sizes = o["batch_sizes"] or served_batch_sizes(version)
     parent_session = Session(version.onnx_path, o["provider"], threads=o["threads"])
-    check = measure.quality_check(version, evaluation_data(version), repo, parent_session)
+    check = agreement.choose_check(version, repo, parent_session, o["data"], o["calibration_data"])
     tolerance = check.default_tolerance if o["tolerance"] is None else float(o["tolerance"])
     todo = candidates(info, o["method"], per_channel=o["per_channel"], fmt=o["format"], calibrate=o["calibrate"],
                       op_types=o["op_types"], accelerator=parent_session.providers[0] != CPU)
@@ -139,7 +141,9 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         prep = preprocess(version.onnx_path, prepared)
         calibration = None
         if any(c.method in ("static", "qat") for c in todo) or o["report"] or o["fallback"] or not explicit:
-            feeds, described = check.calibration_feeds(o["calibration_samples"])
+            feeds, described = (agreement.calibration_feeds(o["calibration_data"], parent_session,
+                                                            o["calibration_samples"])
+                                if o["calibration_data"] else check.calibration_feeds(o["calibration_samples"]))
             calibration = Calibration(feeds, {**described, "method": o["calibrate"]})
         built, errors = _build_all(todo, prepared, folder, calibration, explicit, version, log)
         sessions = {PARENT: parent_session}

@@ -1,0 +1,99 @@
+"""Arrays from ``.npy``/``.npz`` files as feeds for any ONNX graph: one array per input name,
+each checked against the graph's shape and dtype (a batch axis is added to a single sample).
+
+Used by ``predict`` on graphs that are not single-input classifiers and by the quantizer's
+``--calibration-data``/``--data``. No torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dlkit.errors import InputError
+
+# graph dtype kind -> array dtype kinds that convert to it without losing meaning
+ACCEPTS = {"f": "fiub", "i": "iub", "u": "iub", "b": "biu"}
+
+
+def read_feeds(source: str | Path, inputs: list) -> dict[str, np.ndarray]:
+    """``{input name: array}`` from a file for a graph with ``inputs`` (runtime TensorInfo list).
+
+    ``.npy``: one array, for a graph of one input. ``.npz``: one array per input name (an
+    array ``x`` stands for a single input of another name); other arrays are ignored.
+    """
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"{source}: no such file")
+    suffix = path.suffix.lower()
+    names = [i.name for i in inputs]
+    if suffix == ".npy":
+        if len(inputs) != 1:
+            raise InputError(f"{source}: the model has {len(inputs)} inputs ({', '.join(names)}); "
+                             f"give an .npz with one array per input name")
+        arrays = {names[0]: _load_npy(path)}
+    elif suffix == ".npz":
+        arrays = _load_npz(path, names)
+    else:
+        raise InputError(f"{source}: unsupported input type {suffix or '(no suffix)'!r} for this model; "
+                         f"expected .npy or .npz (one array per input: {', '.join(names)})")
+    feeds = {info.name: fit_feed(arrays[info.name], f"{source}:{info.name}", info) for info in inputs}
+    sizes = {len(a) for a, info in zip(feeds.values(), inputs) if _batched(info)}
+    if len(sizes) > 1:
+        raise InputError(f"{source}: the arrays hold different numbers of samples ({', '.join(map(str, sorted(sizes)))})")
+    return feeds
+
+
+def fit_feed(arr: np.ndarray, where: str, info) -> np.ndarray:
+    """``arr`` converted to ``info``'s dtype and shape, or an InputError naming both."""
+    want = np.dtype(info.dtype)
+    if arr.dtype.kind not in ACCEPTS.get(want.kind, want.kind):
+        raise InputError(f"{where}: dtype {arr.dtype} does not fit model input {info.name!r} ({info.dtype})")
+    shape = tuple(info.shape)
+    if arr.ndim == len(shape) - 1 and shape and shape[0] in (None, 1):
+        arr = arr[None]  # one sample of a batched input
+    if arr.ndim != len(shape) or any(d is not None and d != g for d, g in zip(shape, arr.shape)):
+        raise InputError(f"{where}: shape {_shape(arr.shape)} does not fit model input {info.name!r}: "
+                         f"expected {_shape(shape)}")
+    if want.kind == "b" and arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
+        raise InputError(f"{where}: model input {info.name!r} is bool; the array holds values other than 0 and 1")
+    return np.ascontiguousarray(arr.astype(want, copy=False))
+
+
+def _batched(info) -> bool:
+    return bool(info.shape) and info.shape[0] is None
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+
+
+def _load_npz(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            files = list(npz.files)
+            if len(names) == 1 and names[0] not in files and "x" in files:
+                return {names[0]: npz["x"]}
+            missing = [n for n in names if n not in files]
+            if missing:
+                raise InputError(f"{path}: no array named {missing[0]!r} (model inputs: {', '.join(names)}; "
+                                 f"the file has: {', '.join(files) or 'nothing'})")
+            return {n: npz[n] for n in names}
+    except InputError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
+        raise InputError(f"{path}: not a readable .npz file ({_short(exc)})") from None
+
+
+def _shape(shape) -> str:
+    dims = ["?" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
