@@ -66,9 +66,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from dlkit_distill.distill import distill
 
     from dlkit.store.repository import ModelRepository
-    from dlkit_distill.distill import distill
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     tmp = None if args.repo else tempfile.TemporaryDirectory(prefix="bench-distill-")
@@ -107,8 +107,8 @@ def main() -> None:
 
 def latency_ratios(teacher, student, batch_sizes=(1, 64)) -> dict:
     """onnxruntime p50 latency, teacher / student, per batch size (both exported and timed here)."""
-    from dlkit.infer.bench import bench
     from dlkit.export.onnx import export_onnx
+    from dlkit.infer.bench import bench
 
     for version in (teacher, student):
         if not version.has_onnx():
@@ -148,7 +148,7 @@ def report(rows: list[dict], args) -> None:
             print(f"| {name} | baseline {statistics.mean(r[base] for r in rows):.4f} | distilled "
                   f"{statistics.mean(r[dist] for r in rows):.4f} | gap recovered {m:.0%} ± {sd:.0%} (per seed) |")
     print()
-    print("| model | digits accuracy | digits test errors (of %d) | Hinton et al. MNIST errors (of 10,000) |" % n)
+    print(f"| model | digits accuracy | digits test errors (of {n}) | Hinton et al. MNIST errors (of 10,000) |")
     print("|---|---|---|---|")
     labels = {"teacher": "teacher", "baseline": "student from scratch", "distilled": "student distilled"}
     for key, label in labels.items():

@@ -67,7 +67,7 @@ def peers(parent, folder: Path, calibration: dict) -> dict[str, Path]:
     try:
         quantize_dynamic(str(parent.onnx_path), str(folder / "ort-dynamic.onnx"))
         out["ort-dynamic"] = folder / "ort-dynamic.onnx"
-    except Exception as exc:  # a peer that fails is reported, not fatal
+    except Exception as exc:  # noqa: BLE001 -- a peer that fails is reported, not fatal
         print(f"ort-dynamic failed: {exc}", file=sys.stderr)
 
     class Reader(CalibrationDataReader):
@@ -81,16 +81,17 @@ def peers(parent, folder: Path, calibration: dict) -> dict[str, Path]:
     try:
         quantize_static(str(parent.onnx_path), str(folder / "ort-static.onnx"), Reader())
         out["ort-static"] = folder / "ort-static.onnx"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         print(f"ort-static failed: {exc}", file=sys.stderr)
     return out
 
 
 def measure(parent, files: dict[str, Path], seconds: float) -> list[dict]:
     """One row per file: size, test accuracy, argmax changes vs float32, latency at batch 1 and 64."""
+    from dlkit_quantize.select import time_rounds
+
     from dlkit.infer.evaluate import evaluation_data
     from dlkit.infer.session import Session
-    from dlkit_quantize.select import time_rounds
 
     data = evaluation_data(parent)
     sessions = {k: Session(p, "cpu", threads=1) for k, p in files.items()}
@@ -120,11 +121,12 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
 
+    from dlkit_quantize.measure import quality_check
+    from dlkit_quantize.quantize import NoCandidateError, quantize
+
     from dlkit.infer.evaluate import evaluation_data
     from dlkit.infer.session import Session
     from dlkit.store.repository import ModelRepository
-    from dlkit_quantize.measure import quality_check
-    from dlkit_quantize.quantize import NoCandidateError, quantize
 
     tmp = None if args.repo else tempfile.TemporaryDirectory(prefix="bench-quantize-")
     repo = ModelRepository(args.repo or Path(tmp.name) / "models")

@@ -11,11 +11,11 @@ def kd_pair(teacher, hparams: dict, cfg: dict, seed: int, labelled: int) -> tupl
     """(baseline, distilled) test accuracy of the hand-written loop for ``seed``."""
     import torch
     import torch.nn.functional as F
+    from dlkit_distill.subset import labelled_indices
 
     from dlkit.infer.evaluate import evaluation_data
     from dlkit.plugins import get_registry
     from dlkit.training.build import build_model, load_model
-    from dlkit_distill.subset import labelled_indices
 
     data = evaluation_data(teacher)
     spec = get_registry().model("mlp")

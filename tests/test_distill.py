@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from dlkit.testing import check_command, check_compressor, run_cli
 
 
@@ -131,9 +132,10 @@ def test_alpha_zero_is_the_baseline(trained):
 
 # -- a teacher that only has model.onnx -----------------------------------------------------------------
 def test_onnx_only_teacher(trained):
+    from dlkit_distill.teacher import load_teacher
+
     from dlkit.data.load import load_dataset
     from dlkit.export.onnx import export_onnx
-    from dlkit_distill.teacher import load_teacher
 
     teacher = trained.resolve("cnn-digits")
     torch_teacher = load_teacher(teacher)
@@ -156,8 +158,9 @@ def test_onnx_only_teacher(trained):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, as a third party's
 def test_third_party_onnx_teacher(trained):
     """A graph dlkit did not write: its own input name, logits only, no params in meta.json."""
-    from dlkit.data.load import load_dataset
     from dlkit_distill.teacher import load_teacher
+
+    from dlkit.data.load import load_dataset
 
     teacher = trained.resolve("mlp-digits")
     torch_teacher = load_teacher(teacher)
@@ -181,8 +184,8 @@ def test_third_party_onnx_teacher(trained):
 def test_trainer_is_registered(trained, tmp_path):
     """The ``distill`` trainer runs from a TrainRun like any trainer, teacher named in its config."""
     from dlkit.data.load import load_dataset
-    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
+    from dlkit.training.build import build_model
     from dlkit.training.run import TrainRun
 
     registry = get_registry()

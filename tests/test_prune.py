@@ -36,7 +36,8 @@ def test_prune_removes_channels_fine_tunes_and_stays_an_ordinary_model(exported)
     result = dlkit("prune", "cnn-digits", "--sparsity", "0.5", "--epochs", "1", "--measure-seconds", "0.05", "--json")
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
-    assert (out["model"], out["version"], out["parent"]) == ("cnn-digits-pruned", 1, {"name": "cnn-digits", "version": 1})
+    expected = ("cnn-digits-pruned", 1, {"name": "cnn-digits", "version": 1})
+    assert (out["model"], out["version"], out["parent"]) == expected
     # channels [8, 16] (two convs each): half of every conv's output channels are gone, physically
     assert conv_widths(parent.onnx_path) == [8, 8, 16, 16]
     new = exported.resolve("cnn-digits-pruned")

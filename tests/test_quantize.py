@@ -223,8 +223,8 @@ def linear_classifier(repo: ModelRepository, like: str) -> str:
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    from dlkit.store.atomic import write_bytes
     from dlkit.data.load import load_dataset
+    from dlkit.store.atomic import write_bytes
 
     meta = repo.resolve(like).meta
     ds = load_dataset("digits", {}, meta["data"]["seed"])
@@ -293,11 +293,11 @@ def untrained_gan(repo: ModelRepository) -> str:
     longer than this whole file), its judge the repository's CNN; exported to ONNX."""
     import torch
 
-    from dlkit.store.weights import save_tensors
     from dlkit.data.load import load_dataset
     from dlkit.export.onnx import export_onnx
-    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
+    from dlkit.store.weights import save_tensors
+    from dlkit.training.build import build_model
 
     spec = get_registry().model("gan")
     hparams = {**spec.defaults, "latent": 8, "g_widths": [16, 8], "d_widths": [8, 16], "embed": 4}

@@ -10,7 +10,6 @@ from dlkit.data.streaming import take_rows
 from dlkit.errors import InputError
 
 
-
 @dataclass
 class Dataset:
     """A data set split three ways, with what a model needs to know about its inputs."""

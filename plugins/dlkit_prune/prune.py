@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dlkit import InputError, ModelRepository, ModelVersion, check_name
 
@@ -53,7 +54,7 @@ def prune(version: ModelVersion, repo: ModelRepository, log: Callable[[str], Non
     parameters, size and latency ratios). Options: see :data:`DEFAULTS`."""
     import torch
 
-    from dlkit import derive, evaluation_data, load_model, save_tensors, task_metrics, WEIGHTS
+    from dlkit import WEIGHTS, derive, evaluation_data, load_model, save_tensors, task_metrics
 
     log = log or (lambda msg: print(f"dlkit: {msg}", file=sys.stderr))
     o = check_options(version, options)

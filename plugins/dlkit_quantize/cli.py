@@ -8,8 +8,7 @@ import click
 
 
 def add_command(cli) -> None:
-    from dlkit import emit
-    from dlkit import json_option, open_repo, provider_option, repo_option, threads_option
+    from dlkit import emit, json_option, open_repo, provider_option, repo_option, threads_option
 
     @cli.command("quantize")
     @click.argument("ref")
@@ -61,9 +60,9 @@ def add_command(cli) -> None:
                      op_types, measure_seconds, threads, calibration_data, data, optimize_for, batch_sizes,
                      show_report, qat_epochs, fallback, repo, as_json):
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
-        from .quantize import NoCandidateError, quantize
-
         from dlkit import use_threads
+
+        from .quantize import NoCandidateError, quantize
 
         threads = use_threads(threads)
         r = open_repo(repo)

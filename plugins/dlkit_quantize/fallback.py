@@ -16,9 +16,10 @@ with the nodes it kept float in its options.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def sensitivity(candidate: Candidate, prepared: Path, folder: Path, calibration,
         try:
             build(probe, prepared, path, calibration)
             out = _run(parent_session_factory(path), feeds, output)
-        except Exception as exc:  # a node the quantizer cannot take alone is reported, not fatal
+        except Exception as exc:  # noqa: BLE001 -- a node the quantizer cannot take alone is reported, not fatal
             rows.append({"node": name, "op_type": op, "error_percent": None, "argmax_changed": None,
                          "error": f"{type(exc).__name__}: {str(exc)[:120]}"})
             continue
@@ -92,7 +93,7 @@ def add_sqnr(rows: list[dict], prepared: Path, qdq: Path, folder: Path, calibrat
             errors = compute_activation_error(create_activation_matching(
                 collect_activations(str(qdq_aug), calibration.reader()),
                 collect_activations(str(float_aug), calibration.reader())))
-    except Exception:  # a debugging view: a graph it cannot follow keeps the measured columns only
+    except Exception:  # noqa: BLE001 -- a debugging view: a graph it cannot follow keeps the measured columns only
         return
     outputs = {n.name: n.output[0] for n in onnx.load(str(prepared), load_external_data=False).graph.node}
     for r in rows:
@@ -113,7 +114,8 @@ def probe_feeds(calibration, input_name: str | None = None) -> dict[str, np.ndar
 
 
 def fallback(candidate: Candidate, ranked: list[dict], prepared: Path, folder: Path, calibration,
-             passes: Callable[[Path], tuple[bool, Any]], log: Callable[[str], None]) -> tuple[Candidate, Path, Any] | None:
+             passes: Callable[[Path], tuple[bool, Any]],
+             log: Callable[[str], None]) -> tuple[Candidate, Path, Any] | None:
     """The candidate with the fewest most-sensitive nodes kept float that ``passes``; None if none
     of the first :data:`MAX_STEPS` do. ``passes(path)`` measures a built graph: (ok, measurement)."""
     order = [r["node"] for r in ranked if r["error_percent"] is not None]
@@ -126,7 +128,7 @@ def fallback(candidate: Candidate, ranked: list[dict], prepared: Path, folder: P
         log(f"fallback: {name} (float: {', '.join(kept)})")
         try:
             build(trial, prepared, path, calibration)
-        except Exception:  # the quantizer refused this split: try keeping one more float
+        except Exception:  # noqa: BLE001 -- the quantizer refused this split: try keeping one more float
             continue
         ok, measured = passes(path)
         if ok:

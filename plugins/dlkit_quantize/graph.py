@@ -52,7 +52,7 @@ def inspect_graph(path: str | Path) -> GraphInfo:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
+    except Exception as exc:  # noqa: BLE001 -- protobuf's DecodeError and friends
         raise DlkitError(f"{path}: not a readable ONNX file ({str(exc)[:200]})") from None
     ops: Counter = Counter()
     float16 = False
@@ -103,8 +103,9 @@ def preprocess(src: Path, dst: Path) -> dict:
                 quant_pre_process(str(folded_path), str(dst), **settings)
             name_nodes(dst)
             return {"batchnorm_folded": folded, "quant_pre_process": True, **settings}
-        except Exception as exc:  # each stage raises its own types
-            errors.append(f"{settings or 'defaults'}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        except Exception as exc:  # noqa: BLE001 -- each stage raises its own types
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            errors.append(f"{settings or 'defaults'}: {type(exc).__name__}: {first}")
     raise DlkitError(f"quant_pre_process failed on {src.name}: {'; '.join(errors)}")
 
 
@@ -149,7 +150,7 @@ def fold_batchnorm(src: Path, dst: Path) -> int:
         try:
             with quiet():
                 model = rewrite(model, pattern_rewrite_rules=rules)
-        except Exception:  # the rewrite is an optimisation: without it the graph is still right
+        except Exception:  # noqa: BLE001 -- the rewrite is an optimisation: without it the graph is still right
             model = onnx.load(str(src))
     onnx.save(model, str(dst))
     return before - sum(n.op_type == "BatchNormalization" for n in model.graph.node)

@@ -8,9 +8,7 @@ import platform
 import sys
 from pathlib import Path
 
-from dlkit import __version__
-from dlkit import InputError
-from dlkit import ModelRepository, ModelVersion
+from dlkit import InputError, ModelRepository, ModelVersion, __version__
 
 from .graph import set_metadata
 from .methods import Candidate
@@ -111,6 +109,6 @@ def publish(repo: ModelRepository, parent: ModelVersion, name: str, method: str,
         from dlkit import write_triton_config
 
         write_triton_config(version)
-    except Exception as exc:  # the model is complete without it; Triton users are told why
+    except Exception as exc:  # noqa: BLE001 -- the model is complete without it; Triton users are told why
         print(f"dlkit: warning: no config.pbtxt for {version.ref}: {exc}", file=sys.stderr)
     return version

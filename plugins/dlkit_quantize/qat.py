@@ -126,4 +126,5 @@ def export_float(module, version, path: Path) -> None:
                               input_names=list(graph.example_inputs), output_names=graph.output_names,
                               dynamic_axes=axes, opset_version=17, do_constant_folding=True)
     except Exception as exc:  # the exporter raises its own types
-        raise DlkitError(f"QAT: export of the fine-tuned {version.ref} failed: {str(exc).splitlines()[0][:200]}") from exc
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise DlkitError(f"QAT: export of the fine-tuned {version.ref} failed: {first}") from exc

@@ -15,13 +15,13 @@ import math
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from dlkit import DlkitError, InputError
-from dlkit import ModelRepository, ModelVersion, check_name
+from dlkit import DlkitError, InputError, ModelRepository, ModelVersion, check_name
 
 from . import agreement, measure
 from .fallback import add_sqnr, fallback, probe_feeds, sensitivity
@@ -115,7 +115,8 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     served|latency|throughput|size, ``report`` (add the per-layer sensitivity table),
     ``fallback`` (keep the most sensitive layers float when a candidate misses the tolerance),
     ``calibration_data`` (an .npz with one array per input) and ``data`` (what quality is measured
-    on; see :mod:`.agreement`). Raises :class:`NoCandidateError` (nothing written) when no candidate stays within the tolerance.
+    on; see :mod:`.agreement`). Raises :class:`NoCandidateError` (nothing written) when no
+    candidate stays within the tolerance.
     """
     log = log or (lambda msg: print(f"dlkit: {msg}", file=sys.stderr))
     o = check_options(version, options)

@@ -67,8 +67,7 @@ def register_datasets(register):
 def register_commands(cli):
     import click
 
-    from dlkit import emit
-    from dlkit import json_option, open_repo, repo_option
+    from dlkit import emit, json_option, open_repo, repo_option
 
     @cli.command("sparsify")
     @click.argument("ref")

@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from dlkit import Dataset, make_dataset, value_range
-from dlkit import InputError
+from dlkit import Dataset, InputError, make_dataset, value_range
 
 LABELS = ["rising", "falling", "steady"]
 

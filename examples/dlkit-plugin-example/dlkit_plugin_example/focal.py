@@ -4,8 +4,8 @@ Focal loss scales each sample's cross-entropy by ``(1 - p)**gamma``, ``p`` the p
 the true class, so well-classified samples weigh less. ``gamma = 0`` is plain cross-entropy.
 """
 
-from dlkit import InputError
-from dlkit import SupervisedTrainer, validate_supervised as validate
+from dlkit import InputError, SupervisedTrainer
+from dlkit import validate_supervised as validate
 
 
 def focal_loss(logits, target, gamma: float, label_smoothing: float = 0.0):

@@ -26,9 +26,7 @@ def sparsify_version(source: ModelVersion, options: dict, repo: ModelRepository)
     """Prune ``source`` by ``options["amount"]`` (0..1) and publish it as a new model."""
     import torch.nn.utils.prune as torch_prune
 
-    from dlkit import evaluation_data
-    from dlkit import load_model
-    from dlkit import evaluate_arrays
+    from dlkit import evaluate_arrays, evaluation_data, load_model
 
     amount = options.get("amount", 0.5)
     scope = options.get("scope", "global")
