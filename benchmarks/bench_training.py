@@ -11,10 +11,14 @@ recipes, the supervised trainer against a hand-written PyTorch loop, and `dlkit 
     n-1 of each run are the steady state (training, validation, callbacks, the checkpoint);
     the cost per run (set-up, the final curves.png) is shown apart. Target: ratio <= 1.10.
 (c) `dlkit --help` against `python -c pass`, alternating runs. Target: <= 0.3 s.
+(d) The two spellings through the real CLI, one subprocess per run: `dlkit train ARCH --data
+    digits` (the architecture's defaults) against `dlkit train models/ARCH.toml`, per seed.
+    Target: the short spelling's mean test accuracy within 0.005 of the recipe's.
 
     python benchmarks/bench_training.py               # 3 seeds; about 10 minutes on 2 idle cores
     python benchmarks/bench_training.py --quick       # smoke run: 1 seed, 2 epochs, fewer repeats
     python benchmarks/bench_training.py --only overhead,startup --threads 1
+    python benchmarks/bench_training.py --only spellings --spell-archs rnn --threads 1
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ ACCURACY_TARGETS = {"mlp": 0.97, "cnn": 0.985, "rnn": 0.96}
 SECONDS_TARGET = 60.0
 OVERHEAD_TARGET = 1.10
 STARTUP_TARGET = 0.3
+SPELLING_GAP = 0.005
 
 
 def cpu_seconds() -> float:
@@ -80,6 +85,49 @@ def print_recipes(rows: list[dict], seeds: list[int]) -> None:
               f"| {'yes' if mean >= target else 'NO'} | {'/'.join(str(r['epochs']) for r in runs)} "
               f"| {statistics.mean(r['train_s'] for r in runs):.1f} | {wall:.1f} "
               f"| {statistics.mean(r['cpu_s'] for r in runs):.1f} | {'yes' if wall < SECONDS_TARGET else 'NO'} |")
+
+
+# -- (d) `dlkit train ARCH` against `dlkit train models/ARCH.toml` ----------------------------------
+def bench_spellings(archs: list[str], seeds: list[int], epochs: int | None, threads: int | None,
+                    repo_root: Path) -> list[dict]:
+    import json
+
+    dlkit = Path(sys.executable).with_name("dlkit")
+    rows = []
+    for arch in archs:
+        row: dict = {"arch": arch, "short": [], "recipe": []}
+        for seed in seeds:
+            for spelling, target in (("short", [arch, "--data", "digits"]),
+                                     ("recipe", [str(ROOT / "models" / f"{arch}.toml")])):
+                cmd = [str(dlkit), "--repo", str(repo_root), "train", *target, "--seed", str(seed),
+                       "--name", f"{arch}-{spelling}-{seed}", "--json"]
+                cmd += ["--threads", str(threads)] if threads else []
+                cmd += ["--epochs", str(epochs)] if epochs else []
+                started = time.perf_counter()
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                acc = json.loads(done.stdout)["metrics"]["test_accuracy"]
+                row[spelling].append({"acc": acc, "wall_s": time.perf_counter() - started})
+                print(f"  dlkit train {' '.join(target)} --seed {seed}: test accuracy {acc:.4f}",
+                      file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def print_spellings(rows: list[dict], seeds: list[int], threads: int | None) -> None:
+    print(f"\n(d) `dlkit train ARCH --data digits` against `dlkit train models/ARCH.toml`, seeds "
+          f"{','.join(map(str, seeds))}, --threads {threads or 'default'}\n")
+    print("| arch | short: test acc per seed | mean | recipe: test acc per seed | mean | gap | target | met "
+          "| wall s (mean, short/recipe) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        means = {s: statistics.mean(x["acc"] for x in r[s]) for s in ("short", "recipe")}
+        walls = {s: statistics.mean(x["wall_s"] for x in r[s]) for s in ("short", "recipe")}
+        gap = means["recipe"] - means["short"]
+        accs = {s: " ".join(f"{x['acc']:.4f}" for x in r[s]) for s in ("short", "recipe")}
+        print(f"| {r['arch']} | {accs['short']} | {means['short']:.4f} "
+              f"| {accs['recipe']} | {means['recipe']:.4f} | {gap:+.4f} "
+              f"| <= {SPELLING_GAP} | {'yes' if gap <= SPELLING_GAP else 'NO'} "
+              f"| {walls['short']:.1f}/{walls['recipe']:.1f} |")
 
 
 # -- (b) trainer overhead ---------------------------------------------------------------------------
@@ -277,9 +325,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="trainer overhead: runs per model")
     parser.add_argument("--epochs", type=int, default=10, help="trainer overhead: epochs per run")
     parser.add_argument("--runs", type=int, default=20, help="start-up runs")
-    parser.add_argument("--only", default="accuracy,overhead,startup")
+    parser.add_argument("--only", default="accuracy,overhead,startup,spellings")
     parser.add_argument("--archs", default="mlp,cnn,rnn", help="models for the overhead comparison")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--spell-archs", default="mlp,cnn,rnn", help="architectures for the spellings check")
     args = parser.parse_args()
     only = set(args.only.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -302,12 +351,17 @@ def main() -> None:
             results["overhead"] = bench_overhead(args.archs.split(","), args.repeats, args.epochs, Path(tmp))
         if "startup" in only:
             results["startup"] = bench_startup(args.runs)
+        if "spellings" in only:
+            results["spellings"] = bench_spellings(args.spell_archs.split(","), seeds, epochs, args.threads,
+                                                   Path(tmp) / "spellings")
     if "accuracy" in results:
         print_recipes(results["accuracy"], seeds)
     if "overhead" in results:
         print_overhead(results["overhead"], args.repeats)
     if "startup" in results:
         print_startup(results["startup"], args.runs)
+    if "spellings" in results:
+        print_spellings(results["spellings"], seeds, args.threads)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (wall times on a shared machine include waiting "
           f"for a core; CPU seconds do not)")
 

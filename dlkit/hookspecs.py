@@ -9,18 +9,52 @@ tutorial and a section per hook (tests/test_docs.py fails when a hook has none).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Protocol
+
 import pluggy
 
 hookspec = pluggy.HookspecMarker("dlkit")
 hookimpl = pluggy.HookimplMarker("dlkit")
 
 
+# -- the register callbacks, typed (tests/test_docs.py checks each against its spec dataclass) --
+class RegisterModel(Protocol):
+    def __call__(self, name: str, build: Callable[..., Any], *, input_kinds: set[str] | frozenset[str],
+                 defaults: dict | None = None, trainer: str = "supervised", train_defaults: dict | None = None,
+                 task: str | list[str] = "classification", export: Callable[..., Any] | None = None,
+                 description: str = "") -> None: ...
+
+
+class RegisterTrainer(Protocol):
+    def __call__(self, name: str, fit: Callable[..., Any], *, defaults: dict | None = None,
+                 distributed: bool = False, description: str = "") -> None: ...
+
+
+class RegisterCompressor(Protocol):
+    def __call__(self, name: str, compress: Callable[..., Any], *, description: str = "") -> None: ...
+
+
+class RegisterDataset(Protocol):
+    def __call__(self, name: str, load: Callable[..., Any], *, suffixes: tuple[str, ...] = (),
+                 directory: bool = False, kind: str | None = None, description: str = "") -> None: ...
+
+
+class RegisterTask(Protocol):
+    def __call__(self, name: str, metrics: Callable[..., Any], *, output: str = "output",
+                 loss: Callable[..., Any] | None = None, target_dtype: str = "float32", score: str = "loss",
+                 higher_is_better: bool = False, batch_score: Callable[..., Any] | None = None,
+                 export: Callable[..., Any] | None = None, describe: Callable[..., Any] | None = None,
+                 quality: Callable[..., Any] | None = None, scores: tuple[str, ...] = (),
+                 description: str = "") -> None: ...
+
+
 @hookspec
-def register_models(register):
+def register_models(register: RegisterModel) -> None:
     """Register model architectures.
 
     ``register(name, build, *, input_kinds, defaults=None, trainer="supervised",
-    task="classification", export=None, description="")``
+    train_defaults=None, task="classification", export=None, description="")``
 
     :param build: ``build(hparams: dict, input_spec: dict, num_classes: int) -> torch.nn.Module``.
         ``hparams`` is ``defaults`` updated by the user's ``--set``; ``input_spec`` is the data
@@ -29,6 +63,11 @@ def register_models(register):
         ``sequence``, ``noise``, or any kind a data set plugin produces, such as ``text``); the
         core only matches them with the data set's ``input_spec["kind"]`` before training.
     :param trainer: name of the trainer that fits it (``supervised``, ``gan``...).
+    :param train_defaults: this architecture's own defaults for some of that trainer's options
+        (``{"epochs": 40, "lr": 3e-3}``), merged over the trainer's defaults whenever it trains this
+        architecture, so ``dlkit train ARCH`` with no recipe trains as well as a tuned recipe; a
+        recipe's ``[train]`` and ``--set`` still override them. A key the trainer does not have is
+        a plugin error at the first training.
     :param task: the registered task it solves by default (``classification``), or a list of
         the tasks it can solve, the first the default (``["classification", "regression"]``);
         ``--set task=NAME`` picks another. ``num_classes`` is then the output width the task needs.
@@ -39,20 +78,22 @@ def register_models(register):
 
 
 @hookspec
-def register_trainers(register):
+def register_trainers(register: RegisterTrainer) -> None:
     """Register trainers.
 
-    ``register(name, fit, *, defaults=None, description="")``
+    ``register(name, fit, *, defaults=None, distributed=False, description="")``
 
     :param fit: ``fit(run: dlkit.training.TrainRun) -> dict`` trains ``run.model`` on
         ``run.data`` under ``run.config``, checkpointing into ``run.workdir`` so that
         ``--resume`` continues, and returns the metrics to record in meta.json.
     :param defaults: the trainer's options and their defaults (settable with ``--set KEY=V``).
+    :param distributed: whether ``fit`` trains data-parallel under torchrun (each rank its share
+        of every batch, only rank 0 writing); ``dlkit train --nproc N`` refuses trainers without it.
     """
 
 
 @hookspec
-def register_compressors(register):
+def register_compressors(register: RegisterCompressor) -> None:
     """Register compressors (quantization methods, distillation, pruning...).
 
     ``register(name, compress, *, description="")``
@@ -64,7 +105,7 @@ def register_compressors(register):
 
 
 @hookspec
-def register_datasets(register):
+def register_datasets(register: RegisterDataset) -> None:
     """Register data sets and loaders for user files.
 
     ``register(name, load, *, suffixes=(), directory=False, kind=None, description="")``
@@ -78,7 +119,7 @@ def register_datasets(register):
 
 
 @hookspec
-def register_tasks(register):
+def register_tasks(register: RegisterTask) -> None:
     """Register tasks: what a model's outputs mean, and how they are trained, scored, exported,
     printed and checked after compression.
 
@@ -110,7 +151,7 @@ def register_tasks(register):
 
 
 @hookspec
-def register_commands(cli):
+def register_commands(cli: Any) -> None:
     """Add subcommands to the ``dlkit`` click group: ``@cli.command()`` as usual.
 
     :param cli: the root :class:`click.Group`. Import heavy modules inside the command body.

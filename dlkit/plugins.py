@@ -5,16 +5,26 @@ registering is reported on stderr with its name and skipped, so the CLI keeps wo
 ``DLKIT_STRICT_PLUGINS=1`` turns each of those into an error (for plugin developers).
 ``DLKIT_PLUGINS=a,b`` is an allowlist of third-party plugins (empty: built-ins only);
 ``DLKIT_DISABLE_PLUGINS=a,b`` blocks any plugin by name, built-ins included.
+
+Built-ins are the entry points of the distribution this ``dlkit`` package was installed from
+(checked by its files, not by a name another package could also use). Plugins import with
+stdout sent to stderr (so ``--json`` stays one object), and an import that takes longer than
+``DLKIT_PLUGIN_TIMEOUT`` seconds (default 10) is reported by name and skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+import json
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pluggy
 
@@ -59,7 +69,8 @@ class PluginInfo:
 class Plugins:
     """The loaded plugins, their registry, and what went wrong with any of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, builtin_only: bool = False) -> None:
+        self.builtin_only = builtin_only  # `dlkit serve`: third-party plugins only when asked
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.registry = Registry()
@@ -70,16 +81,16 @@ class Plugins:
     def load(self) -> None:
         from dlkit import core_plugin  # the core's own registrations: supervised trainer, data sets
 
-        allow = _env_list("DLKIT_PLUGINS")
+        allow = [] if self.builtin_only else _env_list("DLKIT_PLUGINS")
         blocked = set(_env_list("DLKIT_DISABLE_PLUGINS") or ())
         seen: dict[int, tuple] = {}
-        found = [(ep, *_name_and_version(ep.dist, seen)) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
-        dlkit_version = next((v for _, d, v in found if _is_dlkit(d)), None) or _dist_version("dlkit")
+        found = [(ep, *_name_and_version(ep.dist, seen), builtin) for ep, builtin in _entry_points(seen)]
+        dlkit_version = next((v for _, _, v, b in found if b), None) or _dist_version("dlkit")
         self._add(core_plugin, PluginInfo("core", "dlkit", dlkit_version, builtin=True))
+        timeout = _timeout()
         # Built-ins first, so a third-party plugin that reuses a built-in's name (of an entry
         # point or of a model) is the one refused, whatever its name sorts as.
-        for ep, dist, version in sorted(found, key=lambda f: (not _is_dlkit(f[1]), f[0].name)):
-            builtin = _is_dlkit(dist)
+        for ep, dist, version, builtin in sorted(found, key=lambda f: (not f[3], f[0].name)):
             if ep.name in self.infos:
                 if self.infos[ep.name].distribution != dist:
                     clash = PluginInfo(f"{ep.name} ({dist})", dist, version, builtin)
@@ -90,12 +101,16 @@ class Plugins:
                 continue
             info = PluginInfo(ep.name, dist, version, builtin)
             try:
-                module = ep.load()
+                module = _import_bounded(ep, timeout)
+            except TimeoutError:
+                self._fail(info, f"did not finish importing within {timeout:g} s (DLKIT_PLUGIN_TIMEOUT)")
+                continue
             except (Exception, SystemExit) as exc:  # a broken plugin must not take the CLI down
                 self._fail(info, f"failed to import: {type(exc).__name__}: {exc}")
                 continue
             self._add(module, info)
-        self._register_everything()
+        with contextlib.redirect_stdout(sys.stderr):  # a hook that prints must not corrupt --json
+            self._register_everything()
 
     def _add(self, module, info: PluginInfo) -> None:
         self.infos[info.name] = info
@@ -146,7 +161,8 @@ class Plugins:
                 continue
             before = dict(cli.commands)
             try:
-                impl.function(cli=cli)
+                with contextlib.redirect_stdout(sys.stderr):
+                    impl.function(cli=cli)
                 replaced = sorted(n for n, c in before.items() if cli.commands.get(n) is not c)
                 if replaced:
                     raise PluginError(f"command {replaced[0]!r} is already provided by {owners[replaced[0]]}")
@@ -172,8 +188,74 @@ def _hook_failure(hook_name: str, exc: Exception) -> str:
     return f"raised in {hook_name}: {type(exc).__name__}: {exc}"
 
 
-def _is_dlkit(dist: str | None) -> bool:
-    return dist is not None and dist.lower() == "dlkit"
+def _import_bounded(ep, timeout: float):
+    """``ep.load()`` with stdout sent to stderr, given up (TimeoutError) after ``timeout`` s.
+
+    The import runs in a daemon thread: a hung one cannot be stopped, but it no longer holds
+    the CLI (``--help`` and ``dlkit plugins`` above all) and does not keep the process alive.
+    """
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["module"] = ep.load()
+        except BaseException as exc:  # SystemExit too: re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"dlkit-plugin-{ep.name}", daemon=True)
+    with contextlib.redirect_stdout(sys.stderr):  # restored here even if the import hangs
+        worker.start()
+        worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(ep.name)
+    if "error" in box:
+        raise box["error"]
+    return box["module"]
+
+
+def _timeout() -> float:
+    raw = os.environ.get("DLKIT_PLUGIN_TIMEOUT", "")
+    try:
+        value = float(raw) if raw else 10.0
+    except ValueError:
+        value = 10.0
+    return value if value > 0 else 10.0
+
+
+def _entry_points(seen: dict[int, tuple]) -> list[tuple]:
+    """(entry point, built-in?) for the ``dlkit`` group.
+
+    Built-ins are read from this package's own distribution directly: importlib.metadata keeps
+    one distribution per normalised name, so a stray ``DLKit`` earlier on the path would
+    otherwise hide them, and its own entry points would pass for dlkit's.
+    """
+    own = next((d for d in metadata.distributions(name="dlkit") if _installs_this_package(d)), None)
+    builtins = [(ep, True) for ep in (own.entry_points if own else []) if ep.group == ENTRY_POINT_GROUP]
+    others = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        name = (_name_and_version(ep.dist, seen)[0] or "").lower().replace("_", "-")
+        if own is not None and name == "dlkit" and _installs_this_package(ep.dist):
+            continue  # the same distribution, already listed
+        others.append((ep, False))
+    return builtins + others
+
+
+def _installs_this_package(dist) -> bool:
+    """The dist's recorded files (or its editable source folder) hold this ``dlkit/__init__.py``."""
+    import dlkit
+
+    own = Path(dlkit.__file__).resolve()
+    try:
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        direct = {}
+    if isinstance(direct, dict) and direct.get("dir_info", {}).get("editable"):
+        source = Path(unquote(urlparse(str(direct.get("url", ""))).path))
+        return (source / "dlkit" / "__init__.py").resolve() == own
+    for file in dist.files or []:
+        if file.parts[-2:] == ("dlkit", "__init__.py"):
+            return Path(str(dist.locate_file(file))).resolve() == own
+    return False
 
 
 def _name_and_version(dist, seen: dict[int, tuple]) -> tuple[str | None, str | None]:
@@ -205,11 +287,15 @@ def _dist_version(dist: str) -> str | None:
 _plugins: Plugins | None = None
 
 
-def get_plugins() -> Plugins:
-    """The process-wide plugins, loaded once on first use."""
+def get_plugins(builtin_only: bool = False) -> Plugins:
+    """The process-wide plugins, loaded once on first use.
+
+    ``builtin_only=True`` (what ``dlkit serve`` asks for) loads only dlkit's own plugins;
+    a later call without it loads the third-party ones too.
+    """
     global _plugins
-    if _plugins is None:
-        plugins = Plugins()
+    if _plugins is None or (_plugins.builtin_only and not builtin_only):
+        plugins = Plugins(builtin_only)
         plugins.load()
         _plugins = plugins
     return _plugins

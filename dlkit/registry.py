@@ -23,11 +23,21 @@ class ModelSpec:
     input_kinds: frozenset
     defaults: dict = field(default_factory=dict)
     trainer: str = "supervised"
+    train_defaults: dict = field(default_factory=dict)  # this architecture's own values of trainer options
     task: str = "classification"  # the default task; `--set task=...` picks another of `tasks`
     tasks: tuple = ("classification",)
     export: Callable[..., Any] | None = None
     description: str = ""
     plugin: str = ""
+
+    def train_options(self, trainer: TrainerSpec) -> dict:
+        """The trainer's option defaults with this architecture's ``train_defaults`` over them: what
+        ``dlkit train ARCH`` uses for every option the user does not set."""
+        unknown = sorted(set(self.train_defaults) - set(trainer.defaults))
+        if unknown:
+            raise PluginError(f"plugin {self.plugin!r}: model {self.name!r} sets train_defaults "
+                              f"{', '.join(unknown)} that trainer {trainer.name!r} does not have")
+        return {**trainer.defaults, **self.train_defaults}
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,7 @@ def _normalise(kind: str, options: dict) -> dict:
         options["task"] = tasks[0]
         options["tasks"] = tasks
         options["defaults"] = dict(options.get("defaults") or {})
+        options["train_defaults"] = dict(options.get("train_defaults") or {})
     if kind == "trainer":
         options["defaults"] = dict(options.get("defaults") or {})
     if kind == "dataset":

@@ -70,3 +70,46 @@ def test_resume_on_another_world_size(repo):
     assert json.loads(proc.stdout)["metrics"]["epochs"] == 2
     lines = (repo.resolve("grow").path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+KILLED_AFTER_LOGGING = """
+import sys
+from dlkit.training.callbacks import Callback
+from dlkit.store.recipe import Recipe
+from dlkit.store.repository import ModelRepository
+from dlkit.training.run import train
+
+class KillAfterLog3(Callback):  # after epoch 3's log line is written, before its checkpoint
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+try:
+    train(Recipe(arch="mlp", name=sys.argv[2], model={"hidden": [32]}, train={"epochs": 4, "patience": 0}),
+          ModelRepository(sys.argv[1]), quiet=True, callbacks=[KillAfterLog3()])
+except KeyboardInterrupt:
+    sys.exit(3)
+"""
+
+
+# By hand: DLKIT_TEST_DDP_RESUMES=20 pytest tests/test_distributed.py -k every_epoch
+RESUMES = int(os.environ.get("DLKIT_TEST_DDP_RESUMES", "3"))
+
+
+def test_resume_under_two_processes_keeps_every_epoch_of_the_log(repo):
+    """Issue 14: both ranks truncated and appended to the same metrics.jsonl on --resume. The
+    killed run leaves a line (epoch 3) past its checkpoint (epoch 2): the resumed log must hold
+    each epoch exactly once, whatever order the two ranks run in (3 runs)."""
+    for run in range(RESUMES):
+        name = f"log{run}"
+        first = subprocess.run([sys.executable, "-c", KILLED_AFTER_LOGGING, str(repo.root), name],
+                               capture_output=True, text=True, timeout=300)
+        assert first.returncode == 3, first.stderr[-2000:]
+        staged = next((repo.root / name / ".staging").iterdir())
+        logged = [json.loads(line)["epoch"] for line in (staged / "metrics.jsonl").read_text().splitlines()]
+        assert logged == [1, 2, 3]  # epoch 3 is logged but not checkpointed: the resume redoes it
+        proc = dlkit("train", "mlp", "--name", name, "--resume", "--nproc", "2", "--json", repo=repo.root)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout)["metrics"]["epochs"] == 4
+        lines = (repo.resolve(name).path / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4], f"run {run}"

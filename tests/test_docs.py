@@ -49,3 +49,27 @@ def test_hook_has_a_test(hook):
             if isinstance(node, ast.FunctionDef) and node.name == wanted:
                 return
     pytest.fail(f"no test function named {wanted} in tests/")
+
+
+PROTOCOLS = {"register_models": ("RegisterModel", "ModelSpec"), "register_trainers": ("RegisterTrainer", "TrainerSpec"),
+             "register_compressors": ("RegisterCompressor", "CompressorSpec"),
+             "register_datasets": ("RegisterDataset", "DatasetSpec"), "register_tasks": ("RegisterTask", "TaskSpec")}
+
+
+@pytest.mark.parametrize("hook", sorted(PROTOCOLS))
+def test_register_protocol_matches_its_spec_and_the_guide(hook):
+    """Each typed register callback takes exactly the spec dataclass's fields (name and the
+    callable first, the rest keyword-only), and the guide's table documents every one."""
+    import dataclasses
+
+    from dlkit import registry
+
+    proto, spec = PROTOCOLS[hook]
+    params = list(inspect.signature(getattr(hookspecs, proto).__call__).parameters.values())[1:]
+    fields = [f.name for f in dataclasses.fields(getattr(registry, spec)) if f.name not in ("plugin", "tasks")]
+    assert [p.name for p in params] == fields[:2] + [p.name for p in params[2:]], hook
+    assert sorted(p.name for p in params) == sorted(fields), f"{proto} and {spec} disagree"
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]), f"{proto}: options must be keyword-only"
+    body = sections()[hook]
+    missing = [p.name for p in params if f"| `{p.name}` |" not in body]
+    assert not missing, f"docs/plugins.md '## {hook}' documents no {missing}"

@@ -148,7 +148,8 @@ def test_early_stopping_restores_the_best_epoch(tmp_path):
 
 
 @pytest.mark.parametrize("options", [
-    {"optimizer": "sgd", "schedule": "step", "step_size": 1, "gamma": 0.5},
+    # lr given: mlp's own default (2e-3, models/mlp.toml's) is not the trainer's 1e-3
+    {"optimizer": "sgd", "schedule": "step", "step_size": 1, "gamma": 0.5, "lr": 1e-3},
     {"optimizer": "adam", "schedule": "none", "clip_grad": 1.0, "label_smoothing": 0.1},
     {"amp": True, "deterministic": True, "weight_decay": 0.0},
 ], ids=["sgd-step", "adam-clip-smoothing", "amp-deterministic"])

@@ -40,6 +40,9 @@ class DlkitGroup(click.Group):
         return super().list_commands(ctx)
 
     def get_command(self, ctx, name):
+        core = self.commands.get(name)
+        if core is not None and getattr(core, "builtin_plugins_only", False):
+            return core  # e.g. serve: it loads the plugins it wants itself
         self._add_plugin_commands(ctx)
         return super().get_command(ctx, name)
 

@@ -33,8 +33,10 @@ def export_onnx_cmd(ref, opset, exporter, repo, as_json):
     def human(r):
         click.echo(f"exported {r['model']}:{r['version']} -> {r['path']} ({r['bytes'] / 1024:.0f} KiB, opset "
                    f"{r['opset']}, {r['exporter']} exporter)")
-        click.echo(f"  parity with torch: max abs difference {r['max_abs_diff']:.2e} <= {r['tolerance']:g} over "
-                   f"{len(r['parity']['cases'])} checks ({', '.join(c['case'] for c in r['parity']['cases'])})")
+        # The tolerance applies to the difference relative to the outputs' magnitude where it is above 1.
+        click.echo(f"  parity with torch: max difference {r['max_rel_diff']:.2e} <= {r['tolerance']:g} "
+                   f"(absolute {r['max_abs_diff']:.2e}) over {len(r['parity']['cases'])} checks "
+                   f"({', '.join(c['case'] for c in r['parity']['cases'])})")
         click.echo(f"  Triton config: {r['config']}")
 
     emit(report, as_json, human)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 from dlkit.cli.group import cli
+from dlkit.errors import DlkitError
 from dlkit.cli.options import json_option, open_repo, repo_option
 from dlkit.cli.output import console, emit, fmt_metric, table
 
@@ -42,9 +43,18 @@ def models_cmd(repo, as_json):
     r = open_repo(repo)
     items = []
     for v in r.all_versions():
-        meta = v.meta
-        items.append({"name": v.name, "version": v.version, "arch": meta.get("arch"), "task": meta.get("task"),
-                      "method": meta.get("method"), "params": meta.get("params"), "metrics": meta.get("metrics", {}),
+        try:
+            meta = v.meta
+        except DlkitError as exc:  # one broken version must not hide the others
+            click.echo(f"dlkit: skipping {v.ref}: {exc}", err=True)
+            items.append({"name": v.name, "version": v.version, "arch": None, "task": None, "method": None,
+                          "params": None, "metrics": {}, "onnx": False, "created": None, "error": str(exc)})
+            continue
+        task = meta.get("task")
+        metrics = meta.get("metrics")
+        items.append({"name": v.name, "version": v.version, "arch": meta.get("arch"),
+                      "task": task if isinstance(task, str) else None, "method": meta.get("method"),
+                      "params": meta.get("params"), "metrics": metrics if isinstance(metrics, dict) else {},
                       "onnx": v.has_onnx(), "created": meta.get("created")})
 
     def human(_):
@@ -57,12 +67,18 @@ def models_cmd(repo, as_json):
         # One score for every row (all classifiers, say): named once in the header, to keep it narrow.
         shown = [value if len(names) == 1 else f"{name} {value}".strip() for name, value in scores]
         header = names.pop() if len(names) == 1 else "score"  # on the test split
-        rows = [[i["name"], i["version"], i["arch"], i["method"] or "", i["params"], score,
-                 "yes" if i["onnx"] else "", i["created"]] for i, score in zip(items, shown)]
+        rows = [[i["name"], i["version"], "[red]unreadable[/red]" if "error" in i else i["arch"], i["method"] or "",
+                 i["params"], score,
+                 "yes" if i["onnx"] else "", _minutes(i["created"])] for i, score in zip(items, shown)]
         console().print(table(f"Models in {r.root}", ["name", "version", "arch", "method", "params",
                                                       header, "onnx", "created"], rows))
 
     emit({"repository": str(r.root), "models": items}, as_json, human)
+
+
+def _minutes(created: str | None) -> str:
+    """``2026-12-02T08:12:27+00:00`` -> ``2026-12-02 08:12`` (the table stays in 80 columns)."""
+    return (created or "")[:16].replace("T", " ")
 
 
 def _key_metric(item: dict) -> tuple[str, str]:
@@ -119,7 +135,7 @@ def show_arch_cmd(arch, as_json):
     spec = registry.model(arch)
     trainer = registry.trainer(spec.trainer)
     report = {"arch": spec.name, "plugin": spec.plugin, "task": spec.task, "inputs": list(spec.input_kinds),
-              "trainer": trainer.name, "model": dict(spec.defaults), "train": dict(trainer.defaults)}
+              "trainer": trainer.name, "model": dict(spec.defaults), "train": spec.train_options(trainer)}
 
     def human(r):
         rows = [[f"model.{k}", _cell(v)] for k, v in r["model"].items()]

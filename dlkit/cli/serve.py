@@ -46,10 +46,15 @@ from dlkit.cli.options import open_repo, repo_option
               help="As Triton's: none (fixed set), explicit (load/unload over the API), poll (follow the repository).")
 @click.option("--repository-poll-secs", type=click.FloatRange(0, min_open=True), default=15.0, show_default=True,
               help="Poll mode: seconds between checks of the repository.")
+@click.option("--third-party-plugins", is_flag=True, envvar="DLKIT_SERVE_PLUGINS", show_envvar=True,
+              help="Also load third-party plugins (default: dlkit's built-ins only).")
 def serve_cmd(repo, host, port, grpc_port, models, provider, max_batch_size, max_queue_delay_ms, max_queue_size, no_batching,
-              token, max_request_bytes, threads, access_log, **limits):
+              token, max_request_bytes, threads, access_log, third_party_plugins, **limits):
     """Serve the repository's ONNX models over the Open Inference Protocol (KServe v2) until Ctrl+C."""
+    from dlkit.plugins import get_plugins
     from dlkit.serve import ServeSettings, serve
+
+    get_plugins(builtin_only=not third_party_plugins)  # the server needs no third-party code
 
     refs = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
     r = open_repo(repo)
@@ -57,3 +62,6 @@ def serve_cmd(repo, host, port, grpc_port, models, provider, max_batch_size, max
                         provider=provider, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
                         max_queue_size=max_queue_size, max_request_bytes=max_request_bytes,
                         batching=not no_batching, threads=threads, **limits))
+
+
+serve_cmd.builtin_plugins_only = True  # the group does not load plugin commands for it

@@ -64,8 +64,10 @@ def train_cmd(ctx, target, data, name, epochs, batch_size, lr, seed, sets, devic
 
     def human(res):
         m = res["metrics"]
-        shown = "  ".join(f"{k} {fmt_metric(m[k])}" for k in ("test_accuracy", "val_accuracy", "test_loss",
-                                                              "train_seconds") if k in m)
+        # The test split's scores first (a classifier's accuracy, a regressor's rmse and r2...), then time.
+        keys = [k for k in m if k.startswith("test_") and k != "test_mse" and isinstance(m[k], float)][:4]
+        keys += [k for k in ("val_accuracy", "train_seconds") if k in m]
+        shown = "  ".join(f"{k} {fmt_metric(m[k])}" for k in keys)
         target = f", {res['target']}" if res.get("target") else ""
         click.echo(f"trained {res['model']}:{res['version']} ({res['params']:,} parameters{target}) -> {res['path']}")
         if shown:
@@ -101,14 +103,15 @@ def _without_option(args: list[str], option: str) -> list[str]:
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]),
               help="Default: torch, or onnx for a model with only model.onnx (quantized models).")
 @click.option("--data", help="Evaluate on another data set or file (default: the model's own).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
-              help="Which split of the data set to score.")
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]),
+              help="Which split to score; all: every row. Default: test of the model's own data set, "
+                   "all of a --data file (which may hold only some of the model's classes).")
 @provider_option
 @threads_option
 @repo_option
 @json_option
 def evaluate_cmd(ref, runtime, data, split, provider, threads, repo, as_json):
-    """Accuracy and loss of a classifier on its data set's test split."""
+    """A model's task metrics (a classifier's accuracy and loss, a regressor's rmse, mae and r2...) on a split."""
     from dlkit.infer.evaluate import evaluate
 
     version = open_repo(repo).resolve(ref)
@@ -116,8 +119,9 @@ def evaluate_cmd(ref, runtime, data, split, provider, threads, repo, as_json):
     result = evaluate(version, runtime=runtime, data=data, split=split, provider=provider, threads=threads)
 
     def human(r):
+        scores = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float))  # the task's metrics
         click.echo(f"{r['model']}:{r['version']} on {r['data']} ({r['split']}, {r['samples']} samples, "
-                   f"{r['runtime']}): accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}")
+                   f"{r['runtime']}): {scores}" + (f"  ({r['classes']} classes)" if "classes" in r else ""))
 
     emit(result, as_json, human)
 

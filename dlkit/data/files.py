@@ -86,17 +86,15 @@ def load_npz(source: str, options: dict, seed: int) -> Dataset:
     """
     path = Path(source)
     check_data_options(str(path), options, ("kind",))
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = {"x"} - set(npz.files) if options.get("targets") == "none" else {"x", "y"} - set(npz.files)
-            if missing:
-                raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(npz.files)})")
-            x = npz["x"]
-            y = npz["y"] if "y" in npz.files else np.zeros(len(x), np.int64)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    from dlkit.data.arrays import npz_keys, read_npz
+
+    arrays = read_npz(path, ["x", "y"])  # sizes checked before anything is inflated
+    needed = {"x"} if options.get("targets") == "none" else {"x", "y"}
+    missing = needed - set(arrays)
+    if missing:
+        raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))} (has: {', '.join(npz_keys(path))})")
+    x = arrays["x"]
+    y = arrays["y"] if "y" in arrays else np.zeros(len(x), np.int64)
     if x.dtype.kind not in "fiub":
         raise InputError(f"{path}: x has dtype {x.dtype}, expected numbers")
     regression = options.get("targets") == "values"

@@ -13,12 +13,12 @@ from typing import Any
 
 
 from dlkit import __version__
-from dlkit.store.atomic import atomic_path
+from dlkit.store.atomic import json_bytes, temporary_beside, write_together
 from dlkit.errors import DlkitError, InputError
-from dlkit.store.repository import ModelVersion
+from dlkit.store.repository import META, ModelVersion
 from dlkit.export.graph import OnnxGraph, export_graph
 from dlkit.export.parity import ParityError, TOLERANCE, compare, parity_cases, torch_runner
-from dlkit.export.triton import write_triton_config
+from dlkit.export.triton import triton_config_for
 
 
 
@@ -78,39 +78,44 @@ def export_onnx(version: ModelVersion, opset: int | None = None, exporter: str =
         except Exception as exc:  # onnx.checker.ValidationError, shape inference errors
             failures.append(f"{name} exporter: onnx.checker: {_first_line(exc)}")
             continue
+        tmp = temporary_beside(version.inside(version.onnx_path))
         try:
-            parity, session = _check_and_write(version, proto, reference, cases, tolerance)
+            parity, session = _check(tmp, proto, reference, cases, tolerance)
         except ParityError as exc:
+            tmp.unlink(missing_ok=True)
             failures.append(f"{name} exporter: {exc}")
             continue
         except DlkitError as exc:  # onnxruntime cannot load or run what the exporter wrote
+            tmp.unlink(missing_ok=True)
             failures.append(f"{name} exporter: {exc}")
             continue
-        return _finish(version, session, parity, name, got_opset, tolerance, len(cases), started, failures)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return _finish(version, tmp, session, parity, name, got_opset, tolerance, len(cases), started, failures)
     raise DlkitError(f"export of {version.ref} failed, nothing written: {'; '.join(failures)}")
 
 
-def _check_and_write(version, proto, reference, cases, tolerance) -> tuple[dict, Any]:
-    """Write the graph to a temporary file beside model.onnx, run the parity check on exactly
-    those bytes, and move it in only when it passes; returns (parity, session)."""
+def _check(tmp, proto, reference, cases, tolerance) -> tuple[dict, Any]:
+    """Write the graph to ``tmp`` (a temporary beside model.onnx) and run the parity check on
+    exactly those bytes; returns (parity, session). Publishing is :func:`_finish`'s."""
     from dlkit.infer.session import Session
 
-    with atomic_path(version.onnx_path) as tmp:
-        tmp.write_bytes(proto.SerializeToString())
-        # CPU on purpose: the check is about the export, not about a GPU's float behaviour.
-        session = Session(tmp, "cpu")
-        parity = compare(reference, session.run, cases)
-        if parity["max_rel_diff"] > tolerance:
-            raise ParityError(parity, tolerance)  # atomic_path drops the temporary file
-    session.path = version.onnx_path
+    tmp.write_bytes(proto.SerializeToString())  # OSError (a full disk): one line from the CLI
+    # CPU on purpose: the check is about the export, not about a GPU's float behaviour.
+    session = Session(tmp, "cpu")
+    parity = compare(reference, session.run, cases)
+    if parity["max_rel_diff"] > tolerance:
+        raise ParityError(parity, tolerance)
     return parity, session
 
 
-def _finish(version, session, parity, exporter, opset, tolerance, n_cases, started, failures) -> dict:
+def _finish(version, tmp, session, parity, exporter, opset, tolerance, n_cases, started, failures) -> dict:
+    """Publish meta.json's onnx record, model.onnx and config.pbtxt as one step."""
     import onnx
     import torch
 
-    data = version.onnx_path.read_bytes()
+    data = tmp.read_bytes()
     signature = {"inputs": [i.as_dict() for i in session.inputs], "outputs": [o.as_dict() for o in session.outputs]}
     record = {
         "opset": opset, "exporter": exporter, "max_abs_diff": parity["max_abs_diff"],
@@ -119,8 +124,14 @@ def _finish(version, session, parity, exporter, opset, tolerance, n_cases, start
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"dlkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
     }
-    version.update_meta(onnx=record)
-    config = write_triton_config(version)
+    config, text = triton_config_for(version, record)
+    meta = {**version.meta, "onnx": record}
+    # The record first: a crash between the renames leaves it without model.onnx (not served),
+    # never a model.onnx without its record.
+    write_together([(version.inside(version.path / META), json_bytes(meta)), (version.inside(version.onnx_path), tmp),
+                    (config, text.encode())])
+    version.__dict__["meta"] = meta  # the cached meta, as update_meta keeps it
+    session.path = version.onnx_path
     for note in failures:  # an auto export that needed its fallback says why
         print(f"dlkit: note: {note}", file=sys.stderr)
     return {"model": version.name, "version": version.version, "path": str(version.onnx_path),

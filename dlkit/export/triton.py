@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dlkit.store.atomic import write_bytes
 from dlkit.errors import DlkitError
-from dlkit.store.repository import ModelVersion
+from dlkit.store.repository import ModelVersion, is_version
 
 
 
@@ -26,13 +26,24 @@ def write_triton_config(version: ModelVersion, max_batch_size: int = TRITON_MAX_
     other dynamic axes are -1. Triton loads the versions listed under ``version_policy``:
     those that have a model.onnx with the same inputs and outputs as this one.
     """
-    record = version.meta["onnx"]
+    path, text = triton_config_for(version, version.meta["onnx"], max_batch_size)
+    write_bytes(path, text.encode())
+    return path
+
+
+def triton_config_for(version: ModelVersion, record: dict, max_batch_size: int = TRITON_MAX_BATCH
+                      ) -> tuple[Path, str]:
+    """Where ``version``'s config.pbtxt goes and its text, ``version`` taken as exported with
+    the onnx ``record`` (export publishes the config together with the model)."""
     folder = version.path.parent
     versions = []
-    for p in sorted(folder.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1):
-        if not (p.name.isdigit() and (p / "model.onnx").is_file()):
+    for p in sorted(folder.iterdir(), key=lambda p: int(p.name) if is_version(p.name) else -1):
+        if p == version.path:
+            versions.append(version.version)
             continue
-        other = version if p == version.path else ModelVersion(version.name, int(p.name), p)
+        if not (is_version(p.name) and (p / "model.onnx").is_file()):
+            continue
+        other = ModelVersion(version.name, int(p.name), p)
         try:
             same = {k: other.meta.get("onnx", {}).get(k) for k in ("inputs", "outputs")} == \
                    {k: record[k] for k in ("inputs", "outputs")}
@@ -41,9 +52,7 @@ def write_triton_config(version: ModelVersion, max_batch_size: int = TRITON_MAX_
         if same:
             versions.append(int(p.name))
     text = triton_config(version.name, record["inputs"], record["outputs"], max_batch_size, versions)
-    path = folder / "config.pbtxt"
-    write_bytes(path, text.encode())
-    return path
+    return version.inside(folder / "config.pbtxt"), text
 
 
 def triton_config(name: str, inputs: list[dict], outputs: list[dict], max_batch_size: int,

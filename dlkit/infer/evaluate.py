@@ -39,9 +39,24 @@ def evaluation_data(version: ModelVersion, data: str | None = None):
     if list(ds.input_spec["shape"]) != list(expected["shape"]) and expected["kind"] != "sequence":
         raise InputError(f"data {ds.name} has input shape {ds.input_spec['shape']}, model {version.ref} "
                          f"expects {expected['shape']}")
-    if ds.labels != version.meta.get("labels"):
-        raise InputError(f"data {ds.name} has labels {ds.labels}, model {version.ref} has {version.meta.get('labels')}")
+    _to_model_labels(ds, version)
     return ds
+
+
+def _to_model_labels(ds, version: ModelVersion) -> None:
+    """Number ``ds``'s classes as the model does, so a file holding only some of the model's
+    classes is scored on those; a class the model does not know is an InputError."""
+    known = list(version.meta.get("labels") or [])
+    if ds.labels == known:
+        return
+    unknown = [label for label in ds.labels if label not in known]
+    if unknown:
+        raise InputError(f"data {ds.name} has label {unknown[0]!r} that model {version.ref} does not know "
+                         f"(its labels: {', '.join(known) or 'none'})")
+    index = np.array([known.index(label) for label in ds.labels], dtype=np.int64)
+    for part in ("train", "val", "test"):
+        setattr(ds, f"y_{part}", index[np.asarray(getattr(ds, f"y_{part}"), dtype=np.int64)])
+    ds.labels = known
 
 
 def _load(version: ModelVersion, data: str | None):
@@ -61,10 +76,17 @@ def _load(version: ModelVersion, data: str | None):
     return ds
 
 
-def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = None, split: str = "test",
+SPLITS = ("train", "val", "test", "all")
+
+
+def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = None, split: str | None = None,
              provider: str = "auto", threads: int | None = None) -> dict:
     """The task's metrics of ``version`` on a split of its data set (or of ``data``), on ``threads``
-    compute threads (default :func:`dlkit.training.threads.resolve_threads`)."""
+    compute threads (default :func:`dlkit.training.threads.resolve_threads`).
+
+    ``split`` is ``train``, ``val``, ``test`` or ``all`` (every row); by default ``test`` of the
+    model's own data set and ``all`` of another one given as ``data``. ``data`` may hold only some
+    of the model's classes (a classifier is scored on the rows it has)."""
     from dlkit.plugins import get_registry
     from dlkit.training.threads import use_threads
 
@@ -72,26 +94,35 @@ def evaluate(version: ModelVersion, runtime: str = "torch", data: str | None = N
     task = get_registry().task_of(version.meta)
     if task is None:
         raise InputError(f"model {version.ref} records no task: evaluate needs one (classification, regression...)")
+    split = split or ("all" if data else "test")
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}: expected {', '.join(SPLITS)}")
     ds = evaluation_data(version, data)
-    x, y = ds.split(split)
+    run, providers = _runner(version, runtime, task, provider, threads)
+    parts = [ds.split(s) for s in (("train", "val", "test") if split == "all" else (split,))]
+    outputs = np.concatenate([run(x) for x, _ in parts])  # part by part: a streamed split stays lazy
+    y = np.concatenate([np.asarray(y) for _, y in parts])
+    metrics = task.metrics(outputs, y)
+    if ds.labels:  # a classifier: how many of its classes the scored rows hold
+        metrics["classes"] = f"{len(np.unique(y))} of {len(ds.labels)}"
+    return {"model": version.name, "version": version.version, "runtime": runtime, "providers": providers,
+            "task": task.name, "data": ds.name, "split": split, "samples": int(len(y)), **metrics,
+            "threads": threads}
+
+
+def _runner(version: ModelVersion, runtime: str, task, provider: str, threads: int):
+    """``(outputs_of(x), providers)``: the task's output of the model over ``x`` in ``runtime``."""
     if runtime == "torch":
         from dlkit.training.build import load_model
         from dlkit.training.supervised import model_outputs
 
         module, _ = load_model(version)
-        outputs = model_outputs(module, x, batch_size=512)
-        providers = ["torch"]
-    elif runtime == "onnx":
+        return (lambda x: model_outputs(module, x, batch_size=512)), ["torch"]
+    if runtime == "onnx":
         from dlkit.infer.session import Session
 
         if not version.has_onnx():
             raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
         session = Session(version.onnx_path, provider, threads=threads)
-        outputs = graph_outputs(session, x, task.output)
-        providers = session.providers
-    else:
-        raise InputError(f"unknown runtime {runtime!r}: expected torch or onnx")
-    metrics = task.metrics(outputs, y)
-    return {"model": version.name, "version": version.version, "runtime": runtime, "providers": providers,
-            "task": task.name, "data": ds.name, "split": split, "samples": int(len(y)), **metrics,
-            "threads": threads}
+        return (lambda x: graph_outputs(session, x, task.output)), session.providers
+    raise InputError(f"unknown runtime {runtime!r}: expected torch or onnx")

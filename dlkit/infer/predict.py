@@ -118,24 +118,21 @@ def read_input(source: str, info: dict, feed) -> tuple[np.ndarray, list[str]]:
 
 
 def load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+    """An ``.npy`` input through dlkit's size-checked reader."""
+    from dlkit.data.arrays import read_npy
+
+    return read_npy(path)
 
 
 def load_npz(path: Path) -> list[tuple[str, np.ndarray]]:
     """The array ``x`` when present (the layout ``--data`` reads), else every array in the file."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            keys = ["x"] if "x" in npz.files else list(npz.files)
-            if not keys:
-                raise InputError(f"{path}: the .npz holds no arrays")
-            return [(k, npz[k]) for k in keys]
-    except InputError:
-        raise
-    except Exception as exc:  # zipfile.BadZipFile, ValueError (pickled objects), OSError
-        raise InputError(f"{path}: not a readable .npz file ({_short(exc)})") from None
+    from dlkit.data.arrays import npz_keys, read_npz
+
+    names = npz_keys(path)
+    keys = ["x"] if "x" in names else names
+    if not keys:
+        raise InputError(f"{path}: the .npz holds no arrays")
+    return list(read_npz(path, keys).items())
 
 
 def fit_array(arr: np.ndarray, source: str, feed, csv_rows: bool = False) -> tuple[np.ndarray, list[str]]:

@@ -121,7 +121,7 @@ class Session:
                              f"{', '.join(self.providers)}")
         self.inputs = [_info(i) for i in self.session.get_inputs()]
         self.outputs = [_info(o) for o in self.session.get_outputs()]
-        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
 
     def run(self, feeds: dict[str, Any], outputs: list[str] | None = None) -> dict[str, Any]:
         """Run the graph; returns ``{output name: array}``."""
@@ -138,12 +138,20 @@ def _info(arg) -> TensorInfo:
     return TensorInfo(arg.name, shape, ORT_TO_NUMPY.get(arg.type, arg.type))
 
 
-def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """ONNX metadata_props values are strings; dlkit stores JSON in them."""
+def parse_metadata(props: dict[str, str], source: str = "ONNX metadata") -> dict[str, Any]:
+    """ONNX metadata_props values are strings; dlkit stores JSON in them.
+
+    A value that is not JSON stays a string (other tools write plain text); JSON nested
+    thousands deep or holding a 4301+ digit integer is hostile and an InputError.
+    """
     out = {}
     for key, value in props.items():
         try:
             out[key] = json.loads(value)
         except (json.JSONDecodeError, TypeError):
             out[key] = value
+        except RecursionError:
+            raise InputError(f"{source}: metadata {key[:80]!r} is nested too deeply") from None
+        except ValueError as exc:  # int()'s digit limit
+            raise InputError(f"{source}: metadata {key[:80]!r} is not usable ({str(exc)[:100]})") from None
     return out

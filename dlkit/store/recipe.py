@@ -29,6 +29,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SECTIONS = ("model", "train", "data")
+MAX_SEED = 2**32 - 1  # what every generator dlkit seeds accepts (numpy's legacy ones stop here)
 
 
 @dataclass
@@ -42,6 +43,15 @@ class Recipe:
     model: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     task: str | None = None  # None: the architecture's default, or what the data's targets are
+
+    def check(self, where: str = "recipe") -> "Recipe":
+        """Refuse values no run can use (InputError naming the field); returns the recipe."""
+        if self.name is not None and not isinstance(self.name, str):
+            raise InputError(f"{where}: name must be a string, got {self.name!r}")
+        check_seed(self.seed, f"{where}: seed")
+        if "seed" in self.data:
+            check_seed(self.data["seed"], f"{where}: data.seed")
+        return self
 
     def as_dict(self) -> dict:
         return {"arch": self.arch, "name": self.name, "seed": self.seed, "task": self.task,
@@ -57,6 +67,10 @@ def read_recipe(path: str | Path) -> Recipe:
         raise InputError(f"{path}: recipe file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: invalid TOML ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{path}: invalid TOML (nested too deeply)") from None
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise InputError(f"{path}: not a readable recipe ({str(exc)[:120]})") from None
     allowed = {"arch", "name", "seed", "task", *SECTIONS}
     unknown = set(doc) - allowed
     if unknown:
@@ -77,7 +91,15 @@ def read_recipe(path: str | Path) -> Recipe:
     if task is not None and not isinstance(task, str):
         raise InputError(f"{path}: task must name a task, got {task!r}")
     return Recipe(arch=doc["arch"], name=doc.get("name"), seed=seed, data=dict(data),
-                  model=dict(doc.get("model", {})), train=dict(doc.get("train", {})), task=task)
+                  model=dict(doc.get("model", {})), train=dict(doc.get("train", {})), task=task).check(str(path))
+
+
+def check_seed(value: Any, field: str) -> int:
+    """A seed: an integer from 0 to 2**32 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        shown = value if not isinstance(value, int) or abs(value) < 10**30 else f"{str(value)[:12]}..."
+        raise InputError(f"{field} must be an integer from 0 to {MAX_SEED}, got {shown!r}")
+    return value
 
 
 def parse_value(text: str) -> Any:
@@ -86,6 +108,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise InputError(f"--set value {text[:40]!r}...: nested too deeply") from None
 
 
 def apply_sets(recipe: Recipe, sets: list[str], model_keys: set[str], train_keys: set[str]) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 
 
 def metrics(pred: np.ndarray, y: np.ndarray) -> dict:
-    """MSE (the loss), RMSE, MAE and R² of predictions against targets, averaged over targets."""
+    """RMSE, MSE and MAE (in the targets' units), R², and ``loss``: the MSE in units of each
+    target's variance (1 - R², averaged over targets), on the scale of the training loss."""
     pred = np.asarray(pred, dtype=np.float64).reshape(len(y), -1)
     y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
     if not len(y):
@@ -21,8 +22,9 @@ def metrics(pred: np.ndarray, y: np.ndarray) -> dict:
     err = pred - y
     mse = float((err ** 2).mean())
     var = ((y - y.mean(axis=0)) ** 2).mean(axis=0)
-    r2 = float(np.mean(1.0 - (err ** 2).mean(axis=0) / np.where(var > 0, var, 1.0)))
-    return {"loss": mse, "mse": mse, "rmse": mse ** 0.5, "mae": float(np.abs(err).mean()), "r2": r2}
+    unexplained = float(np.mean((err ** 2).mean(axis=0) / np.where(var > 0, var, 1.0)))
+    return {"loss": unexplained, "mse": mse, "rmse": mse ** 0.5, "mae": float(np.abs(err).mean()),
+            "r2": 1.0 - unexplained}
 
 
 def loss(out: Any, y: Any, config: dict, data: Any = None) -> Any:

@@ -87,8 +87,26 @@ def shutdown() -> None:
 
 
 def launch(nproc: int, args: list[str]) -> int:
-    """Run ``dlkit ARGS`` under torchrun with ``nproc`` processes on this machine."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "dlkit", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    """Run ``dlkit ARGS`` under torchrun with ``nproc`` processes on this machine.
+
+    Safe-path mode for the launcher and every rank (``-P``; ``-I`` before Python 3.11): ``-m``
+    would otherwise put the current folder first on ``sys.path`` and run a stray ``dlkit.py``
+    or ``torch.py`` from it. The rendezvous store and the process group bind to loopback: a
+    single-node run has nothing to say to other machines.
+    """
+    safe = ["-P"] if sys.version_info >= (3, 11) else ["-I"]
+    port = _free_loopback_port()
+    cmd = [sys.executable, *safe, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=dlkit-{os.getpid()}",
+           "--local-addr=127.0.0.1", "--no-python", sys.executable, *safe, "-m", "dlkit", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
     return subprocess.call(cmd, env=env)
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -169,17 +169,22 @@ class EpochLoop:
 
     def load_checkpoint(self) -> None:
         """Restore what :meth:`save_checkpoint` wrote, so training continues bit-exactly."""
-        tensors, state = load_train_state(self.checkpoint_path)
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        for name, optimizer in self.optimizers.items():
-            optimizer_from_flat(optimizer, name, tensors, state["optimizers"][name])
-        for name, scheduler in self.schedulers.items():
-            if scheduler is not None and name in state["schedulers"]:
-                scheduler.load_state_dict(state["schedulers"][name])
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and self.device.startswith("cuda"):
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        self.epoch, self.seconds = state["epoch"], state["seconds"]
-        for callback in self.callbacks:
-            callback.load_state_dict(state["callbacks"].get(callback.state_key, {}))
-        self.load_extra_state(tensors, state["trainer"])
+        like = {f"model.{k}": v for k, v in self.model.state_dict().items()}  # shapes/dtypes checked first
+        tensors, state = load_train_state(self.checkpoint_path, like=like)
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            for name, optimizer in self.optimizers.items():
+                optimizer_from_flat(optimizer, name, tensors, state["optimizers"][name])
+            for name, scheduler in self.schedulers.items():
+                if scheduler is not None and name in state["schedulers"]:
+                    scheduler.load_state_dict(state["schedulers"][name])
+            torch.set_rng_state(tensors["rng.cpu"])
+            if "rng.cuda" in tensors and self.device.startswith("cuda"):
+                torch.cuda.set_rng_state(tensors["rng.cuda"])
+            self.epoch, self.seconds = state["epoch"], state["seconds"]
+            for callback in self.callbacks:
+                callback.load_state_dict(state["callbacks"].get(callback.state_key, {}))
+            self.load_extra_state(tensors, state["trainer"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:  # crafted or foreign state
+            raise InputError(f"{self.checkpoint_path}: checkpoint does not fit this run "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None

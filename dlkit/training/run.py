@@ -14,7 +14,7 @@ from dlkit.registry import ModelSpec
 from dlkit.store.atomic import read_json, write_json
 from dlkit.store.derive import library_versions
 from dlkit.store.recipe import Recipe, apply_sets, check_options, read_recipe
-from dlkit.store.repository import WEIGHTS, ModelRepository, ModelVersion
+from dlkit.store.repository import WEIGHTS, ModelRepository, ModelVersion, check_name
 from dlkit.store.weights import save_tensors
 from dlkit.training.build import count_params
 from dlkit.training.state import CHECKPOINT
@@ -119,7 +119,7 @@ def recipe_from(target: str | Recipe, *, sets: list[str] | tuple = (), data: str
     registry = get_registry()
     spec = registry.model(recipe.arch)
     if trainer_defaults is None:
-        trainer_defaults = registry.trainer(spec.trainer).defaults
+        trainer_defaults = spec.train_options(registry.trainer(spec.trainer))
     apply_sets(recipe, list(sets), set(spec.defaults), set(trainer_defaults))
     recipe.train.update({k: v for k, v in train_flags.items() if v is not None})
     if data:
@@ -183,11 +183,17 @@ class _Prepared:
 
 def _resumed_recipe(repo: ModelRepository, name: str, recipe: Recipe) -> tuple[Any, Recipe]:
     """The interrupted run to continue and the recipe it started with (``--epochs`` may extend it)."""
-    found = repo.interrupted(name, CHECKPOINT)
+    from dlkit.training.distributed import rank_and_world
+
+    writer = rank_and_world()[0] == 0  # under torchrun the other ranks read the folder rank 0 holds
+    found = repo.interrupted(name, CHECKPOINT, held_too=not writer)
     if not found:
         raise InputError(f"--resume: no interrupted run of {name!r} in {repo.root}")
-    staged = found[0]
-    stored = Recipe(**read_json(staged.path / RECIPE_FILE))
+    staged = found[0].claim() if writer else found[0]  # held from here: no other run cleans it meanwhile
+    try:
+        stored = Recipe(**read_json(staged.path / RECIPE_FILE)).check(str(staged.path / RECIPE_FILE))
+    except TypeError as exc:  # keys a Recipe does not have: not a file dlkit wrote
+        raise InputError(f"{staged.path / RECIPE_FILE}: not a dlkit recipe ({exc})") from None
     if "epochs" in recipe.train:  # allow extending a run; everything else stays as started
         stored.train["epochs"] = recipe.train["epochs"]
     return staged, stored
@@ -218,7 +224,7 @@ def _prepare(recipe: Recipe, repo: ModelRepository) -> _Prepared:
     if world > 1 and not trainer.distributed:
         raise InputError(f"trainer {trainer.name!r} (for {spec.name!r}) does not support distributed training")
     hparams = check_options("model", recipe.model, spec.defaults)
-    config = check_options("train", recipe.train, trainer.defaults)
+    config = check_options("train", recipe.train, spec.train_options(trainer))
     if "epochs" in config and (not isinstance(config["epochs"], int) or config["epochs"] < 1):
         raise InputError(f"--epochs must be at least 1, got {config['epochs']}")
     source = str(recipe.data.get("source", "digits"))
@@ -266,7 +272,9 @@ def _train(recipe: Recipe, repo: ModelRepository, *, resume: bool, restart: bool
     from dlkit.data.csv_table import target_summary
     from dlkit.training.distributed import broadcast_text, rank_and_world
 
-    name = recipe.name or default_name(recipe.arch, str(recipe.data.get("source", "digits")))
+    recipe.check()  # --seed and Python callers too, not only RECIPE.toml files
+    # Checked before anything touches <repo>/<name>/.staging: a name is a folder name, never a path.
+    name = check_name(recipe.name or default_name(recipe.arch, str(recipe.data.get("source", "digits"))))
     staged = None
     if resume and restart:
         raise InputError("--resume continues the interrupted run and --restart discards it: give one")

@@ -90,8 +90,16 @@ class BackgroundWriter:
             raise error
 
 
-def load_train_state(path: str | os.PathLike) -> tuple[dict, dict]:
-    """Read what :func:`save_train_state` wrote: (tensors, state)."""
+MAX_EPOCH = 10**6  # far beyond any real run; 10**30 in a crafted state would publish an untrained model
+
+
+def load_train_state(path: str | os.PathLike, like: dict | None = None) -> tuple[dict, dict]:
+    """Read what :func:`save_train_state` wrote: (tensors, state).
+
+    A crafted or foreign file is one InputError naming the field: the counters must be
+    numbers in range, and each tensor named in ``like`` (the live model's, by default none)
+    must have that tensor's shape and dtype, before anything is loaded into the model.
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -101,12 +109,42 @@ def load_train_state(path: str | os.PathLike) -> tuple[dict, dict]:
             metadata = f.metadata() or {}
         state = json.loads(metadata[STATE_KEY])
         if INDEX_KEY in metadata:  # packed (see above); older checkpoints hold the tensors as they are
-            index = json.loads(metadata[INDEX_KEY])
-            tensors = {name: tensors[f"packed.{dtype}"][start:start + _numel(shape)].reshape(shape).clone()
-                       for name, (dtype, start, shape) in index.items()}
-    except (KeyError, ValueError, RuntimeError):
+            tensors = _unpack(tensors, json.loads(metadata[INDEX_KEY]))
+    except (KeyError, ValueError, RuntimeError, TypeError):
         raise InputError(f"{path}: not a dlkit training checkpoint") from None
+    _check_state(path, state)
+    for name, ref in (like or {}).items():
+        got = tensors.get(name)
+        if got is None:
+            raise InputError(f"{path}: checkpoint has no tensor {name!r}")
+        if tuple(got.shape) != tuple(ref.shape) or got.dtype != ref.dtype:
+            raise InputError(f"{path}: tensor {name!r} is {got.dtype} {list(got.shape)}, the model needs "
+                             f"{ref.dtype} {list(ref.shape)}")
     return tensors, state
+
+
+def _unpack(tensors: dict, index: dict) -> dict:
+    out = {}
+    for name, (dtype, start, shape) in index.items():
+        flat = tensors[f"packed.{dtype}"]
+        if not (isinstance(start, int) and 0 <= start and all(isinstance(d, int) and d >= 0 for d in shape)
+                and start + _numel(shape) <= flat.numel()):
+            raise ValueError(name)  # a slice outside the packed tensor: not ours
+        out[name] = flat[start:start + _numel(shape)].reshape(shape).clone()
+    return out
+
+
+def _check_state(path: Path, state) -> None:
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a dlkit training checkpoint (state is not an object)")
+    epoch, seconds = state.get("epoch"), state.get("seconds", 0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+        raise InputError(f"{path}: epoch must be an integer from 0 to {MAX_EPOCH}, got {str(epoch)[:40]!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < 1e12:
+        raise InputError(f"{path}: seconds must be a non-negative number, got {str(seconds)[:40]!r}")
+    for key in ("optimizers", "schedulers", "callbacks"):
+        if not isinstance(state.get(key, {}), dict):
+            raise InputError(f"{path}: {key} must be an object")
 
 
 def _numel(shape: list[int]) -> int:

@@ -17,7 +17,7 @@ from dlkit.plugins import get_registry
 from dlkit.data.streaming import is_streaming
 from dlkit.training.callbacks import Callback, CurvePlot, MetricsLog, ProgressBar
 from dlkit.training.memory_format import choose_channels_last
-from dlkit.training.distributed import all_reduce_sum
+from dlkit.training.distributed import all_reduce_sum, rank_and_world
 from dlkit.training.loop import EpochLoop
 from dlkit.errors import InputError
 from dlkit.training.supervised_options import DEFAULTS, validate
@@ -97,6 +97,16 @@ def _workers(setting: int) -> int:
     return max(1, min(4, cpus))
 
 
+def batch_starts(n: int, batch_size: int, world: int = 1) -> list[int]:
+    """The first row of each batch of an epoch over ``n`` rows: what the loop runs and what the
+    progress bar counts."""
+    # Batch norm cannot train on a batch of one sample: skip such a trailing batch.
+    starts = [i for i in range(0, n, batch_size) if n - i > 1 or i == 0]
+    # Under torchrun every rank takes a share of each batch: one with fewer rows than ranks is
+    # skipped by all alike (a rank with no rows would hang DDP).
+    return [i for i in starts if min(batch_size, n - i) >= world]
+
+
 class SupervisedTrainer(EpochLoop):
     """Minibatch training with validation, early stopping, checkpoints and callbacks, on the
     shared :class:`~dlkit.training.loop.EpochLoop`. Subclasses replace :meth:`loss`."""
@@ -108,7 +118,7 @@ class SupervisedTrainer(EpochLoop):
         if self.task.loss is None:
             raise InputError(f"task {self.task_name!r} has no training loss: the supervised trainer cannot fit it")
         score = self.task.score
-        steps = max(1, len(run.data.y_train) // config["batch_size"])
+        steps = len(batch_starts(len(run.data.y_train), config["batch_size"], rank_and_world()[1]))
         callbacks: list[Callback] = [
             MetricsLog(Path(run.workdir) / "metrics.jsonl"),
             CurvePlot(Path(run.workdir) / "curves.png",
@@ -186,8 +196,6 @@ class SupervisedTrainer(EpochLoop):
         for i in stops:
             idx = perm[i:i + bs]
             if self.world > 1:
-                if len(idx) < self.world:
-                    continue  # every rank skips it alike: a rank with no rows would hang DDP
                 idx = idx[self.rank::self.world]
             steps.append(idx)
         if not is_streaming(x):
@@ -207,8 +215,7 @@ class SupervisedTrainer(EpochLoop):
         x, _ = self._tensors()
         n, bs = len(x), cfg["batch_size"]
         augment = cfg["augment"] if self.run.data.kind == "image" else 0
-        # Batch norm cannot train on a batch of one sample: skip such a trailing batch.
-        stops = [i for i in range(0, n, bs) if n - i > 1 or i == 0]
+        stops = batch_starts(n, bs, self.world)
         if self.autocast_dtype is None:
             autocast = contextlib.nullcontext
         else:

@@ -12,6 +12,11 @@ DEFAULTS = {
     "batch_norm": True,
 }
 
+# The supervised trainer's options where this architecture wants other values than the trainer's
+# (models/cnn.toml uses the same ones): a fixed 40-epoch cosine schedule with shifts, keeping the
+# final weights, because digits' 179 validation images are too few to pick an epoch by.
+TRAIN_DEFAULTS = {"epochs": 40, "lr": 3e-3, "augment": 1, "patience": 0, "restore_best": False}
+
 
 def build(hparams, input_spec, num_classes):
     from .model import CNN
@@ -21,5 +26,6 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("cnn", build, input_kinds={"image"}, defaults=DEFAULTS, task=["classification", "regression"],
+    register("cnn", build, input_kinds={"image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS,
+             task=["classification", "regression"],
              description="convolutional network (conv blocks, pooling, global average head)")

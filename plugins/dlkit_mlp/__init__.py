@@ -5,9 +5,13 @@ from dlkit import hookimpl
 DEFAULTS = {
     "hidden": [256, 128],
     "activation": "relu",  # relu | gelu | tanh | silu
-    "dropout": 0.1,
+    "dropout": 0.2,
     "batch_norm": True,
 }
+
+# The supervised trainer's options where this architecture wants other values than the trainer's
+# (models/mlp.toml uses the same ones, so `dlkit train mlp` trains as well as the recipe).
+TRAIN_DEFAULTS = {"epochs": 40, "lr": 2e-3}
 
 
 def build(hparams, input_spec, num_classes):
@@ -18,5 +22,6 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("mlp", build, input_kinds={"tabular", "image"}, defaults=DEFAULTS, task=["classification", "regression"],
+    register("mlp", build, input_kinds={"tabular", "image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS,
+             task=["classification", "regression"],
              description="multi-layer perceptron over flattened inputs")

@@ -72,7 +72,8 @@ def prune(version: ModelVersion, repo: ModelRepository, log: Callable[[str], Non
     after_prune = task_metrics(module, data, task)
     if o["epochs"]:
         log(f"fine-tuning {o['epochs']} epoch(s)")
-        module, after = fine_tune(module, spec, version, data, o, task)
+        with repo.workspace("prune") as work:  # inside the repository, removed afterwards
+            module, after = fine_tune(module, spec, version, data, o, task, work)
     else:
         after = after_prune
     hparams = {"base": {"arch": version.meta["arch"], "hparams": version.meta.get("hparams", {})}, "shapes": shapes}
@@ -116,7 +117,7 @@ def prune_channels(module, data, sparsity: float) -> dict:
     return {k: list(v.shape) for k, v in base.state_dict().items()}
 
 
-def fine_tune(module, spec, version, data, o: dict, task: str):
+def fine_tune(module, spec, version, data, o: dict, task: str, workdir: Path):
     """A few epochs of the supervised trainer on the parent's split, from the parent's own
     training options (a third of its learning rate unless ``lr`` is given)."""
     from dlkit import CHECKPOINT, SUPERVISED_DEFAULTS, SupervisedTrainer, TrainRun, task_metrics
@@ -124,10 +125,9 @@ def fine_tune(module, spec, version, data, o: dict, task: str):
     parent = {k: v for k, v in (version.meta.get("train") or {}).items() if k in SUPERVISED_DEFAULTS}
     config = {**SUPERVISED_DEFAULTS, **parent, "epochs": o["epochs"], "patience": 0, "device": "cpu"}
     config["lr"] = o["lr"] or config["lr"] / 3
-    with tempfile.TemporaryDirectory(prefix="dlkit-prune-") as workdir:
-        run = TrainRun(model=module.train(), spec=spec, data=data, config=config, seed=o["seed"],
-                       workdir=Path(workdir), quiet=o["quiet"], task=task)
-        SupervisedTrainer(run).fit()
-        (Path(workdir) / CHECKPOINT).unlink(missing_ok=True)
+    run = TrainRun(model=module.train(), spec=spec, data=data, config=config, seed=o["seed"],
+                   workdir=Path(workdir), quiet=o["quiet"], task=task)
+    SupervisedTrainer(run).fit()
+    (Path(workdir) / CHECKPOINT).unlink(missing_ok=True)
     module = run.model.cpu().eval()
     return module, task_metrics(module, data, task)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import contextlib
 import sys
 import tempfile
 from collections.abc import Callable
@@ -135,8 +136,9 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     def session_of(path):
         return Session(path, o["provider"], threads=o["threads"])
 
-    with tempfile.TemporaryDirectory(prefix="dlkit-quantize-") as tmp:
-        folder = Path(tmp)
+    # Inside the repository's staging area, not $TMPDIR: a killed run's files are found and
+    # removed by the next one; onnxruntime's own pre.quant.* folders land there too.
+    with repo.workspace("quantize") as folder, _tempdir(folder):
         prepared = folder / "prepared.onnx"
         log(f"preparing {version.ref} (quant_pre_process)")
         prep = preprocess(version.onnx_path, prepared)
@@ -283,6 +285,17 @@ def _fallbacks(failing, layers, prepared, folder, calibration, check, quality, o
         todo.append(trial)
         built[trial.name] = path
         quality[trial.name], outputs[trial.name], sessions[trial.name] = m["q"], m["out"], m["session"]
+
+
+@contextlib.contextmanager
+def _tempdir(folder: Path):
+    """Point :mod:`tempfile` (which onnxruntime's quantizer uses) at ``folder`` meanwhile."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
 
 
 def _build_all(todo: list[Candidate], prepared: Path, folder: Path, calibration, explicit: bool, version,

@@ -10,6 +10,10 @@ DEFAULTS = {
     "dropout": 0.1,
 }
 
+# The supervised trainer's options where this architecture wants other values than the trainer's
+# (models/rnn.toml uses the same ones, so `dlkit train rnn` trains as well as the recipe).
+TRAIN_DEFAULTS = {"epochs": 40, "lr": 3e-3}
+
 
 def build(hparams, input_spec, num_classes):
     from .model import RNN
@@ -19,5 +23,6 @@ def build(hparams, input_spec, num_classes):
 
 @hookimpl
 def register_models(register):
-    register("rnn", build, input_kinds={"sequence", "image"}, defaults=DEFAULTS, task=["classification", "regression"],
+    register("rnn", build, input_kinds={"sequence", "image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS,
+             task=["classification", "regression"],
              description="LSTM/GRU over sequences or image rows: classes or numbers (forecasting)")
