@@ -11,7 +11,6 @@ to ONNX (checked against torch like every export) and timed against the parent's
 from __future__ import annotations
 
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -11,9 +11,9 @@ written and :class:`NoCandidateError` carries the table.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-import contextlib
 import sys
 import tempfile
 from collections.abc import Callable
