@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from dlkit.testing import check_command, check_compressor, run_cli
 
 
@@ -87,6 +88,38 @@ def test_distill_cnn_into_mlp(trained):
     assert human.exit_code == 0 and "teacher" in human.stdout and "cnn-digits-distilled-mlp:2" in human.stdout
 
 
+def test_labels_outside_the_labelled_subset_do_not_count():
+    from dlkit_distill.subset import labelled_indices
+    from dlkit_distill.trainer import distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    mask = torch.tensor([True, False, True, False, False, True])
+    flipped = torch.where(mask, labels, (labels + 1) % 3)  # only unlabelled samples' labels change
+    a = distillation_loss(student, teacher, labels, 2.0, 0.5, labelled=mask)
+    assert torch.equal(a, distillation_loss(student, teacher, flipped, 2.0, 0.5, labelled=mask))
+    assert not torch.equal(a, distillation_loss(student, teacher, flipped, 2.0, 0.5))
+    hard = torch.nn.functional.cross_entropy(student[mask], labels[mask])
+    assert torch.allclose(distillation_loss(student, None, labels, 2.0, 0.0, labelled=mask), hard)
+    y = np.repeat(np.arange(3), [10, 20, 2])
+    idx = labelled_indices(y, 5, seed=1)
+    assert np.bincount(y[idx]).tolist() == [5, 5, 2] and idx.tolist() == sorted(idx.tolist())
+    assert labelled_indices(y, 5, seed=1).tolist() == idx.tolist() != labelled_indices(y, 5, seed=2).tolist()
+
+
+def test_few_labels_the_teacher_labels_the_transfer_set(trained):
+    """--set labelled=N: the student's hard labels are N per class, the teacher's soft targets
+    cover the whole training split; the baseline has the N per class only."""
+    result = dlkit("distill", "cnn-digits", "--student", "mlp", "--set", "hidden=[16]", "--set", "labelled=3",
+                   "--epochs", "2", "--baseline", "--name", "few", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    student = trained.resolve("few")
+    assert student.meta["train"]["labelled"] == 3
+    assert out["report"]["baseline"]["test_accuracy"] > 0
+
+
 def test_alpha_zero_is_the_baseline(trained):
     """The baseline differs from the distilled run in the loss alone: same seed, start and batches."""
     result = dlkit("distill", "cnn-digits", "--student", "mlp", "--set", "hidden=[16]", "--epochs", "2",
@@ -99,9 +132,10 @@ def test_alpha_zero_is_the_baseline(trained):
 
 # -- a teacher that only has model.onnx -----------------------------------------------------------------
 def test_onnx_only_teacher(trained):
+    from dlkit_distill.teacher import load_teacher
+
     from dlkit.data.load import load_dataset
     from dlkit.export.onnx import export_onnx
-    from dlkit_distill.teacher import load_teacher
 
     teacher = trained.resolve("cnn-digits")
     torch_teacher = load_teacher(teacher)
@@ -124,8 +158,9 @@ def test_onnx_only_teacher(trained):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, as a third party's
 def test_third_party_onnx_teacher(trained):
     """A graph dlkit did not write: its own input name, logits only, no params in meta.json."""
-    from dlkit.data.load import load_dataset
     from dlkit_distill.teacher import load_teacher
+
+    from dlkit.data.load import load_dataset
 
     teacher = trained.resolve("mlp-digits")
     torch_teacher = load_teacher(teacher)
@@ -149,8 +184,8 @@ def test_third_party_onnx_teacher(trained):
 def test_trainer_is_registered(trained, tmp_path):
     """The ``distill`` trainer runs from a TrainRun like any trainer, teacher named in its config."""
     from dlkit.data.load import load_dataset
-    from dlkit.training.build import build_model
     from dlkit.plugins import get_registry
+    from dlkit.training.build import build_model
     from dlkit.training.run import TrainRun
 
     registry = get_registry()
@@ -210,6 +245,7 @@ BAD = [
     ("teacher", ["cnn-digits", "--student", "mlp", "--name", "../x"], None, "invalid model name"),
     ("teacher", ["mlp-blobs", "--student", "cnn"], blobs_teacher, "does not accept tabular"),
     ("teacher", ["cnn-digits", "--student", "three-outputs"], None, "outputs 3 values"),
+    ("teacher", ["cnn-digits", "--student", "mlp", "--set", "labelled=-1"], None, "labelled must be an integer"),
 ]
 
 

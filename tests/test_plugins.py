@@ -208,7 +208,7 @@ def test_cli_keeps_working_beside_a_broken_plugin(tmp_path):
     only_builtins = dlkit_proc(site, "plugins", "--json", DLKIT_PLUGINS="")
     assert only_builtins.returncode == 0 and only_builtins.stderr == ""
     assert {p["name"] for p in json.loads(only_builtins.stdout)["plugins"]} == \
-        {"core", "mlp", "cnn", "rnn", "gan", "quantize", "distill", "cluster"}
+        {"core", "mlp", "cnn", "rnn", "gan", "quantize", "distill", "prune", "cluster"}
 
     no_rnn = dlkit_proc(site, "train", "rnn", DLKIT_PLUGINS="", DLKIT_DISABLE_PLUGINS="rnn",
                         DLKIT_REPO=str(tmp_path / "models"))

@@ -1,5 +1,5 @@
 """Third-party plugins, for real: the pip-installed example package through each hook and the
-whole chain (train, evaluate, export, quantize, distill into it, serve, prune), dlkit's pytest
+whole chain (train, evaluate, export, quantize, distill into it, serve, sparsify), dlkit's pytest
 plugin in a plugin author's test suite, and broken plugin distributions that dlkit must survive.
 """
 
@@ -112,9 +112,9 @@ def test_hook_register_compressors(tcn):
     from dlkit.store.weights import load_tensors
 
     source = tcn.resolve("tcn-digits")
-    pruned = check_compressor("prune", source, tcn, {"amount": 0.6, "scope": "layer", "name": "tcn-sparse"})
+    pruned = check_compressor("sparsify", source, tcn, {"amount": 0.6, "scope": "layer", "name": "tcn-sparse"})
     meta = pruned.meta
-    assert (pruned.name, meta["method"], meta["compression"]["scope"]) == ("tcn-sparse", "prune", "layer")
+    assert (pruned.name, meta["method"], meta["compression"]["scope"]) == ("tcn-sparse", "sparsify", "layer")
     weights = {k: v for k, v in load_tensors(pruned.weights_path).items() if k.endswith("weight") and v.ndim >= 2}
     assert len(weights) == meta["compression"]["layers"]
     for key, w in weights.items():  # every Linear/Conv layer lost round(60%) of its weights, exactly
@@ -123,7 +123,7 @@ def test_hook_register_compressors(tcn):
     assert meta["metrics"]["parent_test_accuracy"] == pytest.approx(source.meta["metrics"]["test_accuracy"], abs=0.01)
     check_trained(pruned)  # the stored accuracy is the pruned weights' accuracy
     with pytest.raises(Exception, match="--amount"):
-        check_compressor("prune", source, tcn, {"amount": 1.0})
+        check_compressor("sparsify", source, tcn, {"amount": 1.0})
     assert tcn.names() == ["tcn-digits", "tcn-sparse"]
 
 
@@ -139,16 +139,16 @@ def test_hook_register_datasets(tcn):
 
 
 def test_hook_register_commands(tcn):
-    assert "Magnitude-prune" in check_command("prune").stdout
-    assert example_info()["registered"]["commands"] == ["prune"]
-    out = run_cli("prune", "tcn-digits", "--amount", "0.5", "--json").json()
-    assert (out["model"], out["parent"], out["method"]) == ("tcn-digits-pruned", {"name": "tcn-digits", "version": 1},
-                                                          "prune")
+    assert "Magnitude-prune" in check_command("sparsify").stdout
+    assert example_info()["registered"]["commands"] == ["sparsify"]
+    out = run_cli("sparsify", "tcn-digits", "--amount", "0.5", "--json").json()
+    assert (out["model"], out["parent"], out["method"]) == ("tcn-digits-sparse", {"name": "tcn-digits", "version": 1},
+                                                          "sparsify")
     assert out["sparsity"] == pytest.approx(0.5, abs=0.01)
-    missing = run_cli("prune", "nothing-here", expect=2)
+    missing = run_cli("sparsify", "nothing-here", expect=2)
     assert "no model 'nothing-here'" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
-    assert "--amount" in run_cli("prune", "tcn-digits", "--amount", "1.5", expect=2).stderr
-    assert tcn.names() == ["tcn-digits", "tcn-digits-pruned"]
+    assert "--amount" in run_cli("sparsify", "tcn-digits", "--amount", "1.5", expect=2).stderr
+    assert tcn.names() == ["tcn-digits", "tcn-digits-sparse"]
 
 
 # -- the whole chain on the example's architecture ------------------------------------------------------
@@ -258,7 +258,7 @@ def broken_site(tmp_path_factory) -> Path:
 def test_broken_plugins_leave_the_cli_working(broken_site, tmp_path):
     help_ = dlkit_proc("--help", site=broken_site)
     assert help_.returncode == 0, help_.stderr
-    assert "prune" in help_.stdout and "models" in help_.stdout  # the healthy plugin's command is there
+    assert "sparsify" in help_.stdout and "models" in help_.stdout  # the healthy plugin's command is there
     for name, (_, error) in BROKEN_PLUGINS.items():
         assert f"warning: plugin {name!r} " in help_.stderr and error in help_.stderr, name
     assert "Traceback" not in help_.stderr
@@ -282,7 +282,7 @@ def test_broken_plugins_leave_the_cli_working(broken_site, tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert json.loads(trained.stdout)["model"] == "mlp-blobs"
     quiet = dlkit_proc("--help", site=broken_site, DLKIT_PLUGINS="example")  # the allowlist leaves them out
-    assert quiet.returncode == 0 and quiet.stderr == "" and "prune" in quiet.stdout
+    assert quiet.returncode == 0 and quiet.stderr == "" and "sparsify" in quiet.stdout
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN_PLUGINS))

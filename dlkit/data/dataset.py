@@ -95,6 +95,29 @@ def split_stratified(x: np.ndarray, y: np.ndarray, seed: int, val: float = 0.1, 
     return tuple(out)
 
 
+def stratified_sample(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of ``n`` samples drawn without replacement, shuffled from ``seed``, each class
+    (integer labels) represented in proportion (largest remainders), so a small sample is not
+    the first classes of a sorted file; targets that are not class labels are sampled uniformly."""
+    rng = np.random.default_rng(seed)
+    n = min(int(n), len(y))
+    if not np.issubdtype(np.asarray(y).dtype, np.integer):
+        return np.sort(rng.permutation(len(y))[:n]) if n < len(y) else np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    share = counts / counts.sum() * n
+    take = np.floor(share).astype(int)
+    for i in np.argsort(-(share - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    chosen = []
+    for cls, k in zip(classes, take):
+        idx = np.flatnonzero(y == cls)
+        rng.shuffle(idx)
+        chosen.append(idx[:k])
+    out = np.concatenate(chosen)
+    rng.shuffle(out)
+    return out
+
+
 def make_dataset(name: str, x: np.ndarray, y: np.ndarray, labels: list[str], input_spec: dict,
                  seed: int, options: dict) -> Dataset:
     """Split arrays into a :class:`Dataset` (``options`` may set ``val`` and ``test`` fractions;

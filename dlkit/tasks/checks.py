@@ -70,12 +70,17 @@ class ScoreCheck:
         return {k: v for k, v in row.items() if k.startswith(("test_", "val_"))}
 
     def calibration_feeds(self, samples: int) -> tuple[dict, dict]:
-        x, _ = self.dataset.split("train")
-        n = min(samples, len(x))
+        from dlkit.data.dataset import stratified_sample
+
+        x, y = self.dataset.split("train")
         source = self.dataset.source
-        return ({self.input_name: np.ascontiguousarray(x[:n].astype(np.float32))},
-                {"source": source.get("source"), "options": source.get("options", {}), "seed": source.get("seed", 0),
-                 "split": "train", "samples": int(n), "selection": f"the first {n} samples of the training split"})
+        seed = source.get("seed", 0)
+        idx = stratified_sample(y, samples, seed)
+        n = len(idx)
+        return ({self.input_name: np.ascontiguousarray(x[idx].astype(np.float32))},
+                {"source": source.get("source"), "options": source.get("options", {}), "seed": seed,
+                 "split": "train", "samples": int(n),
+                 "selection": f"{n} samples of the training split, stratified by class and shuffled from seed {seed}"})
 
     def latency_feeds(self, batch: int) -> dict:
         return {self.input_name: batch_of(self.x_val.astype(np.float32), batch)}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 
-from dlkit import InputError
-from dlkit import ModelRepository, ModelVersion
+from dlkit import InputError, ModelRepository, ModelVersion
 
 OPTIONS = ("student", "sets", "temperature", "alpha", "epochs", "baseline", "name", "seed", "data", "quiet")
 
@@ -41,16 +40,23 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
     """
     import torch
 
-    from dlkit import DlkitError
-    from dlkit import save_tensors
-    from dlkit import evaluation_data
-    from dlkit import check_compatible, derive, trained_meta
-    from dlkit import get_registry
-    from dlkit import Recipe, check_options, recipe_from
-    from dlkit import WEIGHTS, check_name
+    from dlkit import (
+        WEIGHTS,
+        DlkitError,
+        Recipe,
+        check_compatible,
+        check_name,
+        check_options,
+        derive,
+        evaluation_data,
+        get_registry,
+        recipe_from,
+        save_tensors,
+        trained_meta,
+    )
 
-    from .teacher import check_teacher, load_teacher
     from .options import DEFAULTS, validate
+    from .teacher import check_teacher, load_teacher
 
     repo = repo or ModelRepository()
     source = repo.resolve(teacher) if isinstance(teacher, str) else teacher
@@ -110,9 +116,13 @@ def distill(teacher: str | ModelVersion, student: str, *, sets: list[str] | tupl
             "baseline": None,
         }
         if baseline:
+            from .subset import labelled_only
+
+            # The baseline has the labels only: with `labelled`, only the labelled subset.
+            base_data = labelled_only(dataset, config["labelled"], seed) if config["labelled"] else dataset
             with tempfile.TemporaryDirectory(prefix="dlkit-baseline-") as workdir:
-                scratch = build_student(spec, hparams, dataset, seed)
-                _, base = train_student(scratch, spec, dataset, config, seed, workdir, quiet, None)
+                scratch = build_student(spec, hparams, base_data, seed)
+                _, base = train_student(scratch, spec, base_data, config, seed, workdir, quiet, None)
             report["baseline"] = {"arch": student, "params": params, "test_accuracy": base["test_accuracy"],
                                   "val_accuracy": base["val_accuracy"], "test_loss": base["test_loss"]}
         report.update(summarise(report))
@@ -136,8 +146,7 @@ def train_student(model, spec, dataset, config: dict, seed: int, workdir, quiet:
     returns the trained model (CPU, eval mode) and its metrics."""
     from pathlib import Path
 
-    from dlkit import SupervisedTrainer, task_metrics
-    from dlkit import CHECKPOINT, TrainRun
+    from dlkit import CHECKPOINT, SupervisedTrainer, TrainRun, task_metrics
 
     from .trainer import DistillTrainer
 

@@ -14,6 +14,9 @@ DEFAULTS = {
     "temperature": TEMPERATURE,  # softens both distributions; T^2 keeps the soft gradients' scale
     "alpha": ALPHA,  # weight of the soft-target term; 1 - alpha goes to the labels
     "teacher": "",  # the teacher's version folder (models/NAME/V)
+    # Labelled samples per class the hard-label term sees (0: every training sample). The soft
+    # term still uses the whole training split: the teacher labels the rest (the transfer set).
+    "labelled": 0,
 }
 
 
@@ -30,3 +33,6 @@ def validate(config: dict) -> None:
     """The supervised trainer's checks plus the distillation options'."""
     validate_supervised(config)
     check_distill_options(config["temperature"], config["alpha"])
+    n = config.get("labelled", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InputError(f"labelled must be an integer >= 0 (labelled samples per class; 0: all), got {n!r}")

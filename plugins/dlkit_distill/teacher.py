@@ -38,7 +38,7 @@ class Teacher:
                   onnx.TensorProto.BFLOAT16}  # weights, not the integer shapes of reshapes
         return int(sum(np.prod(t.dims, dtype=np.int64) for t in graph.initializer if t.data_type in floats))
 
-    def to(self, device: str) -> "Teacher":
+    def to(self, device: str) -> Teacher:
         if self.module is not None:
             self.module = self.module.to(device)
             self.device = device

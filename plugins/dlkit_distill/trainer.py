@@ -3,6 +3,7 @@ metrics.jsonl) with Hinton et al.'s soft-target loss in place of plain cross-ent
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from dlkit import SupervisedTrainer
@@ -11,13 +12,20 @@ from .options import ALPHA, DEFAULTS, TEMPERATURE, validate
 
 __all__ = ["ALPHA", "DEFAULTS", "TEMPERATURE", "DistillTrainer", "distillation_loss", "fit", "validate"]
 
-def distillation_loss(student, teacher, labels, temperature: float, alpha: float, label_smoothing: float = 0.0):
+def distillation_loss(student, teacher, labels, temperature: float, alpha: float, label_smoothing: float = 0.0,
+                      labelled=None):
     """``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``.
 
     The T^2 factor keeps the soft term's gradients at the scale of the hard term's as T changes
-    (Hinton, Vinyals and Dean, 2015, section 2).
+    (Hinton, Vinyals and Dean, 2015, section 2). ``labelled`` (a boolean mask of the batch) limits
+    the hard term to the samples whose labels the student may use.
     """
-    hard = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    if labelled is None:
+        hard = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    elif bool(labelled.any()):
+        hard = F.cross_entropy(student[labelled], labels[labelled], label_smoothing=label_smoothing)
+    else:
+        hard = student.sum() * 0.0
     if alpha == 0:
         return hard
     t = temperature
@@ -39,6 +47,15 @@ class DistillTrainer(SupervisedTrainer):
         self.soft_targets = None
         if not augment and self.config["alpha"] > 0:
             self.soft_targets = teacher.logits(run.data.x_train).to(self.device)
+        self.labelled = None
+        if self.config.get("labelled"):
+            import torch
+
+            from .subset import labelled_indices
+
+            mask = torch.zeros(len(run.data.y_train), dtype=torch.bool)
+            mask[torch.as_tensor(labelled_indices(run.data.y_train, self.config["labelled"], run.seed))] = True
+            self.labelled = mask.to(self.device)
 
     def loss(self, out, xb, yb, idx):
         cfg = self.config
@@ -48,7 +65,10 @@ class DistillTrainer(SupervisedTrainer):
             teacher = self.soft_targets[idx]
         else:
             teacher = self.teacher.logits(xb)
-        return distillation_loss(out, teacher, yb, cfg["temperature"], cfg["alpha"], cfg["label_smoothing"])
+        mask = None if self.labelled is None else self.labelled[torch.as_tensor(idx, device=self.labelled.device)]
+        if teacher is None and mask is not None:  # alpha 0: labels only, on the labelled samples
+            return distillation_loss(out, out.detach(), yb, cfg["temperature"], 0.0, cfg["label_smoothing"], mask)
+        return distillation_loss(out, teacher, yb, cfg["temperature"], cfg["alpha"], cfg["label_smoothing"], mask)
 
 
 def fit(run) -> dict:

@@ -58,7 +58,7 @@ def _labelled(path: str) -> bool:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return "y" in npz.files
-    except Exception as exc:  # a broken file is reported by the reader with its path
+    except Exception as exc:  # noqa: BLE001 -- a broken file is reported by the reader with its path
         raise InputError(f"{path}: not a readable .npz file ({str(exc)[:200]})") from None
 
 

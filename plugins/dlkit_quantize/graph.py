@@ -52,7 +52,7 @@ def inspect_graph(path: str | Path) -> GraphInfo:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends
+    except Exception as exc:  # noqa: BLE001 -- protobuf's DecodeError and friends
         raise DlkitError(f"{path}: not a readable ONNX file ({str(exc)[:200]})") from None
     ops: Counter = Counter()
     float16 = False
@@ -101,10 +101,30 @@ def preprocess(src: Path, dst: Path) -> dict:
         try:
             with quiet():
                 quant_pre_process(str(folded_path), str(dst), **settings)
+            name_nodes(dst)
             return {"batchnorm_folded": folded, "quant_pre_process": True, **settings}
-        except Exception as exc:  # each stage raises its own types
-            errors.append(f"{settings or 'defaults'}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        except Exception as exc:  # noqa: BLE001 -- each stage raises its own types
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            errors.append(f"{settings or 'defaults'}: {type(exc).__name__}: {first}")
     raise DlkitError(f"quant_pre_process failed on {src.name}: {'; '.join(errors)}")
+
+
+def name_nodes(path: Path) -> None:
+    """Give every unnamed node a unique name: per-layer fallback and the sensitivity report name
+    the nodes they keep float."""
+    import onnx
+
+    model = onnx.load(str(path))
+    taken = {n.name for n in model.graph.node if n.name}
+    unnamed = [n for n in model.graph.node if not n.name]
+    for i, node in enumerate(unnamed):
+        name = f"{node.op_type}_{i}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+    if unnamed:
+        onnx.save(model, str(path))
 
 
 def fold_batchnorm(src: Path, dst: Path) -> int:
@@ -130,7 +150,7 @@ def fold_batchnorm(src: Path, dst: Path) -> int:
         try:
             with quiet():
                 model = rewrite(model, pattern_rewrite_rules=rules)
-        except Exception:  # the rewrite is an optimisation: without it the graph is still right
+        except Exception:  # noqa: BLE001 -- the rewrite is an optimisation: without it the graph is still right
             model = onnx.load(str(src))
     onnx.save(model, str(dst))
     return before - sum(n.op_type == "BatchNormalization" for n in model.graph.node)

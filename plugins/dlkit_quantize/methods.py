@@ -28,7 +28,9 @@ from dlkit import InputError
 
 from .graph import GraphInfo, gemm_to_matmul, quiet
 
-METHODS = ("auto", "dynamic", "static", "fp16")
+METHODS = ("auto", "dynamic", "static", "weight-only", "fp16", "qat")
+ACTIVATIONS = ("uint8", "int8")
+WEIGHT_BITS = (4, 8)
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 FORMATS = ("qdq", "qoperator")
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM")
@@ -50,6 +52,10 @@ class Candidate:
 
     @property
     def suffix(self) -> str:
+        if self.method == "qat":
+            return "int8"
+        if self.method == "weight-only":
+            return f"int{self.options.get('bits', 4)}"
         return "fp16" if self.method == "fp16" else "int8"
 
 
@@ -75,6 +81,10 @@ def candidates(info: GraphInfo, method: str, *, per_channel: bool | None, fmt: s
         return [Candidate(f"static-{fmt or 'qdq'}", "static", {"format": fmt or "qdq", **static_options})]
     if method == "fp16":
         return [Candidate("fp16", "fp16", {})]
+    if method == "weight-only":
+        return [Candidate("weight-only-int4", "weight-only", {"bits": 4})]
+    if method == "qat":
+        return [qat_candidate(3)]
     if method != "auto":
         raise InputError(f"unknown quantization method {method!r}: expected one of {', '.join(METHODS)}")
     found: list[Candidate] = []
@@ -90,14 +100,42 @@ def candidates(info: GraphInfo, method: str, *, per_channel: bool | None, fmt: s
         found.append(Candidate("dynamic+conv", "dynamic", {"per_channel": pc, "op_types": [*DYNAMIC_OPS, "Conv"]},
                                "also Conv, as ConvInteger"))
     if info.has("Conv", "MatMul", "Gemm") or op_types:
-        for f in [fmt] if fmt else (["qdq"] if recurrent else list(FORMATS)):
-            why = "int8 weights and activations, calibrated"
-            if recurrent and f == "qdq":
-                why += "; recurrent weights stored as int8, dequantized per call"
-            found.append(Candidate(f"static-{f}", "static", {"format": f, **static_options}, why))
+        found.extend(_static_candidates(fmt, recurrent, granularities if per_channel is None else [static_pc],
+                                        static_options))
+    if info.has("MatMul", "Gemm") and not info.has("Conv") and not recurrent and not op_types:
+        for bits in WEIGHT_BITS:
+            found.append(Candidate(f"weight-only-int{bits}", "weight-only", {"bits": bits},
+                                   f"int{bits} MatMul weights in blocks (MatMulNBits), float activations"))
     if accelerator or not found:
         found.append(Candidate("fp16", "fp16", {}, "float16 weights and arithmetic"))
     return found
+
+
+# (name suffix, activation type, symmetric activations): onnxruntime's x86 kernels are fastest for
+# uint8 activations on some graphs and int8 (symmetric: zero point 0) on others, so auto measures.
+ACTIVATION_VARIANTS = (("", "uint8", False), ("-s8", "int8", False), ("-s8sym", "int8", True))
+
+
+def _static_candidates(fmt, recurrent: bool, granularities: list[bool], static_options: dict) -> list[Candidate]:
+    found = []
+    for f in [fmt] if fmt else (["qdq"] if recurrent else list(FORMATS)):
+        for pc in granularities:
+            for suffix, act, sym in ACTIVATION_VARIANTS:
+                why = f"int8 weights ({_granularity(pc)}), {act} activations{' (symmetric)' if sym else ''}, calibrated"
+                if recurrent and f == "qdq":
+                    why += "; recurrent weights stored as int8, dequantized per call"
+                options = {"format": f, **static_options, "per_channel": pc}
+                if act != "uint8":
+                    options.update(activation=act, symmetric=sym)
+                name = f"static-{f}{'' if pc else '-per-tensor'}{suffix}"
+                found.append(Candidate(name, "static", options, why))
+    return found
+
+
+def qat_candidate(epochs: int) -> Candidate:
+    """Fine-tuned with fake quantization, then static QDQ (built by :mod:`dlkit_quantize.qat`)."""
+    return Candidate("qat", "qat", {"format": "qdq", "per_channel": True, "epochs": int(epochs)},
+                     f"{epochs} epoch(s) of quantization-aware fine-tuning, then static QDQ")
 
 
 def _granularity(per_channel: bool) -> str:
@@ -114,11 +152,15 @@ def build(candidate: Candidate, prepared: Path, out: Path, calibration=None) -> 
         quantize_static(prepared, out, calibration, **candidate.options)
     elif candidate.method == "fp16":
         convert_fp16(prepared, out)
+    elif candidate.method == "qat":
+        raise ValueError("QAT candidates are built from the torch model (dlkit_quantize.qat.build_qat)")
+    elif candidate.method == "weight-only":
+        quantize_weight_only(prepared, out, **candidate.options)
     else:
         raise ValueError(f"unknown method {candidate.method!r}")
 
 
-def quantize_dynamic(src: Path, dst: Path, *, op_types, per_channel: bool) -> None:
+def quantize_dynamic(src: Path, dst: Path, *, op_types, per_channel: bool, nodes_to_exclude=()) -> None:
     """onnxruntime's dynamic quantization of ``op_types``, Gemm rewritten to MatMul + Add first."""
     import onnx
     from onnxruntime.quantization import QuantType
@@ -130,11 +172,37 @@ def quantize_dynamic(src: Path, dst: Path, *, op_types, per_channel: bool) -> No
     ops = sorted({"MatMul" if op == "Gemm" else op for op in op_types})
     with quiet():
         ort_quantize_dynamic(model, str(dst), op_types_to_quantize=ops, per_channel=per_channel,
-                             weight_type=QuantType.QInt8)
+                             weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(model, nodes_to_exclude))
+
+
+def _excluded(model, nodes) -> list[str]:
+    """Node names to keep in float, also under the names :func:`gemm_to_matmul` gave a Gemm."""
+    names = set(nodes)
+    return [n.name for n in model.graph.node if n.name in names or n.name.removesuffix("_MatMul") in names]
+
+
+def quantize_weight_only(src: Path, dst: Path, *, bits: int, block_size: int = 32, nodes_to_exclude=()) -> None:
+    """Weight-only int4/int8 MatMul (``MatMulNBits``, onnxruntime's MatMulNBitsQuantizer): the
+    weights stored in blocks of ``block_size`` with a scale each, the activations left float."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    gemm_to_matmul(model)
+    with quiet():
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                                         accuracy_level=4 if bits == 4 else None,
+                                         nodes_to_exclude=_excluded(model, nodes_to_exclude))
+        quantizer.process()
+    quantized = quantizer.model.model
+    if not any(n.op_type == "MatMulNBits" for n in quantized.graph.node):
+        raise ValueError("no MatMul with a constant weight of at least one block: nothing to quantize")
+    onnx.save(quantized, str(dst))
 
 
 def quantize_static(src: Path, dst: Path, calibration, *, format: str, calibrate: str, per_channel: bool,
-                    op_types=None) -> None:
+                    op_types=None, activation: str = "uint8", symmetric: bool = False, nodes_to_exclude=(),
+                    nodes_to_quantize=None) -> None:
     """onnxruntime's static quantization with ``calibration`` (a ``Calibration``)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
@@ -153,8 +221,11 @@ def quantize_static(src: Path, dst: Path, calibration, *, format: str, calibrate
     with quiet():
         ort_quantize_static(
             str(src), str(dst), calibration.reader(), quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
-            op_types_to_quantize=list(op_types), per_channel=per_channel, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method=method,
+            op_types_to_quantize=list(op_types), per_channel=per_channel,
+            activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(nodes_to_exclude),
+            nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None,
+            extra_options={"ActivationSymmetric": bool(symmetric)},
         )
 
 

@@ -25,10 +25,10 @@ def fit_focal(run):
     return fit(run)
 
 
-def prune(source, options, repo):
-    from .prune import prune_version
+def sparsify(source, options, repo):
+    from .sparsify import sparsify_version
 
-    return prune_version(source, options, repo)
+    return sparsify_version(source, options, repo)
 
 
 def load_chirps(source, options, seed):
@@ -53,7 +53,8 @@ def register_trainers(register):
 
 @hookimpl
 def register_compressors(register):
-    register("prune", prune, description="magnitude pruning of Linear/Conv weights (torch.nn.utils.prune)")
+    register("sparsify", sparsify, description="magnitude pruning of Linear/Conv weights into zeros "
+                                               "(torch.nn.utils.prune; dlkit prune removes whole channels)")
 
 
 @hookimpl
@@ -68,23 +69,23 @@ def register_commands(cli):
 
     from dlkit import emit, json_option, open_repo, repo_option
 
-    @cli.command("prune")
+    @cli.command("sparsify")
     @click.argument("ref")
     @click.option("--amount", type=float, default=0.5, show_default=True,
                   help="Fraction of the weights to zero, smallest magnitudes first.")
     @click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
                   help="Rank weights across all layers, or prune each layer by --amount.")
-    @click.option("--name", help="Name of the new model (default NAME-pruned).")
+    @click.option("--name", help="Name of the new model (default NAME-sparse).")
     @repo_option
     @json_option
-    def prune_cmd(ref, amount, scope, name, repo, as_json):
-        """Magnitude-prune a stored model into a new model (example plugin)."""
+    def sparsify_cmd(ref, amount, scope, name, repo, as_json):
+        """Magnitude-prune (zero) the weights of a stored model into a new model (example plugin)."""
         from dlkit import get_registry
 
         repository = open_repo(repo)
         source = repository.resolve(ref)
         options = {"amount": amount, "scope": scope, "name": name}
-        version = get_registry().compressor("prune").compress(source, options, repository)
+        version = get_registry().compressor("sparsify").compress(source, options, repository)
         meta = version.meta
         result = {"model": version.name, "version": version.version, "path": str(version.path),
                   "parent": meta["parent"], "method": meta["method"], "sparsity": meta["sparsity"],
@@ -92,7 +93,7 @@ def register_commands(cli):
 
         def human(r):
             m = r["metrics"]
-            click.echo(f"pruned {source.ref} -> {r['model']}:{r['version']}: sparsity {r['sparsity']:.1%}, "
+            click.echo(f"sparsified {source.ref} -> {r['model']}:{r['version']}: sparsity {r['sparsity']:.1%}, "
                        f"test accuracy {m['parent_test_accuracy']:.4f} -> {m['test_accuracy']:.4f}")
 
         emit(result, as_json, human)

@@ -14,7 +14,7 @@ SMALL = {"channels": [8, 8]}
 def test_registered(dlkit_registry):
     assert dlkit_registry.model("tcn").plugin == "example"
     assert dlkit_registry.trainer("focal").plugin == "example"
-    assert dlkit_registry.compressor("prune").plugin == "example"
+    assert dlkit_registry.compressor("sparsify").plugin == "example"
     assert dlkit_registry.dataset("chirps").plugin == "example"
 
 
@@ -29,11 +29,11 @@ def test_dataset_conforms():
     assert ds.input_spec["shape"] == [16, 1]
 
 
-def test_prune_conforms(dlkit_repo, dlkit_cli):
+def test_sparsify_conforms(dlkit_repo, dlkit_cli):
     dlkit_cli("train", "tcn", "--data", "chirps", "--set", "channels=[8]", "--set", "data.n=90", "--epochs", "1")
-    pruned = check_compressor("prune", dlkit_repo.resolve("tcn-chirps"), dlkit_repo, {"amount": 0.5})
+    pruned = check_compressor("sparsify", dlkit_repo.resolve("tcn-chirps"), dlkit_repo, {"amount": 0.5})
     assert pruned.meta["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_command_conforms():
-    check_command("prune")
+    check_command("sparsify")

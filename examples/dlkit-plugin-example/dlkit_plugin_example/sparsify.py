@@ -1,4 +1,4 @@
-"""The ``prune`` compressor: zero the smallest-magnitude weights of a stored model.
+"""The ``sparsify`` compressor: zero the smallest-magnitude weights of a stored model.
 
 The pruned weights are written as a new model (dense tensors with zeros: smaller once
 compressed, and the same graph for ONNX export); the source version is never changed.
@@ -22,7 +22,7 @@ def sparsity(targets) -> float:
     return zeros / total if total else 0.0
 
 
-def prune_version(source: ModelVersion, options: dict, repo: ModelRepository) -> ModelVersion:
+def sparsify_version(source: ModelVersion, options: dict, repo: ModelRepository) -> ModelVersion:
     """Prune ``source`` by ``options["amount"]`` (0..1) and publish it as a new model."""
     import torch.nn.utils.prune as torch_prune
 
@@ -35,13 +35,13 @@ def prune_version(source: ModelVersion, options: dict, repo: ModelRepository) ->
     if scope not in ("global", "layer"):
         raise InputError(f"--scope must be global or layer, got {scope!r}")
     if source.meta.get("task", "classification") != "classification":
-        raise InputError(f"model {source.ref} is a {source.meta.get('task')} model; prune needs a classifier")
-    name = check_name(options.get("name") or f"{source.name}-pruned")
+        raise InputError(f"model {source.ref} is a {source.meta.get('task')} model; sparsify needs a classifier")
+    name = check_name(options.get("name") or f"{source.name}-sparse")
 
     module, _ = load_model(source)
     targets = prunable(module)
     if not targets:
-        raise InputError(f"model {source.ref} has no Linear or Conv layers to prune")
+        raise InputError(f"model {source.ref} has no Linear or Conv layers to sparsify")
     data = evaluation_data(source)
     before = evaluate_arrays(module, data.x_test, data.y_test)
     if scope == "global":
@@ -54,7 +54,7 @@ def prune_version(source: ModelVersion, options: dict, repo: ModelRepository) ->
     test = evaluate_arrays(module, data.x_test, data.y_test)
     val = evaluate_arrays(module, data.x_val, data.y_val)
 
-    with derive(repo, source, "prune", name) as new:  # keeps what the model is, adds the lineage
+    with derive(repo, source, "sparsify", name) as new:  # keeps what the model is, adds the lineage
         save_tensors(new.path / WEIGHTS, module.state_dict())
         new.meta.update(
             compression={"amount": float(amount), "scope": scope, "layers": len(targets)},
