@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import click
+
 from dlkit.cli.group import cli
 from dlkit.cli.options import open_repo, repo_option
-
-
 
 
 # -- serving ---------------------------------------------------------------------------------------

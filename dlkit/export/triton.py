@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from dlkit.store.atomic import write_bytes
 from dlkit.errors import DlkitError
+from dlkit.store.atomic import write_bytes
 from dlkit.store.repository import ModelVersion, is_version
-
-
 
 TRITON_MAX_BATCH = 64
 LABEL_FILE = "labels.txt"  # beside config.pbtxt, one label per line: Triton's label_filename

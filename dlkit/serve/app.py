@@ -46,7 +46,7 @@ INFER_OPENAPI = {"requestBody": {"required": True, "content": {"application/json
 # Every error answer, documented once for the whole app (schema-driven clients and fuzzers read it).
 _ERROR = {"description": "an error", "content": {"application/json": {"schema": {
     "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
-ERROR_RESPONSES = {code: _ERROR for code in (400, 401, 404, 405, 408, 409, 413, 500, 503)}
+ERROR_RESPONSES = dict.fromkeys((400, 401, 404, 405, 408, 409, 413, 500, 503), _ERROR)
 
 GRPC_GRACE_SECONDS = 30
 # Bodies from this size are parsed in a worker thread, off the event loop.

@@ -34,7 +34,7 @@ log = logging.getLogger("dlkit.serve")
 class ModelControl:
     """Index, load, unload and the poller over one data plane's model set."""
 
-    def __init__(self, plane: "DataPlane"):
+    def __init__(self, plane: DataPlane):
         self.plane = plane
         self.settings = plane.settings
         self.mode = self.settings.model_control_mode

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 from .. import __version__
 from ..errors import DlkitError
@@ -20,8 +21,8 @@ from ..store.repository import ModelRepository
 from .batcher import DynamicBatcher, QueueFull
 from .control import ModelControl
 from .metrics import Metrics
-from .pbtxt import MAX_INSTANCES
 from .model_set import ModelSet, ServedModel, load_models
+from .pbtxt import MAX_INSTANCES
 from .protocol import InferRequest, ProtocolError
 from .settings import ServeSettings
 

@@ -13,11 +13,10 @@ import logging
 import re
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
-from contextlib import contextmanager
-from typing import Iterator
-
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 

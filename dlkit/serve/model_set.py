@@ -17,8 +17,8 @@ from pathlib import Path
 from ..errors import DlkitError, InputError
 from ..store.repository import ModelRepository, ModelVersion, parse_ref
 from .batcher import DynamicBatcher
-from .pbtxt import configured_instances, label_files
 from .metrics import ModelMetrics
+from .pbtxt import configured_instances, label_files
 from .protocol import ProtocolError, TensorSpec, spec_from_runtime
 
 # Triton's name, chosen over the spec's example "onnx_onnxv1": it is what config.pbtxt says, so the

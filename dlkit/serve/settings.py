@@ -63,7 +63,7 @@ class ServeSettings:
             raise InputError("--token must not be empty")
 
     @classmethod
-    def of(cls, repo: str | os.PathLike | None = None, models=None, **options) -> "ServeSettings":
+    def of(cls, repo: str | os.PathLike | None = None, models=None, **options) -> ServeSettings:
         """Settings from keyword options (the Python API's loose form); unknown names are an error."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
@@ -76,6 +76,6 @@ class ServeSettings:
             given["models"] = tuple(models)
         return cls(**given)
 
-    def with_(self, **changes) -> "ServeSettings":
+    def with_(self, **changes) -> ServeSettings:
         """A copy with ``changes``."""
         return replace(self, **changes)

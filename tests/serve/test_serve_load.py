@@ -15,10 +15,8 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
-from serve_helpers import (  # noqa: E402
-    TOKEN, ServerProcess, _raw, close, digits, infer_body)
+from serve_helpers import TOKEN, ServerProcess, _raw, close, digits, infer_body  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
 
 X1 = digits(1)
 

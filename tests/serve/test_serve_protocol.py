@@ -10,9 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
-from serve_helpers import (  # noqa: E402
-    digits)
+from serve_helpers import digits  # noqa: E402
 
 from dlkit.serve.batcher import DynamicBatcher, QueueFull  # noqa: E402
 from dlkit.serve.protocol import ProtocolError, TensorSpec, encode_infer_response, parse_infer_request  # noqa: E402

@@ -11,10 +11,8 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
-from serve_helpers import (  # noqa: E402
-    MAX_BATCH, MAX_BYTES, MODELS, _raw, close, digits, infer_body)
+from serve_helpers import MAX_BATCH, MAX_BYTES, MODELS, _raw, close, digits, infer_body  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
-
 
 X1 = digits(1)
 
