@@ -120,8 +120,9 @@ def test_dynamic_mlp_is_a_new_model_that_evaluates_predicts_and_benches(exported
     assert again.exit_code == 2 and "already quantized" in again.stderr and "mlp-digits:1" in again.stderr
 
 
-@pytest.mark.parametrize("fmt, calibrate, expected", [("qdq", "entropy", {"QuantizeLinear", "DequantizeLinear", "Conv"}),
-                                                      ("qoperator", "percentile", {"QLinearConv", "QGemm"})])
+@pytest.mark.parametrize("fmt, calibrate, expected", [
+    ("qdq", "entropy", {"QuantizeLinear", "DequantizeLinear", "Conv"}),
+    ("qoperator", "percentile", {"QLinearConv", "QGemm"})])
 def test_static_cnn_calibrates_on_the_training_split(exported, fmt, calibrate, expected):
     parent = exported.resolve("cnn-digits")
     result = dlkit("quantize", "cnn-digits", "--method", "static", "--format", fmt, "--calibrate", calibrate,

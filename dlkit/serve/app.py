@@ -86,7 +86,8 @@ def create_app(repo=None, models: list[str] | None = None, *, settings: ServeSet
             await plane.stop()  # in-flight requests have finished when uvicorn gets here
 
     app = FastAPI(title="dlkit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  redirect_slashes=False, responses=ERROR_RESPONSES,  # a 307 to another spelling is not an answer (spec conformance)
+                  # a 307 to another spelling is not an answer (spec conformance)
+                  redirect_slashes=False, responses=ERROR_RESPONSES,
                   description="Open Inference Protocol (KServe v2) with Triton's binary tensor data extension.")
     app.state.plane = plane
     app.state.models = plane.models

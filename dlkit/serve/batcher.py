@@ -176,7 +176,7 @@ class DynamicBatcher:
             started = time.perf_counter()
             results = await loop.run_in_executor(self.executor, self._run_batch, run, batch)
             seconds = time.perf_counter() - started
-        except Exception as exc:  # the executor itself failed (shut down): fail the batch, keep going
+        except Exception as exc:  # noqa: BLE001 - the executor failed (shut down): fail the batch, keep going
             results, seconds = [exc] * len(batch), 0.0
         finally:
             self._free.append(run)
@@ -242,7 +242,7 @@ class DynamicBatcher:
             else:
                 try:
                     outs = self._run_group(run, items)
-                except Exception:
+                except Exception:  # noqa: BLE001 - any error: retry each request alone
                     # One bad request must not fail its batch-mates: run each alone.
                     outs = [self._run_one(run, item) for item in items]
             for i, out in zip(indices, outs):
@@ -253,7 +253,7 @@ class DynamicBatcher:
     def _run_one(run: RunFn, item: _Item) -> Feeds | BaseException:
         try:
             return run(item.feeds)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to that request's caller as its answer
             return exc
 
     @staticmethod

@@ -23,7 +23,8 @@ from .protocol import NUMPY_TO_V2, ProtocolError, parse_infer_doc, tensor_bytes
 
 SERVICE = "inference.GRPCInferenceService"  # the spec's name: what clients call
 STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-          404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,
+          404: grpc.StatusCode.NOT_FOUND, 408: grpc.StatusCode.DEADLINE_EXCEEDED,
+          409: grpc.StatusCode.FAILED_PRECONDITION,
           413: grpc.StatusCode.RESOURCE_EXHAUSTED, 499: grpc.StatusCode.CANCELLED,
           503: grpc.StatusCode.UNAVAILABLE}
 # Which InferTensorContents field holds each datatype (FP16 and BF16 travel only as raw bytes).

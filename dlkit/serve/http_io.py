@@ -177,6 +177,7 @@ class Guard:
         access_log.info(json.dumps({
             "time": round(time.time(), 3), "client": f"{client[0]}:{client[1]}" if client else None,
             "method": scope["method"], "path": scope["path"], "status": status,
-            "ms": round(seconds * 1000, 3), "bytes_in": int(received) if received.isdigit() and len(received) < 19 else None,
+            "ms": round(seconds * 1000, 3),
+            "bytes_in": int(received) if received.isdigit() and len(received) < 19 else None,
             "bytes_out": sent,
         }, separators=(",", ":")))

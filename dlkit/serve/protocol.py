@@ -154,7 +154,8 @@ def parse_infer_doc(doc: Any, tail: memoryview | bytes, inputs: list[TensorSpec]
 
 
 def encode_infer_response(model_name: str, version: int, request_id: str | None,
-                          results: dict[str, np.ndarray], requested: list[RequestedOutput]) -> tuple[bytes, dict[str, str]]:
+                          results: dict[str, np.ndarray],
+                          requested: list[RequestedOutput]) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, or JSON + binary tensors when any were asked for."""
     outs = []
     blobs = []
@@ -271,7 +272,8 @@ def _header(raw: Any, expected: dict[str, TensorSpec], seen: dict) -> tuple[str,
 def _check_signature(spec: TensorSpec, datatype: str, shape: list[int]) -> None:
     if datatype != spec.datatype:
         known = "" if datatype in KNOWN_DATATYPES else " (not a v2 datatype)"
-        raise ProtocolError(f"input {spec.name!r}: expected datatype {spec.datatype}, received {datatype[:40]!r}{known}")
+        raise ProtocolError(f"input {spec.name!r}: expected datatype {spec.datatype}, "
+                            f"received {datatype[:40]!r}{known}")
     if len(shape) != len(spec.shape) or any(e != -1 and e != d for e, d in zip(spec.shape, shape)):
         raise ProtocolError(f"input {spec.name!r}: expected shape {list(spec.shape)} (-1: any size), "
                             f"received {shape}"[:300])
@@ -380,6 +382,7 @@ def _outputs(doc: dict, outputs: list[TensorSpec], binary_default: bool) -> list
                                 f"number of classes to return), received {classification!r}"[:300])
         binary = params.get("binary_data", binary_default)
         if not isinstance(binary, bool):
-            raise ProtocolError(f"output {name!r}: parameters.binary_data must be true or false, received {binary!r}"[:300])
+            raise ProtocolError((f"output {name!r}: parameters.binary_data must be true or false, "
+                                 f"received {binary!r}")[:300])
         chosen.append(RequestedOutput(name, binary, classification))
     return chosen

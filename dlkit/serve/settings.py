@@ -69,7 +69,7 @@ class ServeSettings:
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"unknown serve option(s): {', '.join(unknown)}")
-        given = {k: v for k, v in options.items()}
+        given = dict(options)
         if repo is not None:  # a path or a ModelRepository
             given["repo"] = Path(repo.root if isinstance(repo, ModelRepository) else repo)
         if models is not None:

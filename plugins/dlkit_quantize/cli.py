@@ -93,7 +93,8 @@ def add_command(cli) -> None:
                 click.echo(f"kept float: {', '.join(rep['kept_float'])}")
             row = next(x for x in rep["table"] if x["chosen"])
             largest = max(rep["batch_sizes"])
-            click.echo(f"quantized {rep['parent']['name']}:{rep['parent']['version']} -> {rep['model']}:{rep['version']} "
+            parent = f"{rep['parent']['name']}:{rep['parent']['version']}"
+            click.echo(f"quantized {parent} -> {rep['model']}:{rep['version']} "
                        f"({row['candidate']}): size {row['size_ratio']:.2f}x, latency at batch {largest} "
                        f"{row[f'latency_b{largest}_ratio']:.2f}x, {_quality(rep, row)}")
 

@@ -88,7 +88,8 @@ def test_binary_wire_format_and_nested_json(strings):
     assert r.status_code == 200, r.text
     n = int(r.headers["inference-header-content-length"])
     meta = json.loads(r.content[:n])
-    assert meta["outputs"][0]["datatype"] == "BYTES" and meta["outputs"][0]["parameters"]["binary_data_size"] == len(blob)
+    out = meta["outputs"][0]
+    assert out["datatype"] == "BYTES" and out["parameters"]["binary_data_size"] == len(blob)
     assert r.content[n:] == blob  # the same encoding back
     nested = {"inputs": [{"name": "text", "shape": [2, 2], "datatype": "BYTES", "data": TEXT.tolist()}]}
     r = httpx.post(f"{strings.url}/v2/models/echo/infer", json=nested, timeout=30)

@@ -92,8 +92,9 @@ def test_labels_in_metadata_and_config(labelled):
     meta = http.get_model_metadata("mlp-digits")
     assert meta["parameters"]["labels"] == NAMES
     assert set(meta["parameters"]["label_outputs"]) == {"probabilities", "logits"}
+    grpc_client = grpcclient.InferenceServerClient(labelled.grpc)
     for config in (http.get_model_config("mlp-digits"),
-                   grpcclient.InferenceServerClient(labelled.grpc).get_model_config("mlp-digits", as_json=True)["config"]):
+                   grpc_client.get_model_config("mlp-digits", as_json=True)["config"]):
         assert json.loads(config["parameters"]["labels"]["string_value"]) == NAMES
 
 

@@ -119,7 +119,8 @@ def test_unload_while_serving_lets_in_flight_requests_finish(explicit, offline):
 
     def unload():
         try:
-            httpclient.InferenceServerClient(f"127.0.0.1:{explicit.port}", network_timeout=120).unload_model("mlp-digits")
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{explicit.port}", network_timeout=120)
+            client.unload_model("mlp-digits")
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         done.set()
