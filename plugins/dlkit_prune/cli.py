@@ -15,7 +15,7 @@ def add_command(cli) -> None:
     @click.option("--epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs after pruning.")
     @click.option("--lr", type=float, help="Fine-tuning learning rate (default: a third of the parent's).")
     @click.option("--name", help="Name of the new model (default NAME-pruned).")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fine-tuning run.")
     @click.option("--measure-seconds", type=float, default=1.0, show_default=True,
                   help="Seconds of timing against the parent per batch size.")
     @repo_option
