@@ -30,7 +30,7 @@ def test_every_option_has_help_and_closed_sets_list_their_choices():
     # quantize checks these itself (a one-line error naming the value); help lists the choices.
     quantize = dict(commands())["quantize"]
     metavars = {p.name: p.metavar for p in quantize.params}
-    assert metavars["method"] == "[auto|dynamic|static|fp16]" and metavars["fmt"] == "[qdq|qoperator]"
+    assert metavars["method"] == "[auto|dynamic|static|weight-only|fp16|qat]" and metavars["fmt"] == "[qdq|qoperator]"
     assert metavars["calibrate"] == "[minmax|entropy|percentile]"
     # One provider option, one help text, wherever a command picks an onnxruntime provider.
     helps = {opt.help for _, command in commands() for opt in command.params if opt.name == "provider"}
