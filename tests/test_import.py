@@ -111,6 +111,32 @@ def test_graph_import_then_predict_equals_onnxruntime(repo, tmp_path, case):
         assert got[name].shape == value.shape and np.array_equal(got[name].astype(value.dtype), value), name
 
 
+def test_bench_builds_inputs_from_any_graph_and_takes_shape(repo, tmp_path):
+    """Issue 17: bench feeds every input in its own dtype (float, int64, bool), sizes the open
+    dimensions from --shape (B: the batch size), and says what is missing in one line."""
+    bench = ("--batch-sizes", "1,2", "--seconds", "0.02", "--repo", repo.root)
+    run_cli("import", "onnx", graphs.multi_io(tmp_path / "m.onnx")[0], "--name", "multi", "--repo", repo.root)
+    out = run_cli("bench", "multi", *bench, "--json").json()
+    assert [(r["runtime"], r["batch_size"]) for r in out["results"]] == [("onnx", 1), ("onnx", 2)]
+
+    run_cli("import", "onnx", graphs.torch_gru(tmp_path / "g.onnx")[0], "--name", "gru", "--repo", repo.root)
+    line = one_line_error(run_cli("bench", "gru", *bench, expect=2))
+    assert "'x'" in line and "[?, ?, 3]" in line and "--shape x=Bx?x3" in line
+    out = run_cli("bench", "gru", *bench, "--shape", "x=Bx6x3", "--json").json()
+    assert [r["batch_size"] for r in out["results"]] == [1, 2] and all(r["calls"] > 0 for r in out["results"])
+    assert "declares 'x' as [?, ?, 3]" in one_line_error(run_cli("bench", "gru", *bench, "--shape", "x=Bx6x4",
+                                                                 expect=2))
+    assert "no such input (it has: x)" in one_line_error(run_cli("bench", "gru", *bench, "--shape", "h=2",
+                                                                 expect=2))
+    assert "not a positive size" in one_line_error(run_cli("bench", "gru", *bench, "--shape", "x=Bx0x3", expect=2))
+
+    run_cli("import", "onnx", graphs.unary(tmp_path / "u.onnx", [4], op="Neg")[0], "--name", "fixed",
+            "--repo", repo.root)
+    assert "--batch-sizes 1" in one_line_error(run_cli("bench", "fixed", *bench, expect=2))
+    out = run_cli("bench", "fixed", "--batch-sizes", "1", "--seconds", "0.02", "--repo", repo.root, "--json").json()
+    assert out["results"][0]["batch_size"] == 1
+
+
 def test_one_sample_gets_a_batch_axis(repo, tmp_path):
     path = graphs.classifier(tmp_path / "c.onnx")
     run_cli("import", "onnx", path, "--name", "c", "--repo", repo.root)
@@ -200,6 +226,25 @@ def test_quantize_imported_graph_with_user_calibration_data(repo, tmp_path):
     # the quantized graph predicts through the same path as its parent
     out = run_cli("predict", "c-int8", tmp_path / "check.npz", "--repo", repo.root, "--json").json()
     assert len(out["predictions"]) == 256
+
+
+def test_quantize_upgrades_an_opset_11_graph_for_per_channel_scales(repo, tmp_path):
+    """Issue 17: below opset 13 DequantizeLinear has no axis, so a per-channel static model of an
+    opset-11 graph was invalid; the prepared copy is converted to opset 13 and the step is said."""
+    model = graphs.classifier(tmp_path / "old.onnx", features=16, classes=4, opset=11)
+    run_cli("import", "onnx", model, "--name", "old", "--repo", repo.root)
+    np.save(tmp_path / "cal.npy", np.random.default_rng(3).standard_normal((64, 16)).astype(np.float32))
+    result = run_cli("quantize", "old", "--method", "static", "--per-channel", "--calibration-data",
+                     tmp_path / "cal.npy", "--tolerance", "50", "--measure-seconds", "0.05", "--repo", repo.root)
+    assert "upgraded the graph from opset 11 to 13" in result.stderr
+    new = repo.resolve("old-int8")
+    assert new.meta["quantization"]["preprocess"]["opset_upgraded"] == [11, 13]
+    import onnx
+
+    assert next(o.version for o in onnx.load(str(new.onnx_path)).opset_import if o.domain in ("", "ai.onnx")) == 13
+    assert repo.resolve("old").meta["onnx"]["opset"] == 11  # the parent is left as it was
+    out = run_cli("predict", "old-int8", tmp_path / "cal.npy", "--repo", repo.root, "--json").json()
+    assert np.asarray(out["outputs"][0]["outputs"]["logits"]).shape == (64, 4)
 
 
 # -- serve with unmodified tritonclient -----------------------------------------------------------------

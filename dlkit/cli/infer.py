@@ -116,23 +116,28 @@ def _print_fields(r: dict) -> None:
               help="Comma-separated: torch, onnx (default both, or onnx for a model with only model.onnx).")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Timed seconds per runtime and batch size (after warm-up).")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=DIMS",
+              help="Size of a graph input the graph leaves open, e.g. audio=Bx16000 (B: each batch size); "
+                   "repeatable. onnxruntime only.")
 @provider_option
 @strict_provider_option
 @threads_option
 @optimization_option
 @repo_option
 @json_option
-def bench_cmd(ref, batch_sizes, runtimes, seconds, provider, strict_provider, threads, optimization, repo, as_json):
+def bench_cmd(ref, batch_sizes, runtimes, seconds, shapes, provider, strict_provider, threads, optimization, repo,
+              as_json):
     """Latency (p50/p90/p99) and throughput of torch and onnxruntime, side by side."""
-    from dlkit.infer.bench import bench
+    from dlkit.infer.bench import bench, parse_shapes
 
     sizes = _int_list("--batch-sizes", batch_sizes)
     version = open_repo(repo).resolve(ref)
     if runtimes is None:
-        runtimes = "torch,onnx" if version.has_weights() or not version.has_onnx() else "onnx"
+        both = (version.has_weights() or not version.has_onnx()) and not shapes  # --shape sizes onnx inputs
+        runtimes = "torch,onnx" if both else "onnx"
     names = [r.strip() for r in runtimes.split(",") if r.strip()]
     result = bench(version, sizes, names, seconds, provider, threads=threads,
-                   optimization=optimization, strict=strict_provider)
+                   optimization=optimization, strict=strict_provider, shapes=parse_shapes(shapes))
 
     def human(r):
         speed = {s["batch_size"]: s["speedup"] for s in r["speedups"]}

@@ -26,8 +26,10 @@ WARMUP_S = 0.2  # per runtime and batch size, before any timing (at least 3 call
 
 def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds: float = 2.0,
           provider: str = "auto", *, threads: int | None = None, optimization: str = "all",
-          strict: bool = False) -> dict:
+          strict: bool = False, shapes: dict[str, tuple] | None = None) -> dict:
     """Warm up, then time each runtime at each batch size for ``seconds``; returns the report.
+
+    ``shapes`` (:func:`parse_shapes`) sizes the inputs a graph leaves open, onnxruntime only.
 
     Per runtime and batch size: p50/p90/p99 latency (ms), mean, calls and throughput
     (samples/s); per batch size with both runtimes, ``speedup`` = torch p50 / onnx p50.
@@ -46,6 +48,8 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
         raise InputError(f"--threads must be at least 1, got {threads}")
     if "onnx" in runtimes and not version.has_onnx():
         raise InputError(f"model {version.ref} has no model.onnx: run `dlkit export onnx {version.ref}` first")
+    if shapes and "torch" in runtimes:
+        raise InputError("--shape sizes onnxruntime's inputs: give it with --runtimes onnx")
     from dlkit.training.threads import resolve_threads
 
     threads = resolve_threads(threads)
@@ -74,7 +78,7 @@ def bench(version: ModelVersion, batch_sizes=(1, 64), runtimes=RUNTIMES, seconds
     try:
         results = []
         for b in sizes:
-            feeds = bench_inputs(version.meta, b, session=session, graph=graph)
+            feeds = bench_inputs(version.meta, b, session=session, graph=graph, shapes=shapes)
             results += measure({r: runners[r] for r in runtimes}, feeds, b, seconds)
     finally:
         if restore is not None:
@@ -120,34 +124,92 @@ def session_runner(session) -> Callable[[dict], Any]:
     return lambda feeds: session.session.run(names, feeds)  # skip the wrapper's dict: timed code only
 
 
-def bench_inputs(meta: dict, batch: int, *, session=None, graph=None) -> dict[str, np.ndarray]:
+def bench_inputs(meta: dict, batch: int, *, session=None, graph=None,
+                 shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """The same random inputs for every runtime.
 
     Graphs fed the data set's samples: uniform inside the input spec's range. Other graphs: the architecture's own
     sampler (``OnnxGraph.random_inputs``) when torch is loaded anyway, else drawn from the ONNX
-    inputs: standard normal floats, zero integers (class 0 of a conditional generator).
+    inputs (:func:`graph_feeds`), sized by ``shapes`` (``--shape``) where the graph leaves a size open.
     """
     from dlkit.data.random_inputs import random_in_range, takes_data
 
     rng = np.random.default_rng(batch)
     spec = meta.get("input_spec") or {}
-    shapes = ([list(i.shape) for i in session.inputs] if session is not None
+    if shapes and session is not None:  # the user's sizes win over what a data set would give
+        return graph_feeds(session.inputs, batch, shapes, rng)
+    inputs = ([list(i.shape) for i in session.inputs] if session is not None
               else [list(t.shape) for t in graph.example_inputs.values()])
-    if takes_data(spec, shapes):
+    if takes_data(spec, inputs):
         name = session.inputs[0].name if session is not None else next(iter(graph.example_inputs))
         return {name: random_in_range(meta["input_spec"], batch, rng)}
     if graph is not None:
         return graph.random_inputs(batch, seed=batch)
-    feeds = {}
-    for info in session.inputs:
-        if any(d is None for d in info.shape[1:]):
-            raise InputError(f"bench: graph input {info.name!r} has a dynamic size {info.shape}; "
-                             f"bench needs fixed sizes")
-        shape = (batch, *info.shape[1:])
-        kind = np.dtype(info.dtype).kind
-        feeds[info.name] = (rng.standard_normal(shape).astype(info.dtype) if kind == "f"
+    return graph_feeds(session.inputs, batch, shapes or {}, rng)
+
+
+BATCH = "B"  # in a --shape, the dimension that takes each --batch-sizes value
+
+
+def parse_shapes(values: list[str] | tuple[str, ...]) -> dict[str, tuple]:
+    """``--shape NAME=DIMS`` values as {name: dims}: DIMS like ``Bx16000`` or ``2,B,128``, where
+    ``B`` is the batch size being timed (ints elsewhere; a scalar input is ``NAME=``)."""
+    shapes: dict[str, tuple] = {}
+    for value in values:
+        name, sep, dims = value.partition("=")
+        if not sep or not name:
+            raise InputError(f"--shape {value!r}: give NAME=DIMS, e.g. input=Bx3x224x224 (B: the batch size)")
+        parsed: list = []
+        for token in filter(None, dims.replace(",", "x").split("x")):
+            if token.upper() == BATCH:
+                parsed.append(BATCH)
+            elif token.isdigit() and int(token) > 0:
+                parsed.append(int(token))
+            else:
+                raise InputError(f"--shape {value!r}: {token!r} is not a positive size or B (the batch size)")
+        shapes[name] = tuple(parsed)
+    return shapes
+
+
+def graph_feeds(inputs, batch: int, shapes: dict[str, tuple], rng) -> dict[str, np.ndarray]:
+    """Random feeds for any graph's inputs: standard normal floats, zero integers (class 0 of a
+    conditional generator, a valid index, a neutral flag). The first dimension takes the batch
+    size when the graph leaves it open; every other open size must come from ``shapes``."""
+    names = [info.name for info in inputs]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise InputError(f"--shape {unknown[0]}: the graph has no such input (it has: {', '.join(names)})")
+    feeds, batched = {}, False
+    for info in inputs:
+        declared = list(info.shape)
+        if info.name in shapes:
+            batched = batched or BATCH in shapes[info.name]
+            given = [batch if d == BATCH else d for d in shapes[info.name]]
+            if len(given) != len(declared) or any(d is not None and d != g for d, g in zip(declared, given)):
+                raise InputError(f"--shape {info.name}={'x'.join(map(str, shapes[info.name])) or '(scalar)'}: "
+                                 f"the graph declares {info.name!r} as {_dims(declared)}")
+            shape = given
+        else:
+            batched = batched or (bool(declared) and declared[0] is None)
+            shape = [batch if i == 0 and d is None else d for i, d in enumerate(declared)]
+            if None in shape:
+                raise InputError(f"bench: graph input {info.name!r} is {_dims(declared)} with an open size: "
+                                 f"give it with --shape {info.name}={_dims(declared, 'x')}")
+        if np.dtype(info.dtype).kind not in "fiub":
+            raise InputError(f"bench: graph input {info.name!r} holds {info.dtype}; bench times numeric inputs")
+        feeds[info.name] = (rng.standard_normal(shape).astype(info.dtype) if np.dtype(info.dtype).kind == "f"
                             else np.zeros(shape, dtype=info.dtype))
+    if not batched and batch != 1:  # the same fixed-size call at every batch size would be mislabelled
+        raise InputError(f"bench: no input of this graph takes a batch size ({', '.join(names)} have fixed sizes): "
+                         f"give --batch-sizes 1, or a batch dimension B with --shape")
     return feeds
+
+
+def _dims(shape: list, sep: str = "") -> str:
+    """[None, 3] as ``[?, 3]``; with ``sep``, a --shape template such as ``Bx3`` (B first, ? for the rest)."""
+    if not sep:
+        return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    return sep.join(BATCH if i == 0 and d is None else "?" if d is None else str(d) for i, d in enumerate(shape))
 
 
 def measure(runners: dict[str, Callable[[dict], Any]], feeds: dict, batch: int, seconds: float) -> list[dict]:

@@ -74,8 +74,11 @@ class BackgroundWriter:
             except BaseException as exc:  # noqa: BLE001 - SystemExit too: handed to the training thread by wait()
                 self._error = exc
 
-        self._thread = threading.Thread(target=run, name="dlkit-checkpoint")
-        self._thread.start()
+        # Started before it is stored: a Ctrl-C between the two must not leave wait() joining a
+        # thread that never started ("cannot join thread before it is started").
+        thread = threading.Thread(target=run, name="dlkit-checkpoint")
+        thread.start()
+        self._thread = thread
 
     def wait(self, raise_errors: bool = True) -> None:
         """Block until the write in flight, if any, is on disk."""

@@ -3,7 +3,7 @@
 - :func:`inspect_graph`: the op types a graph holds and its precision (float32, float16 or
   already int8), so that dlkit picks candidates that make sense and refuses what cannot be
   quantized again.
-- :func:`preprocess`: batch norms folded into the layer before them (:func:`fold_batchnorm`),
+- :func:`preprocess`: a graph below opset 13 upgraded (:func:`upgrade_opset`), batch norms folded into the layer before them (:func:`fold_batchnorm`),
   then onnxruntime's ``quant_pre_process`` (shape inference and graph optimisation), falling
   back to lighter settings for graphs its symbolic shape inference cannot follow.
 - :func:`gemm_to_matmul`: onnxruntime's dynamic quantizer has no Gemm kernel (only MatMul ->
@@ -86,15 +86,18 @@ def _elem_type(value_info) -> int:
 
 
 def preprocess(src: Path, dst: Path) -> dict:
-    """Fold batch norms, then ``quant_pre_process`` from ``src`` to ``dst``; returns what was done.
+    """Upgrade an old opset, fold batch norms, then ``quant_pre_process`` from ``src`` to ``dst``;
+    returns what was done.
 
     Symbolic shape inference fails on some exported graphs (ops it does not know); the model
     is then prepared without it, and as a last resort without onnxruntime's optimisation.
     """
     from onnxruntime.quantization import quant_pre_process
 
+    upgraded_path = dst.with_name(f"{dst.stem}-opset.onnx")
+    upgraded = upgrade_opset(src, upgraded_path)
     folded_path = dst.with_name(f"{dst.stem}-folded.onnx")
-    folded = fold_batchnorm(src, folded_path)
+    folded = fold_batchnorm(upgraded_path if upgraded else src, folded_path)
     attempts = [{}, {"skip_symbolic_shape": True}, {"skip_symbolic_shape": True, "skip_optimization": True}]
     errors = []
     for settings in attempts:
@@ -102,7 +105,8 @@ def preprocess(src: Path, dst: Path) -> dict:
             with quiet():
                 quant_pre_process(str(folded_path), str(dst), **settings)
             name_nodes(dst)
-            return {"batchnorm_folded": folded, "quant_pre_process": True, **settings}
+            return {**({"opset_upgraded": upgraded} if upgraded else {}), "batchnorm_folded": folded,
+                    "quant_pre_process": True, **settings}
         except Exception as exc:  # noqa: BLE001 -- each stage raises its own types
             first = str(exc).splitlines()[0][:200] if str(exc) else ""
             errors.append(f"{settings or 'defaults'}: {type(exc).__name__}: {first}")
@@ -125,6 +129,34 @@ def name_nodes(path: Path) -> None:
         taken.add(name)
     if unnamed:
         onnx.save(model, str(path))
+
+
+QDQ_OPSET = 13  # DequantizeLinear's axis (one scale per channel) and onnxruntime's QDQ fusions
+
+
+def upgrade_opset(src: Path, dst: Path) -> list[int] | None:
+    """Write ``src`` converted to opset 13 when it is older (``onnx.version_converter``);
+    returns ``[old, 13]``, or None when nothing was converted (the graph is new enough, or the
+    converter cannot convert it: the quantizers then work on the graph as it is).
+
+    Below opset 13, DequantizeLinear has no ``axis``: every per-channel static model of an
+    opset-11 graph is invalid ("Unrecognized attribute: axis").
+    """
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(src))
+    old = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
+    if old >= QDQ_OPSET:
+        return None
+    try:
+        with quiet():
+            converted = version_converter.convert_version(model, QDQ_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception:  # noqa: BLE001 -- the converter raises C++ errors of many kinds; the old graph still works
+        return None
+    onnx.save(converted, str(dst))
+    return [old, QDQ_OPSET]
 
 
 def fold_batchnorm(src: Path, dst: Path) -> int:

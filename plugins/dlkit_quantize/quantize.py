@@ -142,6 +142,9 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         prepared = folder / "prepared.onnx"
         log(f"preparing {version.ref} (quant_pre_process)")
         prep = preprocess(version.onnx_path, prepared)
+        if "opset_upgraded" in prep:
+            log("upgraded the graph from opset {} to {} for quantization (onnx.version_converter)".format(
+                *prep["opset_upgraded"]))
         calibration = None
         if any(c.method in ("static", "qat") for c in todo) or o["report"] or o["fallback"] or not explicit:
             feeds, described = (agreement.calibration_feeds(o["calibration_data"], parent_session,
