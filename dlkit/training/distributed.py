@@ -79,6 +79,14 @@ def all_reduce_sum(*tensors) -> None:
             dist.all_reduce(t)
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (no-op when not distributed)."""
+    import torch.distributed as dist
+
+    if rank_and_world()[1] > 1:
+        dist.barrier()
+
+
 def shutdown() -> None:
     import torch.distributed as dist
 
@@ -99,7 +107,9 @@ def launch(nproc: int, args: list[str]) -> int:
     cmd = [sys.executable, *safe, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=dlkit-{os.getpid()}",
            "--local-addr=127.0.0.1", "--no-python", sys.executable, *safe, "-m", "dlkit", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    # PYTHONFAULTHANDLER: a rank killed by a native crash (SIGABRT, SIGSEGV) prints its Python
+    # stack, where torchrun's summary says only "Signal 6 received".
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONFAULTHANDLER": "1",
            "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
     return subprocess.call(cmd, env=env)
 

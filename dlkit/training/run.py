@@ -151,7 +151,7 @@ def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: li
     repo = repo or ModelRepository()
     repo.check_writable()  # a read-only repository is found before torch is imported, not after
     use_threads(threads)
-    from dlkit.training.distributed import env_world_size, init_from_env, shutdown
+    from dlkit.training.distributed import barrier, env_world_size, init_from_env, shutdown
 
     if sets or overrides or not isinstance(recipe, Recipe):
         recipe = recipe_from(recipe, sets=sets, **overrides)
@@ -159,8 +159,11 @@ def train(recipe: str | Recipe, repo: ModelRepository | None = None, *, sets: li
     try:
         if env_world_size() > 1:
             started = init_from_env(str(recipe.train.get("device", "auto")))
-        return _train(recipe, repo or ModelRepository(), resume=resume, restart=restart, quiet=quiet,
-                      callbacks=callbacks)
+        result = _train(recipe, repo or ModelRepository(), resume=resume, restart=restart, quiet=quiet,
+                        callbacks=callbacks)
+        if started:
+            barrier()  # the other ranks wait for rank 0's publishing, then every rank tears down together
+        return result
     finally:
         if started:
             shutdown()
