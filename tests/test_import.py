@@ -137,6 +137,37 @@ def test_bench_builds_inputs_from_any_graph_and_takes_shape(repo, tmp_path):
     assert out["results"][0]["batch_size"] == 1
 
 
+def test_predict_takes_one_npy_per_named_input(repo, tmp_path):
+    """Issue 17: --input NAME=FILE.npy, one per graph input, is one input set (each in its own dtype)."""
+    path, feeds = graphs.multi_io(tmp_path / "m.onnx")
+    run_cli("import", "onnx", path, "--name", "multi", "--repo", repo.root)
+    args = []
+    for name, value in feeds.items():
+        np.save(tmp_path / f"{name}.npy", value)
+        args += ["--input", f"{name}={tmp_path / name}.npy"]
+    out = run_cli("predict", "multi", *args, "--repo", repo.root, "--json").json()
+    (entry,) = out["outputs"]
+    for name, value in ort_run(path, feeds).items():
+        assert np.array_equal(np.asarray(entry["outputs"][name]).astype(value.dtype), value), name
+    line = one_line_error(run_cli("predict", "multi", *args[:4], "--repo", repo.root, expect=2))
+    assert "nothing given for model input 'mask'" in line
+    line = one_line_error(run_cli("predict", "multi", *args, "--input", f"state={tmp_path / 'x.npy'}",
+                                  "--repo", repo.root, expect=2))
+    assert "no input 'state' (it has: x, ids, mask)" in line
+    assert "given twice" in one_line_error(run_cli("predict", "multi", *args, *args[:2], "--repo", repo.root,
+                                                   expect=2))
+    np.save(tmp_path / "short.npy", feeds["ids"][:2])
+    line = one_line_error(run_cli("predict", "multi", *args[:2], "--input", f"ids={tmp_path / 'short.npy'}",
+                                  *args[4:], "--repo", repo.root, expect=2))
+    assert "different numbers of samples (2, 5)" in line
+    # a single-input classifier takes the same form
+    clf = graphs.classifier(tmp_path / "c.onnx")
+    run_cli("import", "onnx", clf, "--name", "c", "--labels", "a,b,c", "--repo", repo.root)
+    np.save(tmp_path / "rows.npy", np.ones((3, 4), np.float32))
+    out = run_cli("predict", "c", "--input", f"x={tmp_path / 'rows.npy'}", "--repo", repo.root, "--json").json()
+    assert len(out["predictions"]) == 3
+
+
 def test_one_sample_gets_a_batch_axis(repo, tmp_path):
     path = graphs.classifier(tmp_path / "c.onnx")
     run_cli("import", "onnx", path, "--name", "c", "--repo", repo.root)

@@ -51,7 +51,10 @@ def export_onnx_cmd(ref, opset, exporter, repo, as_json):
 
 @cli.command("predict")
 @click.argument("ref")
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.option("--input", "named", multiple=True, metavar="NAME=FILE",
+              help="A .npy file for the graph input NAME; repeat for each input of a graph with several "
+                   "(together they are one input set).")
 @provider_option
 @strict_provider_option
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
@@ -63,11 +66,14 @@ def export_onnx_cmd(ref, opset, exporter, repo, as_json):
 @optimization_option
 @repo_option
 @json_option
-def predict_cmd(ref, inputs, provider, strict_provider, top_k, invert, threads, optimization, repo, as_json):
-    """Classify INPUT files (.npy, .npz, .csv rows, PNG/JPEG images) with NAME[:V]'s model.onnx."""
+def predict_cmd(ref, inputs, named, provider, strict_provider, top_k, invert, threads, optimization, repo, as_json):
+    """Predict INPUT files (.npy, .npz with one array per graph input, .csv rows, PNG/JPEG images) with
+    NAME[:V]'s model.onnx."""
+    from dlkit.infer.feeds import parse_named_inputs
     from dlkit.infer.predict import predict
 
-    result = predict(open_repo(repo).resolve(ref), list(inputs), provider, top_k, strict=strict_provider,
+    sources = list(inputs) + ([parse_named_inputs(named)] if named else [])
+    result = predict(open_repo(repo).resolve(ref), sources, provider, top_k, strict=strict_provider,
                      threads=threads, optimization=optimization, invert=invert)
     for p in result.get("predictions", []):  # on stderr, also under --json: a confident answer may be wrong
         if p["warning"]:

@@ -17,33 +17,84 @@ from dlkit.errors import InputError
 ACCEPTS = {"f": "fiub", "i": "iub", "u": "iub", "b": "biu"}
 
 
-def read_feeds(source: str | Path, inputs: list) -> dict[str, np.ndarray]:
+def read_feeds(source: str | Path | dict, inputs: list) -> dict[str, np.ndarray]:
     """``{input name: array}`` from a file for a graph with ``inputs`` (runtime TensorInfo list).
 
     ``.npy``: one array, for a graph of one input. ``.npz``: one array per input name (an
-    array ``x`` stands for a single input of another name); other arrays are ignored.
+    array ``x`` stands for a single input of another name); other arrays are ignored. A dict
+    ``{input name: .npy path}`` (``predict --input NAME=FILE``): one file per input.
     """
+    names = [i.name for i in inputs]
+    if isinstance(source, dict):
+        arrays = _named_arrays(source, names)
+        files = {name: str(file) for name, file in source.items()}
+    else:
+        arrays = _file_arrays(source, names)
+        files = dict.fromkeys(names, str(source))
+    feeds = {info.name: fit_feed(arrays[info.name], f"{files[info.name]}:{info.name}", info) for info in inputs}
+    sizes = {len(a) for a, info in zip(feeds.values(), inputs) if _batched(info)}
+    if len(sizes) > 1:
+        counts = ", ".join(map(str, sorted(sizes)))
+        raise InputError(f"{source_label(source)}: the arrays hold different numbers of samples ({counts})")
+    return feeds
+
+
+def source_label(source: str | Path | dict) -> str:
+    """How an input appears in predict's output: the file, or ``name=file, ...``."""
+    return ", ".join(f"{k}={v}" for k, v in source.items()) if isinstance(source, dict) else str(source)
+
+
+def _file_arrays(source: str | Path, names: list[str]) -> dict[str, np.ndarray]:
     path = Path(source)
     if not path.is_file():
         raise InputError(f"{source}: no such file")
     suffix = path.suffix.lower()
-    names = [i.name for i in inputs]
     if suffix == ".npy":
-        if len(inputs) != 1:
-            raise InputError(f"{source}: the model has {len(inputs)} inputs ({', '.join(names)}); "
-                             f"give an .npz with one array per input name")
-        arrays = {names[0]: _load_npy(path)}
-    elif suffix == ".npz":
-        arrays = _load_npz(path, names)
-    else:
-        raise InputError(f"{source}: unsupported input type {suffix or '(no suffix)'!r} for this model; "
-                         f"expected .npy or .npz (one array per input: {', '.join(names)})")
-    feeds = {info.name: fit_feed(arrays[info.name], f"{source}:{info.name}", info) for info in inputs}
-    sizes = {len(a) for a, info in zip(feeds.values(), inputs) if _batched(info)}
-    if len(sizes) > 1:
-        counts = ", ".join(map(str, sorted(sizes)))
-        raise InputError(f"{source}: the arrays hold different numbers of samples ({counts})")
-    return feeds
+        if len(names) != 1:
+            raise InputError(f"{source}: the model has {len(names)} inputs ({', '.join(names)}); "
+                             f"give an .npz with one array per input name, or --input NAME=FILE.npy for each")
+        return {names[0]: _load_npy(path)}
+    if suffix == ".npz":
+        return _load_npz(path, names)
+    raise InputError(f"{source}: unsupported input type {suffix or '(no suffix)'!r} for this model; "
+                     f"expected .npy or .npz (one array per input: {', '.join(names)})")
+
+
+def _named_arrays(files: dict, names: list[str]) -> dict[str, np.ndarray]:
+    check_input_names(files, names)
+    arrays = {}
+    for name, file in files.items():
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(f"--input {name}={file}: no such file")
+        if path.suffix.lower() != ".npy":
+            raise InputError(f"--input {name}={file}: give a .npy file (one array per input)")
+        arrays[name] = _load_npy(path)
+    return arrays
+
+
+def check_input_names(files: dict, names: list[str]) -> None:
+    """``--input NAME=FILE`` must name each graph input once, and nothing else."""
+    unknown = [n for n in files if n not in names]
+    if unknown:
+        raise InputError(f"--input {unknown[0]}=...: the model has no input {unknown[0]!r} "
+                         f"(it has: {', '.join(names)})")
+    missing = [n for n in names if n not in files]
+    if missing:
+        raise InputError(f"--input: nothing given for model input {missing[0]!r} (give --input {missing[0]}=FILE.npy)")
+
+
+def parse_named_inputs(values: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``--input NAME=FILE`` values as {name: file}; a name given twice is an error."""
+    named: dict[str, str] = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not name or not file:
+            raise InputError(f"--input {value!r}: give NAME=FILE.npy, e.g. --input state=state.npy")
+        if name in named:
+            raise InputError(f"--input {name}: given twice")
+        named[name] = file
+    return named
 
 
 def fit_feed(arr: np.ndarray, where: str, info) -> np.ndarray:

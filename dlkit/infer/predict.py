@@ -17,6 +17,7 @@ import numpy as np
 
 from dlkit.data.dataset import is_number
 from dlkit.errors import InputError
+from dlkit.infer.feeds import check_input_names, read_feeds, source_label
 from dlkit.store.meta import input_preprocessing
 from dlkit.store.repository import ModelVersion
 
@@ -24,10 +25,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 ARRAY_SUFFIXES = (".npy", ".npz")
 
 
-def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", top_k: int = 3, *,
+def predict(version: ModelVersion, inputs: list, provider: str = "auto", top_k: int = 3, *,
             strict: bool = False, threads: int | None = None, optimization: str = "all",
             invert: bool = False) -> dict:
     """Run ``version``'s model.onnx on each input file; one prediction per sample, as its task describes it.
+
+    An input is a file, or a dict ``{graph input name: .npy file}`` (``--input NAME=FILE``) for
+    graphs of several inputs.
 
     ``invert``: read images as their negative (a black-on-white drawing for a model trained on
     light-on-dark digits). A sample far outside the training inputs gets a ``warning``.
@@ -36,7 +40,7 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
     from dlkit.infer.session import Session
 
     if not inputs:
-        raise InputError("predict: give at least one input file")
+        raise InputError("predict: give at least one input file (or --input NAME=FILE.npy per graph input)")
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     if not version.has_onnx():
@@ -52,6 +56,9 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
     feed = session.inputs[0]
     predictions = []
     for source in inputs:
+        if isinstance(source, dict):  # --input NAME=FILE on a graph of one input: that file
+            check_input_names(source, [feed.name])
+            source = source[feed.name]
         batch, names = read_input(source, info, feed)
         outputs = session.run({feed.name: batch})
         described = task.describe(outputs, names, info, top_k)
@@ -61,14 +68,13 @@ def predict(version: ModelVersion, inputs: list[str], provider: str = "auto", to
             "expects": expected_input(info["input_spec"]), "predictions": predictions}
 
 
-def predict_outputs(version: ModelVersion, session, inputs: list[str]) -> dict:
-    """Every output of the graph for each ``.npy``/``.npz`` file (one array per input name)."""
-    from dlkit.infer.feeds import read_feeds
-
+def predict_outputs(version: ModelVersion, session, inputs: list) -> dict:
+    """Every output of the graph for each ``.npy``/``.npz`` file (one array per input name), or
+    each ``{input name: .npy file}`` dict."""
     results = []
     for source in inputs:
         out = session.run(read_feeds(source, session.inputs))
-        results.append({"input": source, "outputs": {k: v.tolist() for k, v in out.items()},
+        results.append({"input": source_label(source), "outputs": {k: v.tolist() for k, v in out.items()},
                         "shapes": {k: list(v.shape) for k, v in out.items()}})
     return {"model": version.name, "version": version.version, "providers": session.providers,
             "outputs": results}

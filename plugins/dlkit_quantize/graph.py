@@ -3,7 +3,8 @@
 - :func:`inspect_graph`: the op types a graph holds and its precision (float32, float16 or
   already int8), so that dlkit picks candidates that make sense and refuses what cannot be
   quantized again.
-- :func:`preprocess`: a graph below opset 13 upgraded (:func:`upgrade_opset`), batch norms folded into the layer before them (:func:`fold_batchnorm`),
+- :func:`preprocess`: a graph below opset 13 upgraded (:func:`upgrade_opset`), batch norms
+  folded into the layer before them (:func:`fold_batchnorm`),
   then onnxruntime's ``quant_pre_process`` (shape inference and graph optimisation), falling
   back to lighter settings for graphs its symbolic shape inference cannot follow.
 - :func:`gemm_to_matmul`: onnxruntime's dynamic quantizer has no Gemm kernel (only MatMul ->
