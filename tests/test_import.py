@@ -168,6 +168,27 @@ def test_predict_takes_one_npy_per_named_input(repo, tmp_path):
     assert len(out["predictions"]) == 3
 
 
+def test_import_counts_weights_held_in_constant_nodes(repo, tmp_path):
+    """Issue 17: a graph whose weights are Constant nodes, not initializers, counted 0 parameters."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 3], np.int64), "shape")  # an integer shape: not a weight
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("Constant", [], ["s"], value=shape),
+         helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Reshape", ["h", "s"], ["y"])],
+        "constants", [helper.make_tensor_value_info("x", T.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["N", 3])])
+    path = tmp_path / "const.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                       ir_version=8).SerializeToString())
+    run_cli("import", "onnx", path, "--name", "const", "--repo", repo.root)
+    assert repo.resolve("const").meta["params"] == 12
+    models = run_cli("models", "--repo", repo.root, "--json").json()
+    assert next(m for m in models["models"] if m["name"] == "const")["params"] == 12
+
+
 def test_one_sample_gets_a_batch_axis(repo, tmp_path):
     path = graphs.classifier(tmp_path / "c.onnx")
     run_cli("import", "onnx", path, "--name", "c", "--repo", repo.root)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from dlkit.errors import DlkitError, InputError
-from dlkit.infer.onnx_files import check_external_data
+from dlkit.infer.onnx_files import check_external_data, graph_params
 from dlkit.store.meta import import_task, parse_labels
 from dlkit.store.repository import ModelRepository, check_name
 
@@ -50,7 +50,7 @@ def import_onnx(repo: ModelRepository, file: str | Path, name: str, labels: str 
 
     with derive(repo, None, "import", name, inherit=()) as new:
         write_bytes(new.path / "model.onnx", data)
-        new.meta.update(task=task, onnx=record, source={"kind": "onnx", "file": str(path.resolve()),
+        new.meta.update(task=task, onnx=record, params=graph_params(proto), source={"kind": "onnx", "file": str(path.resolve()),
                                                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
         if names is not None:
             new.meta.update(labels=names, num_classes=len(names))

@@ -104,6 +104,16 @@ def _scan(path: Path) -> tuple[bool, bool]:
         raise InputError(f"{path}: no such ONNX file") from None
 
 
+def graph_params(model) -> int:
+    """Weights in a loaded ONNX model: elements of its floating-point tensors wherever they live
+    (initializers, ``Constant`` nodes, subgraphs, functions), not the integer shapes of reshapes."""
+    import numpy as np
+    from onnx import TensorProto
+
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+    return int(sum(np.prod(t.dims, dtype=np.int64) for _, t in _tensors(model) if t.data_type in floats))
+
+
 def _tensors(model) -> Iterator[tuple[str, Any]]:
     """Every tensor a model can hold: graph, functions and training info, subgraphs included."""
     yield from _graph_tensors(model.graph)

@@ -30,13 +30,11 @@ class Teacher:
             return self.version.meta["params"]
         if self.module is not None:
             return sum(p.numel() for p in self.module.parameters())
-        import numpy as np
         import onnx
 
-        graph = onnx.load(str(self.version.onnx_path), load_external_data=False).graph
-        floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                  onnx.TensorProto.BFLOAT16}  # weights, not the integer shapes of reshapes
-        return int(sum(np.prod(t.dims, dtype=np.int64) for t in graph.initializer if t.data_type in floats))
+        from dlkit import graph_params
+
+        return graph_params(onnx.load(str(self.version.onnx_path), load_external_data=False))
 
     def to(self, device: str) -> Teacher:
         if self.module is not None:
