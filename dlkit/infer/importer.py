@@ -50,8 +50,9 @@ def import_onnx(repo: ModelRepository, file: str | Path, name: str, labels: str 
 
     with derive(repo, None, "import", name, inherit=()) as new:
         write_bytes(new.path / "model.onnx", data)
-        new.meta.update(task=task, onnx=record, params=graph_params(proto), source={"kind": "onnx", "file": str(path.resolve()),
-                                                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+        new.meta.update(task=task, onnx=record, params=graph_params(proto),
+                        source={"kind": "onnx", "file": str(path.resolve()),
+                                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
         if names is not None:
             new.meta.update(labels=names, num_classes=len(names))
         if spec is not None:
