@@ -189,6 +189,20 @@ def test_import_counts_weights_held_in_constant_nodes(repo, tmp_path):
     assert next(m for m in models["models"] if m["name"] == "const")["params"] == 12
 
 
+def test_a_graph_copied_in_by_hand_is_pointed_to_import(repo, tmp_path):
+    """Issue 17: serve said "run `dlkit export onnx` first" for a model.onnx copied in without meta.json."""
+    folder = repo.root / "raw" / "1"
+    folder.mkdir(parents=True)
+    graphs.classifier(folder / "model.onnx")
+    want = f"{folder} holds a model.onnx but no meta.json: bring it in with `dlkit import onnx {folder / 'model.onnx'}"
+    assert want in one_line_error(run_cli("predict", "raw", tmp_path / "x.npy", "--repo", repo.root, expect=2))
+    served = subprocess.run([sys.executable, "-m", "dlkit", "serve", "--models", "raw", "--port", "0",
+                             "--grpc-port", "0", "--repo", str(repo.root)], capture_output=True, text=True, timeout=120)
+    assert served.returncode == 2 and want in served.stderr
+    run_cli("import", "onnx", folder / "model.onnx", "--name", "raw", "--repo", repo.root)
+    assert repo.resolve("raw").version == 2  # the hand-made folder keeps its number
+
+
 def test_one_sample_gets_a_batch_axis(repo, tmp_path):
     path = graphs.classifier(tmp_path / "c.onnx")
     run_cli("import", "onnx", path, "--name", "c", "--repo", repo.root)

@@ -177,6 +177,8 @@ def load_models(repo: ModelRepository, refs: list[str] | None = None, provider: 
         for ref in refs:
             name, version = parse_ref(ref)
             versions = [version] if version is not None else repo.versions(name)
+            if not versions:
+                repo.resolve(name)  # raises what is there instead: another name, or a graph without meta.json
             found = [v for v in (repo.resolve(f"{name}:{n}") for n in versions) if v.has_onnx()]
             if not found:
                 raise InputError(f"model {ref!r} has no model.onnx in {repo.root}: run `dlkit export onnx {ref}` first")
