@@ -132,7 +132,7 @@ def test_bench_builds_inputs_from_any_graph_and_takes_shape(repo, tmp_path):
 
     run_cli("import", "onnx", graphs.unary(tmp_path / "u.onnx", [4], op="Neg")[0], "--name", "fixed",
             "--repo", repo.root)
-    assert "--batch-sizes 1" in one_line_error(run_cli("bench", "fixed", *bench, expect=2))
+    assert "takes batch size 2 (their sizes are fixed)" in one_line_error(run_cli("bench", "fixed", *bench, expect=2))
     out = run_cli("bench", "fixed", "--batch-sizes", "1", "--seconds", "0.02", "--repo", repo.root, "--json").json()
     assert out["results"][0]["batch_size"] == 1
 

@@ -190,7 +190,7 @@ def graph_feeds(inputs, batch: int, shapes: dict[str, tuple], rng) -> dict[str, 
                                  f"the graph declares {info.name!r} as {_dims(declared)}")
             shape = given
         else:
-            batched = batched or (bool(declared) and declared[0] is None)
+            batched = batched or (bool(declared) and declared[0] in (None, batch))  # a fixed batch at its size
             shape = [batch if i == 0 and d is None else d for i, d in enumerate(declared)]
             if None in shape:
                 raise InputError(f"bench: graph input {info.name!r} is {_dims(declared)} with an open size: "
@@ -200,8 +200,9 @@ def graph_feeds(inputs, batch: int, shapes: dict[str, tuple], rng) -> dict[str, 
         feeds[info.name] = (rng.standard_normal(shape).astype(info.dtype) if np.dtype(info.dtype).kind == "f"
                             else np.zeros(shape, dtype=info.dtype))
     if not batched and batch != 1:  # the same fixed-size call at every batch size would be mislabelled
-        raise InputError(f"bench: no input of this graph takes a batch size ({', '.join(names)} have fixed sizes): "
-                         f"give --batch-sizes 1, or a batch dimension B with --shape")
+        fixed = sorted({info.shape[0] for info in inputs if info.shape and info.shape[0] is not None})
+        raise InputError(f"bench: no input of this graph takes batch size {batch} (their sizes are fixed): give "
+                         f"--batch-sizes {','.join(map(str, fixed)) or 1}, or a batch dimension B with --shape")
     return feeds
 
 
