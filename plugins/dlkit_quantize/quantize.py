@@ -203,7 +203,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
         sizes.update({n: built[n].stat().st_size for n in sessions if n != PARENT})
         differences = {n: float(np.abs(out - outputs[PARENT]).mean()) for n, out in outputs.items()}
         rows = _table(todo, check, quality, differences, latency, sizes, errors, tolerance, batch_sizes)
-        chosen = select(rows, o["optimize_for"], batch_sizes, {b: latency[PARENT][b]["spread"] for b in batch_sizes})
+        chosen = select(rows, o["optimize_for"], batch_sizes)
         report = {
             "model": None, "version": None, "parent": {"name": version.name, "version": version.version},
             "method": o["method"], "chosen": chosen["candidate"] if chosen else None,
