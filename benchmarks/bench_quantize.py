@@ -261,10 +261,14 @@ def verdict(rows: list[dict]) -> dict | None:
 
     best = min(peers, key=served)
     fastest = min(ok, key=served)
+    speedup = served(best) / served(dlkit)
+    noise = float(np.mean([best[f"b{b}_spread"] + dlkit[f"b{b}_spread"] for b in (1, 64)]))
+    target = ("met" if fastest is dlkit and speedup >= 1.1 else
+              "fastest, under 1.1x" if fastest is dlkit else "not met")
     return {"best_peer": best["model"], "dlkit_within_tolerance": dlkit in ok,
             "fastest_within_tolerance": fastest["model"],
             **{f"speedup_b{b}": best[f"b{b}_ms"] / dlkit[f"b{b}_ms"] for b in (1, 64)},
-            "speedup_served": served(best) / served(dlkit)}
+            "speedup_served": speedup, "noise": noise, "tie": abs(speedup - 1) <= noise, "target": target}
 
 
 def print_rows(key: str, result: dict) -> None:
@@ -285,8 +289,10 @@ def print_rows(key: str, result: dict) -> None:
     if v:
         print(f"\n{key}: dlkit auto vs the best peer within {TOLERANCE} points ({v['best_peer']}): "
               f"{v['speedup_b1']:.2f}x at batch 1, {v['speedup_b64']:.2f}x at batch 64, {v['speedup_served']:.2f}x "
-              f"served (peer time / dlkit time); fastest within tolerance: {v['fastest_within_tolerance']}"
-              f"{'' if v['dlkit_within_tolerance'] else ' (dlkit itself is outside the tolerance on this run)'}")
+              f"served (peer time / dlkit time; {'a tie, within' if v['tie'] else 'beyond'} the combined spread "
+              f"±{v['noise']:.0%}); fastest within tolerance: {v['fastest_within_tolerance']}"
+              f"{'' if v['dlkit_within_tolerance'] else ' (dlkit itself is outside the tolerance on this run)'}; "
+              f"target: {v['target']}")
     sys.stdout.flush()
 
 
