@@ -225,7 +225,12 @@ def main() -> None:
             if python is not None:
                 peer_files, info = nncf_inc(python, parent, evaluation_data(parent), Path(folder), feeds,
                                             args.peers_timeout)
-                files |= peer_files
+                for name, path in peer_files.items():  # a file onnxruntime cannot load is a failed row too
+                    try:
+                        Session(path, "cpu", threads=1)
+                        files[name] = path
+                    except Exception as exc:  # noqa: BLE001
+                        info[name] = f"onnxruntime cannot load it: {' '.join(str(exc).split())[:200]}"
             try:
                 report = quantize(parent, repo, provider="cpu", threads=args.threads,
                                   measure_seconds=args.measure_seconds,
