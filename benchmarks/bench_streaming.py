@@ -5,9 +5,12 @@ dlkit's in-memory path and a hand-written DataLoader loop that decodes PNGs with
 
 Makes ``--images`` random-ish RGB PNGs (two classes) in a temporary folder once, then runs each
 variant in its own process (so each one's peak resident memory is its own) and prints a markdown
-table: peak RSS, time to the end of the first epoch (decoding included), the second epoch's time,
-and ratios to the hand-written loop. A last table gives channels-last against NCHW for the CNN on
-these images (epoch time ratio).
+table: peak RSS of the training process (``ru_maxrss``: it counts shared library pages and any
+file pages the process touched), peak PSS and peak private anonymous memory of the process with
+its workers (sampled every 50 ms from ``/proc/PID/smaps_rollup``), time to the end of the first
+epoch (decoding included), the second epoch's time, and ratios to the hand-written loop. A last
+table gives channels-last against NCHW for the CNN on these images (epoch time ratio; not with
+``--no-layout``).
 """
 
 from __future__ import annotations
@@ -87,12 +90,63 @@ def make_images(root: Path, n: int, size: int) -> None:
             Image.fromarray(a, "RGB").save(root / label / f"{i:06d}.png", compress_level=1)
 
 
+def _rollup(pid: int) -> dict:
+    """``/proc/PID/smaps_rollup`` in MiB (empty for a process that has gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB":
+                    out[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the DataLoader workers, the decoding pool)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
 def run(code: str, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=7200,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """Run a variant; besides its own peak RSS (``ru_maxrss``, which counts file pages it touched
+    and shared library pages), sample every 50 ms the whole process tree's PSS (each shared page
+    divided among the processes mapping it: forked workers share the parent's pages) and private
+    anonymous memory (Pss_Anon: heap and tensors, no file or page cache)."""
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    peaks = {"tree_pss_mb": 0.0, "tree_anon_mb": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            tree = [_rollup(p) for p in _tree(proc.pid)]
+            peaks["tree_pss_mb"] = max(peaks["tree_pss_mb"], sum(r.get("Pss", 0) for r in tree))
+            peaks["tree_anon_mb"] = max(peaks["tree_anon_mb"], sum(r.get("Pss_Anon", 0) for r in tree))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out, err = proc.communicate(timeout=7200)
+    finally:
+        done.set()
+        sampler.join()
     if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(err[-3000:])
+    return {**json.loads(out.strip().splitlines()[-1]), **peaks}
 
 
 def main() -> int:
@@ -101,6 +155,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-layout", action="store_true", help="skip the channels-last against NCHW table")
     args = ap.parse_args()
     plugins = str(Path(__file__).resolve().parents[1] / "plugins")
     with tempfile.TemporaryDirectory(prefix="dlkit-stream-") as tmp:
@@ -116,19 +171,24 @@ def main() -> int:
                                                   json.dumps(CNN)),
             "dlkit, in memory": run(DLKIT, *common, "false", str(Path(tmp) / "r2"), "false", json.dumps(CNN)),
         }
-        layout = {cl: run(DLKIT, *common, "true", str(Path(tmp) / f"r-{cl}"), cl, json.dumps(CNN))
-                  for cl in ("false", "true")}
+        layout = {} if args.no_layout else {
+            cl: run(DLKIT, *common, "true", str(Path(tmp) / f"r-{cl}"), cl, json.dumps(CNN))
+            for cl in ("false", "true")}
     base = rows["hand-written DataLoader (decodes every epoch)"]
-    print(f"| {args.images} images, {args.size}x{args.size} RGB, {args.workers} workers | peak RSS MiB | "
-          f"first epoch s | x | second epoch s | x |")
-    print("|---|---|---|---|---|---|")
+    second = args.epochs > 1
+    print(f"| {args.images} images, {args.size}x{args.size} RGB, {args.workers} workers | peak RSS MiB "
+          f"| peak PSS MiB, with workers | peak anonymous PSS MiB, with workers | first epoch s | x |"
+          + (" second epoch s | x |" if second else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if second else ""))
     for name, r in rows.items():
-        print(f"| {name} | {r['peak_mb']:.0f} | {r['first']:.1f} | {r['first'] / base['first']:.2f} "
-              f"| {r['second']:.1f} | {r['second'] / base['second']:.2f} |")
-    print()
-    print("| cnn, streamed | second epoch s |\n|---|---|")
-    print(f"| NCHW | {layout['false']['second']:.1f} |\n| channels-last | {layout['true']['second']:.1f} "
-          f"({layout['true']['second'] / layout['false']['second']:.2f}x) |")
+        print(f"| {name} | {r['peak_mb']:.0f} | {r['tree_pss_mb']:.0f} | {r['tree_anon_mb']:.0f} "
+              f"| {r['first']:.1f} | {r['first'] / base['first']:.2f} |"
+              + (f" {r['second']:.1f} | {r['second'] / base['second']:.2f} |" if second else ""))
+    if layout and second:
+        print()
+        print("| cnn, streamed | second epoch s |\n|---|---|")
+        print(f"| NCHW | {layout['false']['second']:.1f} |\n| channels-last | {layout['true']['second']:.1f} "
+              f"({layout['true']['second'] / layout['false']['second']:.2f}x) |")
     return 0
 
 

@@ -29,6 +29,7 @@ def test_streamed_splits_equal_the_in_memory_ones(folder, tmp_path):
         streamed = load_dataset(str(folder), {"stream": True}, 3)
     in_memory = load_dataset(str(folder), {"stream": False}, 3)
     assert isinstance(streamed.x_train, RowArray) and isinstance(in_memory.x_train, np.ndarray)
+    assert all(isinstance(streamed.split(p)[0].base, np.memmap) for p in ("train", "val", "test"))  # lazy views
     for part in ("train", "val", "test"):
         xs, ys = streamed.split(part)
         xm, ym = in_memory.split(part)
@@ -66,6 +67,38 @@ def test_streamed_training_is_bit_identical_to_in_memory(folder, tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert results[False].metrics["test_accuracy"] == results[True].metrics["test_accuracy"]
     assert list((tmp_path / "repo-True" / ".cache").glob("images-*.npy"))  # the cache lives in the repository
+
+
+def test_streamed_training_never_reads_a_whole_split(folder, tmp_path, monkeypatch):
+    """Memory independent of the data set's size: training, each epoch's validation, the final
+    scores and the input statistics read a streamed split a bounded batch of rows at a time, and
+    never convert one whole (a regression to ``np.asarray(x_val)`` or to one evaluation batch per
+    split fails here, deterministically, without measuring memory)."""
+    from dlkit.data import input_stats, streaming
+    from dlkit.training import supervised
+
+    row = 3 * 12 * 12
+    monkeypatch.setattr(supervised, "EVAL_BATCH_BYTES", 4 * row * 4)  # evaluation: 4 rows a batch
+    monkeypatch.setattr(input_stats, "CHUNK_BYTES", 4 * row * 8)  # statistics: 4 rows a chunk
+    reads = []
+    real = streaming.read_rows
+
+    def recording(base, rows):
+        reads.append(len(rows))
+        return real(base, rows)
+
+    def whole(self, *args, **kwargs):
+        raise AssertionError(f"a streamed split of {len(self)} rows was converted whole")
+
+    monkeypatch.setattr(streaming, "read_rows", recording)
+    monkeypatch.setattr(RowArray, "__array__", whole)
+    result = train("cnn", ModelRepository(tmp_path / "repo"), data=str(folder), epochs=2, quiet=True,
+                   sets=["data.stream=true", "data.val=0.2", "workers=0", "batch_size=8", "channels=[8]",
+                         "hidden=16"])
+    sizes = result.version.meta["data"]["sizes"]
+    assert min(sizes.values()) == 16  # every split is larger than any one read
+    assert reads and max(reads) <= 8, sorted(set(reads))
+    assert sum(reads) >= 2 * sizes["train"] + 2 * sizes["val"] + sizes["test"]  # and each was read, in batches
 
 
 def test_channels_last_is_measured_once_and_recorded(tmp_path):

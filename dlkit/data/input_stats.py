@@ -13,22 +13,44 @@ import numpy as np
 Z_IMAGE = 4.0  # a sample's mean brightness this many standard deviations from training's
 Z_FEATURE = 6.0  # a feature value this many standard deviations from training's mean
 SAMPLE_ROWS = 10_000  # the statistics of a larger split come from this many evenly spaced rows
+CHUNK_BYTES = 16 * 2 ** 20  # float64 bytes of rows read at a time
 
 
 def input_stats(x: np.ndarray, kind: str) -> dict:
     """The statistics :func:`unusual_inputs` compares with, from the training split ``x``
-    (a bounded sample of its rows: a streamed split is never read whole)."""
-    if len(x) > SAMPLE_ROWS:
-        x = x[np.linspace(0, len(x) - 1, SAMPLE_ROWS).astype(np.int64)]
-    x = np.asarray(x, dtype=np.float64)
-    flat = x.reshape(len(x), -1)
-    out = {"mean": float(flat.mean()), "std": float(flat.std())}
+    (a bounded sample of its rows, read :data:`CHUNK_BYTES` of float64 at a time: neither a
+    streamed split nor the sample is ever held whole)."""
+    n = len(x)
+    rows = np.linspace(0, n - 1, SAMPLE_ROWS).astype(np.int64) if n > SAMPLE_ROWS else np.arange(n)
+    width = int(np.prod(x.shape[1:], dtype=np.int64)) if len(x.shape) > 1 else 1
+    step = max(1, CHUNK_BYTES // (8 * max(width, 1)))
+    # Per-feature count, mean and sum of squared deviations, merged chunk by chunk (Chan et al.);
+    # the statistics over all values follow from them (within-feature plus between-feature spread).
+    count, mean, m2 = 0, np.zeros(width), np.zeros(width)
+    sample_means = []
+    for i in range(0, len(rows), step):
+        flat = np.asarray(x[rows[i:i + step]], dtype=np.float64).reshape(-1, width)
+        k = len(flat)
+        chunk_mean = flat.mean(axis=0)
+        chunk_m2 = ((flat - chunk_mean) ** 2).sum(axis=0)
+        delta = chunk_mean - mean
+        total = count + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + chunk_m2 + delta ** 2 * (count * k / total)
+        count = total
+        if kind == "image":
+            sample_means.append(flat.mean(axis=1))
+    if not count:
+        return {"mean": 0.0, "std": 0.0}
+    feature_var = m2 / count
+    overall = float(mean.mean())
+    out = {"mean": overall, "std": float(np.sqrt(feature_var.mean() + ((mean - overall) ** 2).mean()))}
     if kind == "image":
-        means = flat.mean(axis=1)
+        means = np.concatenate(sample_means)
         out["sample_mean"] = [float(means.mean()), float(means.std())]
     elif kind == "tabular":
-        out["feature_mean"] = flat.mean(axis=0).tolist()
-        out["feature_std"] = flat.std(axis=0).tolist()
+        out["feature_mean"] = mean.tolist()
+        out["feature_std"] = np.sqrt(feature_var).tolist()
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import mmap
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -86,7 +87,7 @@ class RowArray:
         # Sorted reads touch the file in order; the result keeps the order asked for.
         order = np.argsort(rows, kind="stable")
         out = np.empty((len(rows), *self.base.shape[1:]), dtype=np.float32)
-        out[order] = self.base[rows[order]]
+        out[order] = read_rows(self.base, rows[order])
         if self.divisor != 1.0:
             out /= np.float32(self.divisor)
         if self.invert:
@@ -103,6 +104,46 @@ class RowArray:
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self._read(self.index)
         return out if dtype is None else out.astype(dtype)
+
+
+def read_rows(base: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``base[rows]`` (``rows`` sorted). From a whole file's memory map the rows are read with
+    ``pread`` rather than through the map: pages touched through a map stay in the process's
+    resident set (and its PSS) until it unmaps, so a process that had read every row would look as
+    large as the cache file; read, they are only the kernel's page cache, and the process holds
+    the rows it asked for."""
+    if not (isinstance(base, np.memmap) and isinstance(base.base, mmap.mmap) and base.flags.c_contiguous
+            and base.filename):
+        return base[rows]
+    out = np.empty((len(rows), *base.shape[1:]), dtype=base.dtype)
+    row_bytes = out.itemsize * int(np.prod(base.shape[1:], dtype=np.int64))
+    fd = _descriptor(str(base.filename))
+    i = 0
+    while i < len(rows):  # one read per run of consecutive rows
+        j = i + 1
+        while j < len(rows) and rows[j] == rows[j - 1] + 1:
+            j += 1
+        buf = memoryview(out[i:j].reshape(-1).view(np.uint8))
+        at, done = base.offset + int(rows[i]) * row_bytes, 0
+        while done < len(buf):
+            n = os.preadv(fd, [buf[done:]], at + done)
+            if n <= 0:
+                raise OSError(f"{base.filename}: short read at byte {at + done}")
+            done += n
+        i = j
+    return out
+
+
+_FDS: dict[str, int] = {}
+
+
+def _descriptor(path: str) -> int:
+    """A read-only descriptor for ``path``, kept open (``pread`` shares no file position, so a
+    forked DataLoader worker may use the one it inherits)."""
+    fd = _FDS.get(path)
+    if fd is None:
+        fd = _FDS[path] = os.open(path, os.O_RDONLY)
+    return fd
 
 
 def take_rows(x: Any, rows: np.ndarray) -> Any:

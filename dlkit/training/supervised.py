@@ -57,17 +57,31 @@ def random_shift(x, max_shift: int, generator):
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
+EVAL_BATCH_BYTES = 4 * 2 ** 20  # float32 input bytes per evaluation batch: 85 64x64 RGB images, 1024 digits
+
+
+def eval_batch_size(x, limit: int = 1024) -> int:
+    """Rows per evaluation batch over ``x``: at most ``limit``, and at most :data:`EVAL_BATCH_BYTES`
+    of float32 input, so that evaluating large images holds about a training batch's activations
+    (the whole split is never converted at once)."""
+    row = 4 * int(np.prod(x.shape[1:], dtype=np.int64)) if len(x.shape) > 1 else 4
+    return max(1, min(int(limit), EVAL_BATCH_BYTES // max(row, 1)))
+
+
 def model_outputs(model, x, device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
-    """A model's outputs on an array of inputs, in batches, as float32 numpy."""
+    """A model's outputs on an array of inputs, in batches (of at most ``batch_size`` rows, see
+    :func:`eval_batch_size`), as float32 numpy."""
     model.eval()
+    step = eval_batch_size(x, batch_size)
     with torch.inference_mode():  # sliced before conversion: a streamed split reads only each batch
-        parts = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)).to(device))
-                 .float().cpu().numpy() for i in range(0, len(x), batch_size)]
+        parts = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + step], dtype=np.float32)).to(device))
+                 .float().cpu().numpy() for i in range(0, len(x), step)]
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
 def evaluate_arrays(model, x, y, device: str = "cpu", batch_size: int = 1024, task: str = "classification") -> dict:
-    """The task's metrics of a model on arrays (a classifier's ``accuracy`` and ``loss``)."""
+    """The task's metrics of a model on arrays (a classifier's ``accuracy`` and ``loss``), in
+    batches of at most ``batch_size`` rows."""
     return get_registry().task(task).metrics(model_outputs(model, x, device, batch_size), np.asarray(y))
 
 
