@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dlkit import Callback
+
 ROOT = Path(__file__).resolve().parents[1]
 ACCURACY_TARGETS = {"mlp": 0.97, "cnn": 0.985, "rnn": 0.96}
 SECONDS_TARGET = 60.0
@@ -168,7 +170,7 @@ class HandWritten:
             F.cross_entropy(out, self.yv).item(), (out.argmax(1) == self.yv).float().mean().item()
 
 
-class Lockstep:
+class Lockstep(Callback):
     """A trainer callback that runs one hand-written epoch before each of dlkit's, so the two
     alternate epoch by epoch and share whatever else the machine is doing at that moment."""
 

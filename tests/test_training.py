@@ -261,3 +261,14 @@ def test_nothing_is_pickled():
         if "allow_pickle=True" in text:
             offenders.append(f"{path.relative_to(ROOT)}: allow_pickle=True")
     assert offenders == []
+
+
+def test_a_callback_that_is_not_a_dlkit_callback_is_refused_by_name(repo):
+    """The loop calls every event and checkpoints each callback's state: a duck-typed object
+    failed at its first checkpoint with "'X' object has no attribute 'state_key'"."""
+
+    class Timer:
+        def on_epoch_end(self, trainer, epoch, logs): ...
+
+    with pytest.raises(TypeError, match="callbacks must subclass dlkit.Callback, got Timer"):
+        train(Recipe(arch="mlp", name="typed", train={"epochs": 1}), repo, quiet=True, callbacks=[Timer()])

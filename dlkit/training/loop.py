@@ -72,6 +72,9 @@ class EpochLoop:
         self.schedulers: dict[str, Any] = {}
         # Only rank 0 writes (logs, plots, checkpoints): under torchrun the others train silently.
         self.callbacks: list[Callback] = (list(callbacks or []) if self.rank == 0 else []) + list(run.callbacks)
+        for callback in self.callbacks:  # the loop calls every event and checkpoints each one's state
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks must subclass dlkit.Callback, got {type(callback).__name__}")
         self.checkpoints = BackgroundWriter()
 
     # -- what a trainer supplies -------------------------------------------------------------------
