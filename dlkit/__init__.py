@@ -55,7 +55,7 @@ _API: dict[str, str] = {
     "OnnxGraph": "dlkit.export.graph", "export_onnx": "dlkit.export.onnx", "write_triton_config": "dlkit.export.triton",
     # inference (onnxruntime, no torch)
     "Session": "dlkit.infer.session", "check_external_data": "dlkit.infer.onnx_files",
-    "graph_params": "dlkit.infer.onnx_files",
+    "graph_params": "dlkit.infer.onnx_files", "default_opset": "dlkit.store.meta",
     "read_feeds": "dlkit.infer.feeds",
     "evaluate": "dlkit.infer.evaluate", "evaluation_data": "dlkit.infer.evaluate",
     "graph_outputs": "dlkit.infer.evaluate",

@@ -17,6 +17,7 @@ from dlkit.export.graph import OnnxGraph, export_graph
 from dlkit.export.parity import TOLERANCE, ParityError, compare, parity_cases, torch_runner
 from dlkit.export.triton import label_file_for, triton_config_for
 from dlkit.store.atomic import json_bytes, temporary_beside, write_together
+from dlkit.store.meta import default_opset
 from dlkit.store.repository import META, ModelVersion
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -65,7 +66,7 @@ def export_onnx(version: ModelVersion, opset: int | None = None, exporter: str =
         except Exception as exc:  # noqa: BLE001 - each exporter raises its own error types
             failures.append(f"{name} exporter failed: {_first_line(exc)}")
             continue
-        got_opset = default_opset(proto)
+        got_opset = default_opset(proto) or 0
         if opset is not None and got_opset != opset:
             failures.append(f"{name} exporter gave opset {got_opset}, not {opset}")
             continue
@@ -182,11 +183,6 @@ def _quiet_exporter():
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def default_opset(proto) -> int:
-    """The opset of the default ONNX domain a model imports."""
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def onnx_metadata(version: ModelVersion, graph: OnnxGraph) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dlkit.errors import DlkitError, InputError
 from dlkit.infer.onnx_files import check_external_data, graph_params
-from dlkit.store.meta import import_task, parse_labels
+from dlkit.store.meta import default_opset, import_task, parse_labels
 from dlkit.store.repository import ModelRepository, check_name
 
 TRITON_BATCH = 64
@@ -42,7 +42,7 @@ def import_onnx(repo: ModelRepository, file: str | Path, name: str, labels: str 
     spec = describe_inputs(session.inputs)
     if names is not None:
         _check_labels(path, session, names)
-    record = {**signature, "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+    record = {**signature, "opset": default_opset(proto),
               "ir_version": proto.ir_version, "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
               "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "source": "dlkit import onnx"}
     from dlkit.store.atomic import write_bytes

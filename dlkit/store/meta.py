@@ -9,6 +9,12 @@ from typing import Any
 from dlkit.errors import InputError
 
 
+def default_opset(proto) -> int | None:
+    """The opset of the default ONNX domain a model (``onnx.ModelProto``) imports; None if it
+    imports none. What meta.json's ``onnx.opset`` records."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def input_preprocessing(input_spec: dict) -> dict:
     """What a client does to raw data before feeding the graph (stored in the ONNX metadata).
 

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlkit import DlkitError
+from dlkit import DlkitError, default_opset
 
 # Ops that only appear in a graph that is quantized already.
 QUANTIZED_OPS = frozenset({
@@ -66,7 +66,7 @@ def inspect_graph(path: str | Path) -> GraphInfo:
         precision = "float16"
     else:
         precision = "float32"
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model) or 0
     initializers = {t.name for t in model.graph.initializer}
     return GraphInfo(ops, precision, tuple(i.name for i in model.graph.input if i.name not in initializers),
                      tuple(o.name for o in model.graph.output), opset)
@@ -147,8 +147,8 @@ def upgrade_opset(src: Path, dst: Path) -> list[int] | None:
     from onnx import version_converter
 
     model = onnx.load(str(src))
-    old = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
-    if old >= QDQ_OPSET:
+    old = default_opset(model)
+    if old is None or old >= QDQ_OPSET:
         return None
     try:
         with quiet():

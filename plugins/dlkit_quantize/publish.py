@@ -92,10 +92,10 @@ def publish(repo: ModelRepository, parent: ModelVersion, name: str, method: str,
 
     import onnx
 
-    from dlkit import derive, write_bytes
+    from dlkit import default_opset, derive, write_bytes
 
     data = onnx_file.read_bytes()
-    opset = next((o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = default_opset(onnx.load_from_string(data))
     # What a quantized model is stays its parent's; how it was trained ("trainer", "train") does not apply.
     with derive(repo, parent, method, name, inherit=INHERITED) as new:
         write_bytes(new.path / "model.onnx", data)
