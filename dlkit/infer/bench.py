@@ -195,9 +195,10 @@ def graph_feeds(inputs, batch: int, shapes: dict[str, tuple], rng) -> dict[str, 
             if None in shape:
                 raise InputError(f"bench: graph input {info.name!r} is {_dims(declared)} with an open size: "
                                  f"give it with --shape {info.name}={_dims(declared, 'x')}")
-        if np.dtype(info.dtype).kind not in "fiub":
+        kind = np.dtype(info.dtype).kind
+        if kind not in "fiub":
             raise InputError(f"bench: graph input {info.name!r} holds {info.dtype}; bench times numeric inputs")
-        feeds[info.name] = (rng.standard_normal(shape).astype(info.dtype) if np.dtype(info.dtype).kind == "f"
+        feeds[info.name] = (rng.standard_normal(shape).astype(info.dtype) if kind == "f"
                             else np.zeros(shape, dtype=info.dtype))
     if not batched and batch != 1:  # the same fixed-size call at every batch size would be mislabelled
         fixed = sorted({info.shape[0] for info in inputs if info.shape and info.shape[0] is not None})

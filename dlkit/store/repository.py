@@ -240,11 +240,11 @@ class ModelRepository:
         versions = self.versions(name)
         if not versions:
             folder = self.model_folder(name)
-            loose = sorted((p for p in folder.iterdir() if is_version(p.name) and (p / "model.onnx").is_file()),
+            loose = sorted((p for p in folder.iterdir() if is_version(p.name) and (p / ONNX).is_file()),
                            key=lambda p: int(p.name)) if folder.is_dir() else []
             if loose:  # a graph copied in by hand: meta.json is what makes a folder a version
                 raise InputError(f"{loose[-1]} holds a model.onnx but no meta.json: bring it in with "
-                                 f"`dlkit import onnx {loose[-1] / 'model.onnx'} --name {name}`")
+                                 f"`dlkit import onnx {loose[-1] / ONNX} --name {name}`")
             known = ", ".join(self.names()) or "none"
             raise InputError(f"no model {name!r} in repository {self.root} (models: {known})")
         if version is None:
