@@ -8,9 +8,10 @@ variant in its own process (so each one's peak resident memory is its own) and p
 table: peak RSS of the training process (``ru_maxrss``: it counts shared library pages and any
 file pages the process touched), peak PSS and peak private anonymous memory of the process with
 its workers (sampled every 50 ms from ``/proc/PID/smaps_rollup``), time to the end of the first
-epoch (decoding included), the second epoch's time, and ratios to the hand-written loop. A last
-table gives channels-last against NCHW for the CNN on these images (epoch time ratio; not with
-``--no-layout``).
+epoch (decoding included), the second epoch's time, and ratios to the hand-written loop. The
+hand-written loop trains on dlkit's split sizes (70% of the images) and validates on 10% after
+every epoch, as dlkit does. A second table (``--tables layout``) gives channels-last against NCHW
+for the CNN and a ResNet-style CNN (``residual = true``) on these images: second-epoch time ratio.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 CNN = ["channels=[16, 32]", "hidden=64", "patience=0", "batch_size=64"]
+MODELS = {"cnn": CNN, "cnn, residual": [*CNN, "residual=true"]}  # the layout table's models
 
 HAND_WRITTEN = r'''
 import json, resource, sys, time
@@ -36,11 +38,17 @@ from PIL import Image
 torch.set_num_threads(1)
 root, epochs, workers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 files = sorted((p, i) for i, c in enumerate(sorted(d for d in root.iterdir() if d.is_dir())) for p in c.iterdir())
+# dlkit's split sizes (70% train, 10% validation, 20% test), validated after every epoch as dlkit does
+order = np.random.default_rng(0).permutation(len(files))
+n_train, n_val = int(0.7 * len(files)), int(0.1 * len(files))
+train_files = [files[i] for i in order[:n_train]]
+val_files = [files[i] for i in order[n_train:n_train + n_val]]
 
 class Folder(torch.utils.data.Dataset):
-    def __len__(self): return len(files)
+    def __init__(self, files): self.files = files
+    def __len__(self): return len(self.files)
     def __getitem__(self, i):
-        path, label = files[i]
+        path, label = self.files[i]
         with Image.open(path) as im:
             a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
         return torch.from_numpy(a.transpose(2, 0, 1).copy()), label
@@ -49,12 +57,16 @@ sys.path.insert(0, sys.argv[4])
 from dlkit_cnn.model import CNN
 model = CNN([3, 64, 64], 2, channels=[16, 32], hidden=64)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-loader = torch.utils.data.DataLoader(Folder(), batch_size=64, shuffle=True, num_workers=workers, drop_last=True)
+loader = torch.utils.data.DataLoader(Folder(train_files), batch_size=64, shuffle=True, num_workers=workers)
+val_loader = torch.utils.data.DataLoader(Folder(val_files), batch_size=256, num_workers=workers)
 started, marks = time.perf_counter(), []
 for epoch in range(epochs):
     model.train()
     for x, y in loader:
         opt.zero_grad(); torch.nn.functional.cross_entropy(model(x), y).backward(); opt.step()
+    model.eval()
+    with torch.no_grad():
+        val_loss = sum(torch.nn.functional.cross_entropy(model(x), y, reduction="sum").item() for x, y in val_loader)
     marks.append(time.perf_counter() - started)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"first": marks[0], "second": marks[1] - marks[0] if len(marks) > 1 else None, "peak_mb": peak}))
@@ -155,40 +167,63 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--no-layout", action="store_true", help="skip the channels-last against NCHW table")
+    ap.add_argument("--tables", default="memory,layout",
+                    help="memory (the three ways of training), layout (channels-last against NCHW), or both")
+    ap.add_argument("--folder", type=Path, help="keep the images here and reuse them next time (default: a "
+                    "temporary folder); a folder made for other --images/--size is refused")
     args = ap.parse_args()
     plugins = str(Path(__file__).resolve().parents[1] / "plugins")
     with tempfile.TemporaryDirectory(prefix="dlkit-stream-") as tmp:
-        root = Path(tmp) / "images"
-        started = time.perf_counter()
-        make_images(root, args.images, args.size)
-        print(f"made {args.images} {args.size}x{args.size} PNGs in {time.perf_counter() - started:.0f} s "
-              f"({sum(p.stat().st_size for p in root.rglob('*.png')) / 2**20:.0f} MiB)", file=sys.stderr)
+        root = args.folder or Path(tmp) / "images"
+        made = root / f".made-{args.images}x{args.size}"
+        if not made.exists():
+            if root.exists():
+                raise SystemExit(f"{root} exists but was not made by this benchmark for --images {args.images} "
+                                 f"--size {args.size}")
+            started = time.perf_counter()
+            make_images(root, args.images, args.size)
+            made.touch()
+            print(f"made {args.images} {args.size}x{args.size} PNGs in {time.perf_counter() - started:.0f} s "
+                  f"({sum(p.stat().st_size for p in root.rglob('*.png')) / 2**20:.0f} MiB)", file=sys.stderr)
         common = [str(root), str(args.epochs), str(args.workers)]
-        rows = {
+        tables = set(args.tables.split(","))
+        rows = {} if "memory" not in tables else {
             "hand-written DataLoader (decodes every epoch)": run(HAND_WRITTEN, *common, plugins),
             "dlkit, streamed from its cache": run(DLKIT, *common, "true", str(Path(tmp) / "r1"), "false",
                                                   json.dumps(CNN)),
             "dlkit, in memory": run(DLKIT, *common, "false", str(Path(tmp) / "r2"), "false", json.dumps(CNN)),
         }
-        layout = {} if args.no_layout else {
-            cl: run(DLKIT, *common, "true", str(Path(tmp) / f"r-{cl}"), cl, json.dumps(CNN))
-            for cl in ("false", "true")}
-    base = rows["hand-written DataLoader (decodes every epoch)"]
+        if rows:  # the fixed cost (interpreter, torch, the model, workers): the same run on 10 batches of images
+            small = Path(tmp) / "small"
+            make_images(small, 640, args.size)
+            fixed = run(DLKIT, str(small), *common[1:], "true", str(Path(tmp) / "r3"), "false", json.dumps(CNN))
+        layout = {} if "layout" not in tables else {
+            (model, cl): run(DLKIT, *common, "true", str(Path(tmp) / f"r-{i}-{cl}"), cl, json.dumps(sets))
+            for i, (model, sets) in enumerate(MODELS.items()) for cl in ("false", "true")}
     second = args.epochs > 1
-    print(f"| {args.images} images, {args.size}x{args.size} RGB, {args.workers} workers | peak RSS MiB "
-          f"| peak PSS MiB, with workers | peak anonymous PSS MiB, with workers | first epoch s | x |"
-          + (" second epoch s | x |" if second else ""))
-    print("|---|---|---|---|---|---|" + ("---|---|" if second else ""))
-    for name, r in rows.items():
-        print(f"| {name} | {r['peak_mb']:.0f} | {r['tree_pss_mb']:.0f} | {r['tree_anon_mb']:.0f} "
-              f"| {r['first']:.1f} | {r['first'] / base['first']:.2f} |"
-              + (f" {r['second']:.1f} | {r['second'] / base['second']:.2f} |" if second else ""))
+    if rows:
+        base = rows["hand-written DataLoader (decodes every epoch)"]
+        print(f"| {args.images} images, {args.size}x{args.size} RGB, {args.workers} workers | peak RSS MiB "
+              f"| peak PSS MiB, with workers | peak anonymous PSS MiB, with workers | first epoch s | x |"
+              + (" second epoch s | x |" if second else ""))
+        print("|---|---|---|---|---|---|" + ("---|---|" if second else ""))
+        for name, r in rows.items():
+            print(f"| {name} | {r['peak_mb']:.0f} | {r['tree_pss_mb']:.0f} | {r['tree_anon_mb']:.0f} "
+                  f"| {r['first']:.1f} | {r['first'] / base['first']:.2f} |"
+                  + (f" {r['second']:.1f} | {r['second'] / base['second']:.2f} |" if second else ""))
+        # what streaming holds of the data at once: each worker's prefetched batches, one in training
+        window = (2 * args.workers + 1) * 64 * 3 * args.size * args.size * 4 / 2**20
+        streamed = rows["dlkit, streamed from its cache"]
+        print(f"\nStreamed, above the same run on 640 images (PSS {fixed['tree_pss_mb']:.0f}, anonymous "
+              f"{fixed['tree_anon_mb']:.0f} MiB): PSS +{streamed['tree_pss_mb'] - fixed['tree_pss_mb']:.0f} MiB, "
+              f"anonymous +{streamed['tree_anon_mb'] - fixed['tree_anon_mb']:.0f} MiB; the batch window "
+              f"({2 * args.workers + 1} float32 batches of 64) is {window:.0f} MiB.")
     if layout and second:
-        print()
-        print("| cnn, streamed | second epoch s |\n|---|---|")
-        print(f"| NCHW | {layout['false']['second']:.1f} |\n| channels-last | {layout['true']['second']:.1f} "
-              f"({layout['true']['second'] / layout['false']['second']:.2f}x) |")
+        print(f"\n| {args.images} images, streamed | NCHW second epoch s | channels-last second epoch s | x |")
+        print("|---|---|---|---|")
+        for model in MODELS:
+            nchw, nhwc = layout[(model, "false")]["second"], layout[(model, "true")]["second"]
+            print(f"| {model} | {nchw:.1f} | {nhwc:.1f} | {nhwc / nchw:.2f} |")
     return 0
 
 

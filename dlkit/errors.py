@@ -19,3 +19,12 @@ class PluginError(DlkitError):
     """A plugin failed to load or to register (an error only under DLKIT_STRICT_PLUGINS=1)."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, typed: bool = False, limit: int = 200) -> str:
+    """An exception's first line, at most ``limit`` characters, for a one-line error message;
+    ``typed`` puts its type in front (``ValueError: ...``), for exceptions from other libraries
+    whose messages alone do not say what failed."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0][:limit] if lines else ""
+    return f"{type(exc).__name__}: {text}" if typed else text or type(exc).__name__

@@ -96,3 +96,27 @@ def test_a_graph_without_torch_weights_is_refused(exported):
     result = dlkit("prune", "mlp-digits-int8")
     assert result.exit_code == 2 and "no PyTorch weights to prune" in result.stderr
     assert tree(exported.root) == before
+
+
+def test_a_residual_cnn_trains_exports_prunes_and_quantizes(repo):
+    """``residual = true`` builds ResNet basic blocks (identity and 1x1 projection shortcuts): the
+    graph matches torch (export's parity check), and pruning removes channels consistently on both
+    sides of every sum, so the pruned model still exports and quantizes."""
+    from dlkit.training.build import load_model
+
+    result = dlkit("train", "cnn", "--name", "res", "--epochs", "1", "--set", "residual=true", "--set",
+                   "channels=[8, 16]", "--set", "hidden=16", "--set", "channels_last=false")
+    assert result.exit_code == 0, result.stderr
+    module, _ = load_model(repo.resolve("res"))
+    blocks = [m for m in module.modules() if type(m).__name__ == "Residual"]
+    assert [type(b.shortcut).__name__ for b in blocks] == ["Sequential", "Sequential"]  # 1 -> 8 -> 16 channels
+    assert dlkit("export", "onnx", "res").exit_code == 0
+    model = onnx.load(str(repo.resolve("res").onnx_path))
+    assert sum(n.op_type == "Add" for n in model.graph.node) == 2
+    assert conv_widths(repo.resolve("res").onnx_path) == [8, 8, 8, 16, 16, 16]  # body, body, shortcut per block
+    pruned = dlkit("prune", "res", "--sparsity", "0.5", "--epochs", "1", "--measure-seconds", "0.05")
+    assert pruned.exit_code == 0, pruned.stderr
+    assert conv_widths(repo.resolve("res-pruned").onnx_path) == [4, 4, 4, 8, 8, 8]
+    q = dlkit("quantize", "res-pruned", "--method", "static", "--tolerance", "100", "--measure-seconds", "0.02",
+              "--provider", "cpu")
+    assert q.exit_code == 0, q.stderr

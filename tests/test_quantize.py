@@ -429,15 +429,27 @@ def test_batch_sizes_come_from_the_served_config_and_the_flag(exported):
 
 
 # -- accuracy-aware fallback -------------------------------------------------------------------------------
-def two_layer_classifier(repo: ModelRepository, like: str) -> str:
+def two_layer_classifier(repo: ModelRepository, like: str, outlier: bool = False) -> str:
     """``linear_classifier`` behind a harmless first layer (an identity Gemm, "gemm1"): quantizing
-    "gemm2" (the 1e4 weights) loses every class, quantizing "gemm1" loses nothing measurable."""
+    "gemm2" (the 1e4 weights) loses every class, quantizing "gemm1" loses nothing measurable.
+
+    With ``outlier`` gemm2 holds the least-squares weights instead, plus 3000 in the row of a
+    pixel that is 0 in every digits image: float32 and float16 compute the same classes, while
+    int8 (per tensor or per channel) spends its whole range on the 3000 and rounds every weight
+    that matters to 0."""
     from onnx import TensorProto, helper, numpy_helper
 
     from dlkit.store.atomic import write_bytes
 
     inner = onnx.load(str(repo.resolve(linear_classifier(repo, like)).onnx_path))
     weights = {t.name: numpy_helper.to_array(t) for t in inner.graph.initializer}
+    if outlier:
+        from dlkit.data.load import load_dataset
+
+        ds = load_dataset("digits", {}, repo.resolve(like).meta["data"]["seed"])
+        blank = [int(np.flatnonzero(np.concatenate([ds.x_train, ds.x_val, ds.x_test]).reshape(-1, 64).max(0) == 0)[0])]
+        weights["W"] = weights["W"] - np.float32(1e4)
+        weights["W"][blank] = 3000.0
     eye = np.eye(64, dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("Flatten", ["input"], ["flat"], name="flatten"),
@@ -486,6 +498,32 @@ def test_fallback_keeps_the_fewest_sensitive_layers_float_until_it_passes(export
     # without fallback nothing passes; the human --report prints the per-layer table
     human = dlkit("quantize", name, "--tolerance", "2", "--no-fallback", "--report", "--name", "other", *FAST)
     assert human.exit_code == 1 and "Per-layer sensitivity" in human.stdout and "gemm2" in human.stdout
+
+
+def test_fallback_in_float16_keeps_the_sensitive_layers_in_float16_beside_int8(exported):
+    """Mixed precision: with --fallback-precision float16 (the default on GPU providers) the layer
+    the fallback keeps out of int8 computes in float16 (weights stored as float16, Casts at its
+    edges), the rest stays int8, and the model still passes; onnxruntime's CPU provider runs it."""
+    from onnx import TensorProto
+
+    name = two_layer_classifier(exported, "mlp-digits", outlier=True)
+    result = dlkit("quantize", name, "--tolerance", "2", "--method", "static", "--fallback-precision", "float16",
+                   *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "kept float16: gemm2" in result.stdout
+    q = exported.resolve(f"{name}-int8")
+    info = q.meta["quantization"]
+    assert info["candidate"] == "static-qdq+fp16-1" and info["kept_precision"] == "float16"
+    assert info["kept_float"] == ["gemm2"]
+    graph = onnx.load(str(q.onnx_path)).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    gemm2 = next(n for n in graph.node if n.name == "gemm2")
+    assert types[gemm2.input[1]] == TensorProto.FLOAT16  # its weights are float16...
+    assert {"QuantizeLinear", "DequantizeLinear", "Cast"} <= {n.op_type for n in graph.node}  # ...beside int8
+    rows = {r["candidate"]: r for r in q.meta["measurements"]["table"]}
+    assert rows["static-qdq"]["drop"] > 50 and rows["static-qdq+fp16-1"]["drop"] <= 2  # int8 alone fails
+    bad = dlkit("quantize", name, "--fallback-precision", "bf16", *FAST)
+    assert bad.exit_code == 2 and "--fallback-precision bf16" in bad.stderr
 
 
 # -- calibration -----------------------------------------------------------------------------------------

@@ -101,6 +101,30 @@ def test_streamed_training_never_reads_a_whole_split(folder, tmp_path, monkeypat
     assert sum(reads) >= 2 * sizes["train"] + 2 * sizes["val"] + sizes["test"]  # and each was read, in batches
 
 
+def test_rows_come_from_the_file_a_map_maps_even_after_it_was_replaced(tmp_path):
+    """``read_rows`` preads through a descriptor kept per map: a cache file replaced on disk (its
+    folder changed) is read anew, the old map keeps reading its own file, and each descriptor
+    closes with its map (one kept per path read the replaced file's stale rows)."""
+    import gc
+    import os
+
+    from dlkit.data import streaming
+
+    path = tmp_path / "cache.npy"
+    np.save(path, np.arange(12, dtype=np.uint8).reshape(4, 3))
+    old = np.load(path, mmap_mode="r")
+    assert np.array_equal(streaming.read_rows(old, np.array([1, 2])), [[3, 4, 5], [6, 7, 8]])
+    np.save(tmp_path / "new.npy", np.arange(100, 112, dtype=np.uint8).reshape(4, 3))
+    os.replace(tmp_path / "new.npy", path)
+    new = np.load(path, mmap_mode="r")
+    assert np.array_equal(streaming.read_rows(new, np.array([0, 3])), [[100, 101, 102], [109, 110, 111]])
+    assert np.array_equal(streaming.read_rows(old, np.array([0])), [[0, 1, 2]])
+    opened = set(streaming._FDS.values())
+    del old, new
+    gc.collect()
+    assert len(opened) == 2 and not opened & set(streaming._FDS.values())
+
+
 def test_channels_last_is_measured_once_and_recorded(tmp_path):
     repo = ModelRepository(tmp_path / "repo")
     first = train("cnn", repo, epochs=1, quiet=True, name="a", sets=["channels=[8]", "hidden=16"])

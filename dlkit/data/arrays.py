@@ -16,7 +16,7 @@ from typing import IO
 
 import numpy as np
 
-from dlkit.errors import InputError
+from dlkit.errors import InputError, first_line
 
 DEFAULT_MAX_ARRAY_BYTES = 2 << 30
 
@@ -41,7 +41,7 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
     except InputError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+        raise InputError(f"{path}: not a readable .npy array ({first_line(exc)})") from None
 
 
 def read_npz(path: str | os.PathLike, keys: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -66,7 +66,7 @@ def read_npz(path: str | os.PathLike, keys: list[str] | None = None) -> dict[str
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
             RuntimeError) as exc:  # RuntimeError: encrypted members
-        raise InputError(f"{path}: not a readable .npz file ({_short(exc)})") from None
+        raise InputError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
 
 
 def npz_keys(path: str | os.PathLike) -> list[str]:
@@ -75,7 +75,7 @@ def npz_keys(path: str | os.PathLike) -> list[str]:
         with zipfile.ZipFile(path) as archive:
             return [i.filename[:-4] for i in archive.infolist() if i.filename.endswith(".npy")]
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npz file ({_short(exc)})") from None
+        raise InputError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
 
 
 def _read_array(f: IO[bytes], where: str, available: int, limit: int) -> np.ndarray:
@@ -100,7 +100,3 @@ def _read_array(f: IO[bytes], where: str, available: int, limit: int) -> np.ndar
         raise InputError(f"{where}: truncated array data")
     array = np.frombuffer(data, dtype=dtype, count=count).copy() if count else np.empty(0, dtype=dtype)
     return array.reshape(shape[::-1]).transpose() if fortran else array.reshape(shape)
-
-
-def _short(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]

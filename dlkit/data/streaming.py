@@ -16,6 +16,7 @@ import contextvars
 import hashlib
 import mmap
 import os
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -117,7 +118,7 @@ def read_rows(base: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return base[rows]
     out = np.empty((len(rows), *base.shape[1:]), dtype=base.dtype)
     row_bytes = out.itemsize * int(np.prod(base.shape[1:], dtype=np.int64))
-    fd = _descriptor(str(base.filename))
+    fd = _descriptor(base)
     i = 0
     while i < len(rows):  # one read per run of consecutive rows
         j = i + 1
@@ -134,16 +135,26 @@ def read_rows(base: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-_FDS: dict[str, int] = {}
+_FDS: dict[int, int] = {}  # id(a memmap's mmap) -> a descriptor of its file, closed with the map
 
 
-def _descriptor(path: str) -> int:
-    """A read-only descriptor for ``path``, kept open (``pread`` shares no file position, so a
-    forked DataLoader worker may use the one it inherits)."""
-    fd = _FDS.get(path)
+def _descriptor(base: np.memmap) -> int:
+    """A read-only descriptor of the file ``base`` maps, kept open while the map lives (``pread``
+    shares no file position, so a forked DataLoader worker may use the one it inherits). Keyed by
+    the map, not the path: a cache file replaced on disk (the folder changed) gets a descriptor of
+    its own, never the old file's."""
+    key = id(base.base)
+    fd = _FDS.get(key)
     if fd is None:
-        fd = _FDS[path] = os.open(path, os.O_RDONLY)
+        fd = _FDS[key] = os.open(str(base.filename), os.O_RDONLY)
+        weakref.finalize(base.base, _close, key)
     return fd
+
+
+def _close(key: int) -> None:
+    fd = _FDS.pop(key, None)
+    if fd is not None:
+        os.close(fd)
 
 
 def take_rows(x: Any, rows: np.ndarray) -> Any:

@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from dlkit.errors import InputError
+from dlkit.errors import InputError, first_line
 from dlkit.store.repository import ModelRepository, check_name
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
@@ -63,14 +63,14 @@ def build_module(factory: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - the user's module may raise anything while importing
-        raise InputError(f"{factory}: importing {module_name!r} failed ({_first_line(exc)})") from None
+        raise InputError(f"{factory}: importing {module_name!r} failed ({first_line(exc, typed=True)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise InputError(f"{factory}: module {module_name!r} has no callable {attr!r}")
     try:
         net = fn()
     except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
-        raise InputError(f"{factory}: {attr}() raised {_first_line(exc)}") from None
+        raise InputError(f"{factory}: {attr}() raised {first_line(exc, typed=True)}") from None
     if not isinstance(net, nn.Module):
         raise InputError(f"{factory}: {attr}() returned {type(net).__name__}, not a torch.nn.Module")
     return net.eval()
@@ -116,7 +116,7 @@ def _outputs(net, example: dict[str, dict], factory: str) -> list:
         with torch.inference_mode():
             out = net(*example_tensors(example, EXAMPLE_BATCH).values())
     except Exception as exc:  # noqa: BLE001 - the user's forward may raise anything
-        raise InputError(f"{factory}: forward on --example-input failed ({_first_line(exc)})") from None
+        raise InputError(f"{factory}: forward on --example-input failed ({first_line(exc, typed=True)})") from None
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
         raise InputError(f"{factory}: forward must return a tensor or a tuple of tensors")
@@ -209,8 +209,3 @@ def _graph(module, example: dict):
     names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
     return OnnxGraph(module, inputs, names,
                      sample=lambda batch, gen: example_tensors(example, batch, gen.initial_seed()))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"

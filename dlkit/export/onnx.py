@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dlkit import __version__
-from dlkit.errors import DlkitError, InputError
+from dlkit.errors import DlkitError, InputError, first_line
 from dlkit.export.graph import OnnxGraph, export_graph
 from dlkit.export.parity import TOLERANCE, ParityError, compare, parity_cases, torch_runner
 from dlkit.export.triton import label_file_for, triton_config_for
@@ -64,7 +64,7 @@ def export_onnx(version: ModelVersion, opset: int | None = None, exporter: str =
         try:
             proto = _export(graph, name, opset)
         except Exception as exc:  # noqa: BLE001 - each exporter raises its own error types
-            failures.append(f"{name} exporter failed: {_first_line(exc)}")
+            failures.append(f"{name} exporter failed: {first_line(exc, typed=True, limit=300)}")
             continue
         got_opset = default_opset(proto) or 0
         if opset is not None and got_opset != opset:
@@ -74,7 +74,7 @@ def export_onnx(version: ModelVersion, opset: int | None = None, exporter: str =
         try:
             onnx.checker.check_model(proto, full_check=True)
         except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError, shape inference errors
-            failures.append(f"{name} exporter: onnx.checker: {_first_line(exc)}")
+            failures.append(f"{name} exporter: onnx.checker: {first_line(exc, typed=True, limit=300)}")
             continue
         tmp = temporary_beside(version.inside(version.onnx_path))
         try:
@@ -202,10 +202,5 @@ def onnx_metadata(version: ModelVersion, graph: OnnxGraph) -> dict[str, str]:
         **graph.metadata,
     }
     return {k: json.dumps(v) for k, v in props.items()}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 

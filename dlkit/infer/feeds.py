@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlkit.errors import InputError
+from dlkit.errors import InputError, first_line
 
 # graph dtype kind -> array dtype kinds that convert to it without losing meaning
 ACCEPTS = {"f": "fiub", "i": "iub", "u": "iub", "b": "biu"}
@@ -106,8 +106,8 @@ def fit_feed(arr: np.ndarray, where: str, info) -> np.ndarray:
     if arr.ndim == len(shape) - 1 and shape and shape[0] in (None, 1):
         arr = arr[None]  # one sample of a batched input
     if arr.ndim != len(shape) or any(d is not None and d != g for d, g in zip(shape, arr.shape)):
-        raise InputError(f"{where}: shape {_shape(arr.shape)} does not fit model input {info.name!r}: "
-                         f"expected {_shape(shape)}")
+        raise InputError(f"{where}: shape {shape_text(arr.shape)} does not fit model input {info.name!r}: "
+                         f"expected {shape_text(shape)}")
     if want.kind == "b" and arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
         raise InputError(f"{where}: model input {info.name!r} is bool; the array holds values other than 0 and 1")
     return np.ascontiguousarray(arr.astype(want, copy=False))
@@ -121,7 +121,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+        raise InputError(f"{path}: not a readable .npy array ({first_line(exc)})") from None
 
 
 def _load_npz(path: Path, names: list[str]) -> dict[str, np.ndarray]:
@@ -138,14 +138,10 @@ def _load_npz(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - a hostile .npz: BadZipFile, ValueError, OSError, ...
-        raise InputError(f"{path}: not a readable .npz file ({_short(exc)})") from None
+        raise InputError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
 
 
-def _shape(shape) -> str:
+def shape_text(shape) -> str:
+    """A shape as numpy prints it, ``?`` for a dimension the graph leaves open: ``(?, 3)``, ``(4,)``."""
     dims = ["?" if d is None else str(d) for d in shape]
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from dlkit.data.dataset import is_number
-from dlkit.errors import InputError
-from dlkit.infer.feeds import check_input_names, read_feeds, source_label
+from dlkit.errors import InputError, first_line
+from dlkit.infer.feeds import check_input_names, read_feeds, shape_text, source_label
 from dlkit.store.meta import input_preprocessing
 from dlkit.store.repository import ModelVersion
 
@@ -146,7 +146,7 @@ def fit_array(arr: np.ndarray, source: str, feed, csv_rows: bool = False) -> tup
     batch axis, a batch has it whole.
     """
     sample = tuple(feed.shape[1:])
-    expected = f"{_shape(sample)} or {_shape(('N', *sample))}"
+    expected = f"{shape_text(sample)} or {shape_text(('N', *sample))}"
     if arr.dtype.kind not in "fiu":  # bool, complex, strings and objects are not model inputs
         raise InputError(f"{source}: dtype {arr.dtype} does not fit model input {feed.name!r}: expected "
                          f"{feed.dtype} (or another real number type)")
@@ -154,9 +154,10 @@ def fit_array(arr: np.ndarray, source: str, feed, csv_rows: bool = False) -> tup
     if arr.ndim == len(sample) and not csv_rows:
         arr = arr[None]
     if arr.ndim != len(sample) + 1 or not all(d is None or d == g for d, g in zip(sample, arr.shape[1:])):
-        raise InputError(f"{source}: shape {_shape(got)} does not fit model input {feed.name!r}: expected {expected}")
+        raise InputError(f"{source}: shape {shape_text(got)} does not fit model input {feed.name!r}: "
+                         f"expected {expected}")
     if len(arr) == 0:
-        raise InputError(f"{source}: no samples (shape {_shape(arr.shape)})")
+        raise InputError(f"{source}: no samples (shape {shape_text(arr.shape)})")
     names = [source] if len(arr) == 1 else [f"{source}[{i}]" for i in range(len(arr))]
     return np.ascontiguousarray(arr, dtype=np.float32), names
 
@@ -203,7 +204,7 @@ def read_csv(path: Path, info: dict, feed) -> np.ndarray:
         return arr.reshape(len(arr), *sample)  # e.g. 64 pixel columns of an 8x8 image
     if arr.shape[1] != size:
         raise InputError(f"{path}: {arr.shape[1]} columns do not fit model input {feed.name!r}: expected {size} "
-                         f"numbers per row (shape {_shape(sample)})")
+                         f"numbers per row (shape {shape_text(sample)})")
     return arr
 
 
@@ -224,7 +225,7 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
             image = im.convert(prep["mode"])
     # Pillow reports some corrupt PNG chunks as SyntaxError (found by the fuzz test).
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{path}: cannot decode image ({_short(exc)})") from None
+        raise InputError(f"{path}: cannot decode image ({first_line(exc)})") from None
     size = (int(prep["width"]), int(prep["height"]))
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
@@ -236,11 +237,3 @@ def read_image(path: Path, info: dict, feed) -> np.ndarray:
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def _shape(shape) -> str:
-    dims = ["?" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]

@@ -10,6 +10,7 @@ DEFAULTS = {
     "hidden": 128,  # classifier head width; 0 for a linear head
     "dropout": 0.25,
     "batch_norm": True,
+    "residual": False,  # ResNet basic blocks: each block's convs plus a shortcut
 }
 
 # The supervised trainer's options where this architecture wants other values than the trainer's
@@ -28,4 +29,5 @@ def build(hparams, input_spec, num_classes):
 def register_models(register):
     register("cnn", build, input_kinds={"image"}, defaults=DEFAULTS, train_defaults=TRAIN_DEFAULTS,
              task=["classification", "regression"],
-             description="convolutional network (conv blocks, pooling, global average head)")
+             description="convolutional network (conv blocks or, residual = true, ResNet blocks; pooling, "
+                         "global average head)")

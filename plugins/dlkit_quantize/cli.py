@@ -30,6 +30,9 @@ def add_command(cli) -> None:
                        "candidate is within --tolerance).")
     @click.option("--fallback/--no-fallback", default=True, show_default=True,
                   help="When a candidate misses --tolerance, keep its most sensitive layers float until it passes.")
+    @click.option("--fallback-precision", metavar="[float32|float16]",
+                  help="What the layers the fallback keeps out of int8 compute in (default: float16 on a GPU "
+                       "provider, float32 on CPU, where float16 is not faster).")
     @click.option("--calibration-samples", type=int, default=256, show_default=True,
                   help="Training-split samples that calibrate static quantization.")
     @click.option("--calibrate", metavar="[minmax|entropy|percentile]", default="minmax",
@@ -58,7 +61,7 @@ def add_command(cli) -> None:
     @json_option
     def quantize_cmd(ref, method, calibration_samples, calibrate, per_channel, fmt, tolerance, name, provider,
                      op_types, measure_seconds, threads, calibration_data, data, optimize_for, batch_sizes,
-                     show_report, qat_epochs, fallback, repo, as_json):
+                     show_report, qat_epochs, fallback, fallback_precision, repo, as_json):
         """Quantize NAME[:V]'s model.onnx (int8 or float16) into a new model, measured here."""
         from dlkit import use_threads
 
@@ -72,7 +75,7 @@ def add_command(cli) -> None:
                    "provider": provider, "measure_seconds": measure_seconds, "threads": threads,
                    "op_types": op_types.split(",") if op_types is not None else None,
                    "optimize_for": optimize_for, "batch_sizes": _batch_sizes(batch_sizes), "report": show_report,
-                   "fallback": fallback, "qat_epochs": qat_epochs,
+                   "fallback": fallback, "fallback_precision": fallback_precision, "qat_epochs": qat_epochs,
                    "calibration_data": calibration_data, "data": data}
         try:
             report = quantize(version, r, **options)
@@ -90,7 +93,7 @@ def add_command(cli) -> None:
             if rep.get("sensitivity") and show_report:
                 console().print(sensitivity_table(rep))
             if rep.get("kept_float"):
-                click.echo(f"kept float: {', '.join(rep['kept_float'])}")
+                click.echo(f"kept {rep['kept_precision']}: {', '.join(rep['kept_float'])}")
             row = next(x for x in rep["table"] if x["chosen"])
             largest = max(rep["batch_sizes"])
             parent = f"{rep['parent']['name']}:{rep['parent']['version']}"

@@ -114,10 +114,12 @@ def probe_feeds(calibration, input_name: str | None = None) -> dict[str, np.ndar
 
 
 def fallback(candidate: Candidate, ranked: list[dict], prepared: Path, folder: Path, calibration,
-             passes: Callable[[Path], tuple[bool, Any]],
-             log: Callable[[str], None]) -> tuple[Candidate, Path, Any] | None:
+             passes: Callable[[Path], tuple[bool, Any]], log: Callable[[str], None],
+             precision: str = "float32") -> tuple[Candidate, Path, Any] | None:
     """The candidate with the fewest most-sensitive nodes kept float that ``passes``; None if none
-    of the first :data:`MAX_STEPS` do. ``passes(path)`` measures a built graph: (ok, measurement)."""
+    of the first :data:`MAX_STEPS` do. ``passes(path)`` measures a built graph: (ok, measurement).
+    With ``precision`` float16 the nodes found are then kept in float16 instead (mixed int8 +
+    float16), if that passes too; else they stay float32."""
     order = [r["node"] for r in ranked if r["error_percent"] is not None]
     for k in range(1, min(MAX_STEPS, len(order) - 1) + 1):
         kept = order[:k]
@@ -131,6 +133,27 @@ def fallback(candidate: Candidate, ranked: list[dict], prepared: Path, folder: P
         except Exception:  # noqa: BLE001 -- the quantizer refused this split: try keeping one more float
             continue
         ok, measured = passes(path)
-        if ok:
-            return trial, path, measured
+        if not ok:
+            continue
+        if precision == "float16":
+            half = _in_float16(trial, k, prepared, folder, calibration, passes, log)
+            if half is not None:
+                return half
+        return trial, path, measured
     return None
+
+
+def _in_float16(trial: Candidate, k: int, prepared: Path, folder: Path, calibration, passes,
+                log) -> tuple[Candidate, Path, Any] | None:
+    name = trial.name.replace(f"+float{k}", f"+fp16-{k}")
+    half = Candidate(name, trial.method, {**trial.options, "kept_precision": "float16"},
+                     trial.why.replace("kept float:", "kept in float16:"))
+    path = folder / f"{name}.onnx"
+    log(f"fallback: {name} (the same nodes in float16)")
+    try:
+        build(half, prepared, path, calibration)
+    except Exception as exc:  # noqa: BLE001 -- the converter refused: the float32 fallback stands
+        log(f"fallback: {name} could not be built ({type(exc).__name__}: {str(exc)[:120]}); kept float32")
+        return None
+    ok, measured = passes(path)
+    return (half, path, measured) if ok else None

@@ -143,21 +143,26 @@ def _granularity(per_channel: bool) -> str:
 
 
 def build(candidate: Candidate, prepared: Path, out: Path, calibration=None) -> None:
-    """Write ``candidate`` applied to the prepared graph at ``out``."""
+    """Write ``candidate`` applied to the prepared graph at ``out``. The option ``kept_precision``
+    float16 makes the nodes it keeps out of int8 (``nodes_to_exclude``) compute in float16."""
+    options = dict(candidate.options)
+    kept = options.pop("kept_precision", "float32")
     if candidate.method == "dynamic":
-        quantize_dynamic(prepared, out, **candidate.options)
+        quantize_dynamic(prepared, out, **options)
     elif candidate.method == "static":
         if calibration is None:
             raise ValueError("static quantization needs calibration data")
-        quantize_static(prepared, out, calibration, **candidate.options)
+        quantize_static(prepared, out, calibration, **options)
     elif candidate.method == "fp16":
         convert_fp16(prepared, out)
     elif candidate.method == "qat":
         raise ValueError("QAT candidates are built from the torch model (dlkit_quantize.qat.build_qat)")
     elif candidate.method == "weight-only":
-        quantize_weight_only(prepared, out, **candidate.options)
+        quantize_weight_only(prepared, out, **options)
     else:
         raise ValueError(f"unknown method {candidate.method!r}")
+    if kept == "float16":
+        keep_in_float16(out, options.get("nodes_to_exclude", ()))
 
 
 def quantize_dynamic(src: Path, dst: Path, *, op_types, per_channel: bool, nodes_to_exclude=()) -> None:
@@ -227,6 +232,25 @@ def quantize_static(src: Path, dst: Path, calibration, *, format: str, calibrate
             nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize is not None else None,
             extra_options={"ActivationSymmetric": bool(symmetric)},
         )
+
+
+def keep_in_float16(path: Path, nodes) -> None:
+    """Rewrite the quantized graph at ``path`` so that ``nodes`` (the ones quantization kept out
+    of int8) compute in float16: their weights stored as float16, Casts at their edges (mixed
+    int8 + float16, for providers with fast float16 kernels). Every other node is left as it was."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    keep = set(nodes)
+    if not keep & {n.name for n in model.graph.node}:
+        raise ValueError(f"none of the nodes to keep in float16 is in the graph: {sorted(keep)}")
+    for i, node in enumerate(model.graph.node):  # the converter leaves nodes alone by name
+        node.name = node.name or f"node_{i}_{node.op_type}"
+    others = [n.name for n in model.graph.node if n.name not in keep]
+    with quiet():
+        model = convert_float_to_float16(model, keep_io_types=True, node_block_list=others)
+    onnx.save(model, str(path))
 
 
 def convert_fp16(src: Path, dst: Path) -> None:

@@ -35,8 +35,9 @@ DEFAULTS = {
     "method": "auto", "calibration_samples": 256, "calibrate": "minmax", "per_channel": None, "format": None,
     "tolerance": None, "name": None, "provider": "auto", "op_types": None, "measure_seconds": 2.0, "threads": None,
     "batch_sizes": None, "optimize_for": "served", "report": False, "fallback": True, "qat_epochs": 3,
-    "calibration_data": None, "data": None,
+    "calibration_data": None, "data": None, "fallback_precision": None,
 }
+PRECISIONS = ("float32", "float16")
 CPU = "CPUExecutionProvider"
 MAX_FALLBACKS = 3  # failing candidates (one per method and format) that get a per-layer fallback
 
@@ -76,6 +77,8 @@ def check_options(version: ModelVersion, options: dict) -> dict:
         o["op_types"] = [t.strip() for t in o["op_types"] if t.strip()]
         if not o["op_types"]:
             raise InputError("--op-types: give at least one op type, e.g. MatMul,Conv")
+    if o["fallback_precision"] is not None and o["fallback_precision"] not in PRECISIONS:
+        raise InputError(f"--fallback-precision {o['fallback_precision']}: expected one of {', '.join(PRECISIONS)}")
     if o["optimize_for"] not in OBJECTIVES:
         raise InputError(f"--optimize-for {o['optimize_for']}: expected one of {', '.join(OBJECTIVES)}")
     if o["batch_sizes"] is not None:
@@ -115,6 +118,8 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     of the measured sessions), ``batch_sizes`` (None: from config.pbtxt), ``optimize_for``
     served|latency|throughput|size, ``report`` (add the per-layer sensitivity table),
     ``fallback`` (keep the most sensitive layers float when a candidate misses the tolerance),
+    ``fallback_precision`` float32|float16 (what those layers compute in; None: float16 on an
+    accelerator provider, where its kernels are fast, else float32),
     ``calibration_data`` (an .npz with one array per input) and ``data`` (what quality is measured
     on; see :mod:`.agreement`). Raises :class:`NoCandidateError` (nothing written) when no
     candidate stays within the tolerance.
@@ -128,8 +133,10 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
     parent_session = Session(version.onnx_path, o["provider"], threads=o["threads"])
     check = agreement.choose_check(version, repo, parent_session, o["data"], o["calibration_data"])
     tolerance = check.default_tolerance if o["tolerance"] is None else float(o["tolerance"])
+    accelerator = parent_session.providers[0] != CPU
+    precision = o["fallback_precision"] or ("float16" if accelerator else "float32")
     todo = candidates(info, o["method"], per_channel=o["per_channel"], fmt=o["format"], calibrate=o["calibrate"],
-                      op_types=o["op_types"], accelerator=parent_session.providers[0] != CPU)
+                      op_types=o["op_types"], accelerator=accelerator)
     todo = [qat_candidate(o["qat_epochs"]) if c.method == "qat" else c for c in todo]
     explicit = o["method"] != "auto"
 
@@ -181,7 +188,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
                 add_sqnr(layers, prepared, built[probe.name], folder, calibration)
         if o["fallback"] and failing and layers:
             _fallbacks(failing, layers, prepared, folder, calibration, check, quality, outputs, sessions, built,
-                       todo, tolerance, session_of, log)
+                       todo, tolerance, session_of, log, precision)
         if not explicit and not any(passes(c.name) for c in todo) and version.has_weights():
             log("no post-training candidate is within the tolerance: trying quantization-aware training")
             extra = qat_candidate(o["qat_epochs"])
@@ -211,7 +218,7 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
             "quality_columns": [list(c) for c in check.columns], "batch_sizes": batch_sizes,
             "optimize_for": o["optimize_for"], "selection": _selection(o["optimize_for"], batch_sizes),
             "providers": sessions[PARENT].providers, "threads": o["threads"], "table": rows,
-            "sensitivity": layers, "kept_float": [],
+            "sensitivity": layers, "kept_float": [], "kept_precision": None,
         }
         if chosen is None:
             passing = "could be built" if all(r.get("error") for r in rows if r["candidate"] != PARENT) \
@@ -220,6 +227,8 @@ def quantize(version: ModelVersion, repo: ModelRepository, log: Callable[[str], 
                                    f"(see the table; a larger --tolerance accepts more loss)", report)
         candidate = next(c for c in todo if c.name == chosen["candidate"])
         report["kept_float"] = list(candidate.options.get("nodes_to_exclude", []))
+        if report["kept_float"]:
+            report["kept_precision"] = candidate.options.get("kept_precision", "float32")
         largest = max(batch_sizes)
         if chosen[f"latency_b{largest}_ratio"] > 1 + chosen.get("noise", 0):
             log(f"warning: {candidate.name} is {chosen[f'latency_b{largest}_ratio']:.2f}x the parent's latency at "
@@ -265,7 +274,7 @@ def _selection(objective: str, batch_sizes: list[int]) -> str:
 
 
 def _fallbacks(failing, layers, prepared, folder, calibration, check, quality, outputs, sessions, built, todo,
-               tolerance, session_of, log) -> None:
+               tolerance, session_of, log, precision) -> None:
     """Per-layer fallback for the first failing candidate of each method and format (in place)."""
     seen = set()
     for c in failing:
@@ -273,15 +282,13 @@ def _fallbacks(failing, layers, prepared, folder, calibration, check, quality, o
         if key in seen or len(seen) >= MAX_FALLBACKS:
             continue
         seen.add(key)
-        found = {}
 
-        def measured(path, found=found):
+        def measured(path):  # a measurement of its own per graph: a later trial must not overwrite it
             session = session_of(path)
-            found["q"], found["out"] = check.measure(session)
-            found["session"] = session
-            return check.drop(quality[PARENT], found["q"]) <= tolerance + 1e-9, found
+            q, out = check.measure(session)
+            return check.drop(quality[PARENT], q) <= tolerance + 1e-9, {"q": q, "out": out, "session": session}
 
-        result = fallback(c, layers, prepared, folder, calibration, measured, log)
+        result = fallback(c, layers, prepared, folder, calibration, measured, log, precision)
         if result is None:
             continue
         trial, path, m = result
