@@ -141,3 +141,20 @@ def test_channels_last_is_measured_once_and_recorded(tmp_path):
     a = safetensors.numpy.load_file(str(first.version.weights_path))
     b = safetensors.numpy.load_file(str(second.version.weights_path))
     assert all(np.array_equal(a[k], b[k]) for k in a)  # measuring left the random stream alone
+
+
+def test_evaluation_gives_freed_heap_memory_back_every_few_batches(monkeypatch):
+    """glibc keeps what evaluation batches free once training raised its mmap threshold (+170-370
+    MiB over a 5,000-image split, growing with it, benchmarks/bench_streaming.py): model_outputs
+    trims the heap every TRIM_EVERY batches, and on this (glibc) machine the trim is real."""
+    import torch
+
+    from dlkit.training import heap, supervised
+
+    assert heap.trim_heap() is True
+    calls = []
+    monkeypatch.setattr(supervised, "trim_heap", lambda: calls.append(1))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    x = np.zeros((40, 3, 2, 2), np.float32)
+    out = supervised.model_outputs(model, x, batch_size=2)  # 20 batches
+    assert out.shape == (40, 2) and len(calls) == 20 // heap.TRIM_EVERY

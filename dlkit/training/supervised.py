@@ -17,6 +17,7 @@ from dlkit.errors import InputError
 from dlkit.plugins import get_registry
 from dlkit.training.callbacks import Callback, CurvePlot, MetricsLog, ProgressBar
 from dlkit.training.distributed import all_reduce_sum, rank_and_world
+from dlkit.training.heap import TRIM_EVERY, trim_heap
 from dlkit.training.loop import EpochLoop
 from dlkit.training.memory_format import choose_channels_last
 from dlkit.training.supervised_options import DEFAULTS, validate
@@ -73,9 +74,13 @@ def model_outputs(model, x, device: str = "cpu", batch_size: int = 1024) -> np.n
     :func:`eval_batch_size`), as float32 numpy."""
     model.eval()
     step = eval_batch_size(x, batch_size)
+    parts = []
     with torch.inference_mode():  # sliced before conversion: a streamed split reads only each batch
-        parts = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + step], dtype=np.float32)).to(device))
-                 .float().cpu().numpy() for i in range(0, len(x), step)]
+        for n, i in enumerate(range(0, len(x), step), 1):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i:i + step], dtype=np.float32)).to(device)
+            parts.append(model(xb).float().cpu().numpy())
+            if n % TRIM_EVERY == 0:  # memory independent of the split's size (see dlkit.training.heap)
+                trim_heap()
     return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
 
