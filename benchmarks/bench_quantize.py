@@ -1,18 +1,18 @@
 """Peers table: ``dlkit quantize`` (auto) against onnxruntime's defaults on the same float ONNX files.
 
-For each model (digits MLP, CNN at three widths, LSTM, GRU; recipes from models/*.toml, trained
-``--epochs`` epochs, kept in ``--repo``): the float32 graph, onnxruntime's ``quantize_dynamic``
-and ``quantize_static`` with their default arguments (what a user gets from the documentation's
-first call; static calibrated on the same stratified 256 training samples dlkit uses), Intel's
-NNCF (``nncf.quantize`` PTQ, and ``nncf.quantize_with_accuracy_control`` with a 0.005 absolute
-drop of validation accuracy, dlkit's ``--tolerance 0.5``) and onnx-neural-compressor's static
-``quantize`` with ``StaticQuantConfig`` defaults, on the same calibration samples, and the model
-``dlkit quantize`` chooses. All are measured afresh in one harness: size on disk, validation
-and test accuracy, test samples whose top class differs from float32's, latency at batch 1 and
-64 with one onnxruntime thread, every model taking turns call after call (the median of
-per-round minimums, with its relative spread). Ratios are to float32 in the same run. A peer
-that fails on a model is a ``failed: <reason>`` row. After each table: dlkit auto's speed-up over
-the fastest peer within the tolerance (peer time / dlkit time).
+For each model (digits MLP, CNN and ResNet-style CNN at three widths each, LSTM, GRU; recipes from
+models/*.toml, trained ``--epochs`` epochs, kept in ``--repo``): the float32 graph, onnxruntime's
+``quantize_dynamic`` and ``quantize_static`` with their default arguments (what a user gets from
+the documentation's first call; static calibrated on the same stratified 256 training samples dlkit
+uses), Intel's NNCF (``nncf.quantize`` PTQ, and ``nncf.quantize_with_accuracy_control`` with a
+0.005 absolute drop of validation accuracy, dlkit's ``--tolerance 0.5``) and
+onnx-neural-compressor's static ``quantize`` with ``StaticQuantConfig`` defaults, on the same
+calibration samples, and the model ``dlkit quantize`` chooses. All are measured afresh in one
+harness: size on disk, validation and test accuracy, test samples whose top class differs from
+float32's, latency at batch 1 and 64 with one onnxruntime thread, every model taking turns call
+after call (the median of per-round minimums, with its relative spread). Ratios are to float32 in
+the same run. A peer that fails on a model is a ``failed: <reason>`` row. After each table: dlkit
+auto's speed-up over the fastest peer within the tolerance (peer time / dlkit time).
 
 NNCF and onnx-neural-compressor are never dependencies of dlkit: they live in their own virtual
 environment, ``benchmarks/.venv-peers`` (built on first use from
@@ -50,6 +50,10 @@ MODELS = {  # table name -> (recipe, model name, model overrides)
     "cnn-s": ("cnn.toml", "cnn-digits-s", {"channels": [8, 16], "hidden": 32}),
     "cnn-m": ("cnn.toml", "cnn-digits", {}),
     "cnn-l": ("cnn.toml", "cnn-digits-l", {"channels": [96, 192], "hidden": 256}),
+    # ResNet-style: the same widths with basic blocks and shortcuts (residual = true)
+    "res-s": ("cnn.toml", "res-digits-s", {"channels": [8, 16], "hidden": 32, "residual": True}),
+    "res-m": ("cnn.toml", "res-digits", {"residual": True}),
+    "res-l": ("cnn.toml", "res-digits-l", {"channels": [96, 192], "hidden": 256, "residual": True}),
     "lstm": ("rnn.toml", "rnn-digits", {}),
     "gru": ("rnn.toml", "gru-digits", {"cell": "gru"}),
 }
