@@ -236,20 +236,61 @@ def quantize_static(src: Path, dst: Path, calibration, *, format: str, calibrate
 
 def keep_in_float16(path: Path, nodes) -> None:
     """Rewrite the quantized graph at ``path`` so that ``nodes`` (the ones quantization kept out
-    of int8) compute in float16: their weights stored as float16, Casts at their edges (mixed
-    int8 + float16, for providers with fast float16 kernels). Every other node is left as it was."""
+    of int8) compute in float16: their float32 weights stored as float16, a Cast to float16 on
+    each float activation they read and a Cast back after each output (mixed int8 + float16, for
+    providers with fast float16 kernels). Every other node and tensor is left exactly as it was.
+    (onnxruntime's ``convert_float_to_float16`` with all other nodes blocked does not do that: it
+    converts the graph's tensors and casts back around blocked nodes, so the int8 path's inputs
+    went through float16 and a dozen extra Casts.)"""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
+    graph = model.graph
     keep = set(nodes)
-    if not keep & {n.name for n in model.graph.node}:
+
+    def kept(name: str) -> bool:  # also under the names gemm_to_matmul gave a Gemm's MatMul and Add
+        return name in keep or name.removesuffix("_MatMul") in keep or name.removesuffix("_Add") in keep
+
+    if not any(kept(n.name) for n in graph.node):
         raise ValueError(f"none of the nodes to keep in float16 is in the graph: {sorted(keep)}")
-    for i, node in enumerate(model.graph.node):  # the converter leaves nodes alone by name
-        node.name = node.name or f"node_{i}_{node.op_type}"
-    others = [n.name for n in model.graph.node if n.name not in keep]
-    with quiet():
-        model = convert_float_to_float16(model, keep_io_types=True, node_block_list=others)
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    float32 = {v.name for v in [*inferred.input, *inferred.value_info, *inferred.output]
+               if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    initializers = {t.name: t for t in graph.initializer}
+    halves: dict[str, str] = {}  # float32 tensor -> its float16 twin
+    out = []
+    for node in graph.node:
+        if not kept(node.name):
+            out.append(node)
+            continue
+        for i, name in enumerate(node.input):
+            init = initializers.get(name)
+            if name in halves or not name or (init is None and name not in float32) or \
+                    (init is not None and init.data_type != TensorProto.FLOAT):
+                node.input[i] = halves.get(name, name)
+                continue
+            halves[name] = f"{name}_fp16"
+            if init is not None:
+                graph.initializer.append(numpy_helper.from_array(
+                    numpy_helper.to_array(init).astype(np.float16), halves[name]))
+            else:
+                out.append(helper.make_node("Cast", [name], [halves[name]], to=TensorProto.FLOAT16,
+                                            name=f"{name}_to_fp16"))
+            node.input[i] = halves[name]
+        out.append(node)
+        for i, name in enumerate(node.output):
+            if name:  # the float32 name stays for other readers; a kept reader takes the float16 one
+                node.output[i] = halves[name] = f"{name}_fp16"
+                out.append(helper.make_node("Cast", [node.output[i]], [name], to=TensorProto.FLOAT,
+                                            name=f"{name}_to_fp32"))
+    used = {n for node in out for n in node.input} | {o.name for o in graph.output}
+    out = [n for n in out if not (n.op_type == "Cast" and n.name.endswith("_to_fp32") and n.output[0] not in used)]
+    kept_inits = [t for t in graph.initializer if t.name in used]  # float32 weights only kept nodes read go
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    del graph.node[:]
+    graph.node.extend(out)
     onnx.save(model, str(path))
 
 
