@@ -136,18 +136,20 @@ def fallback(candidate: Candidate, ranked: list[dict], prepared: Path, folder: P
         if not ok:
             continue
         if precision == "float16":
-            half = _in_float16(trial, k, prepared, folder, calibration, passes, log)
+            half = _in_float16(candidate, kept, prepared, folder, calibration, passes, log)
             if half is not None:
                 return half
         return trial, path, measured
     return None
 
 
-def _in_float16(trial: Candidate, k: int, prepared: Path, folder: Path, calibration, passes,
+def _in_float16(candidate: Candidate, kept: list[str], prepared: Path, folder: Path, calibration, passes,
                 log) -> tuple[Candidate, Path, Any] | None:
-    name = trial.name.replace(f"+float{k}", f"+fp16-{k}")
-    half = Candidate(name, trial.method, {**trial.options, "kept_precision": "float16"},
-                     trial.why.replace("kept float:", "kept in float16:"))
+    """``candidate`` with the nodes ``kept`` out of int8 computing in float16, if it passes."""
+    name = f"{candidate.name}+fp16-{len(kept)}"
+    half = Candidate(name, candidate.method,
+                     {**candidate.options, "nodes_to_exclude": kept, "kept_precision": "float16"},
+                     f"{candidate.why}; {len(kept)} most sensitive node(s) kept in float16: {', '.join(kept)}")
     path = folder / f"{name}.onnx"
     log(f"fallback: {name} (the same nodes in float16)")
     try:

@@ -183,7 +183,13 @@ def quantize_dynamic(src: Path, dst: Path, *, op_types, per_channel: bool, nodes
 def _excluded(model, nodes) -> list[str]:
     """Node names to keep in float, also under the names :func:`gemm_to_matmul` gave a Gemm."""
     names = set(nodes)
-    return [n.name for n in model.graph.node if n.name in names or n.name.removesuffix("_MatMul") in names]
+    return [n.name for n in model.graph.node if _named(n.name, names)]
+
+
+def _named(name: str, names: set[str]) -> bool:
+    """Whether node ``name`` is one of ``names``, also under the names :func:`gemm_to_matmul` gives
+    a Gemm's MatMul and Add."""
+    return name in names or name.removesuffix("_MatMul") in names or name.removesuffix("_Add") in names
 
 
 def quantize_weight_only(src: Path, dst: Path, *, bits: int, block_size: int = 32, nodes_to_exclude=()) -> None:
@@ -237,7 +243,8 @@ def quantize_static(src: Path, dst: Path, calibration, *, format: str, calibrate
 def keep_in_float16(path: Path, nodes) -> None:
     """Rewrite the quantized graph at ``path`` so that ``nodes`` (the ones quantization kept out
     of int8) compute in float16: their float32 weights stored as float16, a Cast to float16 on
-    each float activation they read and a Cast back after each output (mixed int8 + float16, for
+    each float activation they read and a Cast back after each output that another node or the
+    graph's output reads (mixed int8 + float16, for
     providers with fast float16 kernels). Every other node and tensor is left exactly as it was.
     (onnxruntime's ``convert_float_to_float16`` with all other nodes blocked does not do that: it
     converts the graph's tensors and casts back around blocked nodes, so the int8 path's inputs
@@ -247,21 +254,21 @@ def keep_in_float16(path: Path, nodes) -> None:
 
     model = onnx.load(str(path))
     graph = model.graph
-    keep = set(nodes)
-
-    def kept(name: str) -> bool:  # also under the names gemm_to_matmul gave a Gemm's MatMul and Add
-        return name in keep or name.removesuffix("_MatMul") in keep or name.removesuffix("_Add") in keep
-
-    if not any(kept(n.name) for n in graph.node):
-        raise ValueError(f"none of the nodes to keep in float16 is in the graph: {sorted(keep)}")
+    names = set(nodes)
+    keep = {n.name for n in graph.node if _named(n.name, names)}
+    if not keep:
+        raise ValueError(f"none of the nodes to keep in float16 is in the graph: {sorted(nodes)}")
     inferred = onnx.shape_inference.infer_shapes(model).graph
     float32 = {v.name for v in [*inferred.input, *inferred.value_info, *inferred.output]
                if v.type.tensor_type.elem_type == TensorProto.FLOAT}
     initializers = {t.name: t for t in graph.initializer}
+    # float32 tensors someone besides the kept nodes reads: a kept node's output is cast back for them
+    read_as_float32 = {n for node in graph.node if node.name not in keep for n in node.input}
+    read_as_float32 |= {o.name for o in graph.output}
     halves: dict[str, str] = {}  # float32 tensor -> its float16 twin
     out = []
     for node in graph.node:
-        if not kept(node.name):
+        if node.name not in keep:
             out.append(node)
             continue
         for i, name in enumerate(node.input):
@@ -280,12 +287,13 @@ def keep_in_float16(path: Path, nodes) -> None:
             node.input[i] = halves[name]
         out.append(node)
         for i, name in enumerate(node.output):
-            if name:  # the float32 name stays for other readers; a kept reader takes the float16 one
-                node.output[i] = halves[name] = f"{name}_fp16"
+            if not name:
+                continue
+            node.output[i] = halves[name] = f"{name}_fp16"  # what a kept reader takes
+            if name in read_as_float32:
                 out.append(helper.make_node("Cast", [node.output[i]], [name], to=TensorProto.FLOAT,
                                             name=f"{name}_to_fp32"))
-    used = {n for node in out for n in node.input} | {o.name for o in graph.output}
-    out = [n for n in out if not (n.op_type == "Cast" and n.name.endswith("_to_fp32") and n.output[0] not in used)]
+    used = {n for node in out for n in node.input}
     kept_inits = [t for t in graph.initializer if t.name in used]  # float32 weights only kept nodes read go
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
